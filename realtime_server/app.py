@@ -1,0 +1,132 @@
+"""Composition root: build the engine, verifier and node from settings; serve the
+WebSocket port and the HTTP server API; drain on SIGTERM.
+
+Shutdown (SIGTERM or SIGINT): stop accepting connections, close every client with 3001
+(the SDKs reconnect, to another node behind a load balancer), wait at most
+``REALTIME_SHUTDOWN_TIMEOUT`` seconds for them to go, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from websockets.asyncio.server import Server
+
+from . import codes
+from .auth.keys import load_keys
+from .auth.revocation import MemoryRevocationStore, RevocationStore
+from .auth.tokens import TokenVerifier
+from .channels.engine import Engine
+from .channels.memory import MemoryEngine
+from .config import Settings
+from .node import Node
+from .server import WEBSOCKET_PATH, start_websocket_server
+
+__all__ = ["Running", "build_node", "build_verifier", "run", "running"]
+
+logger = logging.getLogger("realtime_server")
+
+
+def build_verifier(settings: Settings) -> TokenVerifier:
+    keys = load_keys(settings.jwt_secret, settings.jwt_public_key, settings.jwt_algorithms)
+    return TokenVerifier(
+        keys,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        leeway=settings.jwt_leeway,
+        max_lifetime=settings.jwt_max_lifetime,
+        max_length=settings.jwt_max_length,
+    )
+
+
+def build_engine(settings: Settings) -> tuple[Engine, RevocationStore]:
+    return MemoryEngine(), MemoryRevocationStore(settings.jwt_max_lifetime)
+
+
+def build_node(settings: Settings) -> Node:
+    verifier = build_verifier(settings)
+    engine, revocations = build_engine(settings)
+    return Node(settings, engine, revocations, verifier)
+
+
+@dataclass
+class Running:
+    """A started server: its node, WebSocket server and (optional) API runner."""
+
+    node: Node
+    ws: Server
+    api: object | None
+
+    @property
+    def port(self) -> int:
+        return int(self.ws.sockets[0].getsockname()[1])
+
+    @property
+    def api_port(self) -> int | None:
+        if self.api is None:
+            return None
+        from .api import bound_port
+
+        return bound_port(self.api)
+
+    async def stop(self, grace: float) -> None:
+        """Drain: stop accepting, close clients with 3001, wait for them (bounded)."""
+        node = self.node
+        node.shutdown_clients(codes.CLOSE_SHUTDOWN)
+        self.ws.close(close_connections=True, code=codes.CLOSE_SHUTDOWN.code,
+                      reason=codes.CLOSE_SHUTDOWN.reason)
+        try:
+            await asyncio.wait_for(self.ws.wait_closed(), grace)
+        except TimeoutError:
+            logger.warning("clients still connected after %.1fs; exiting anyway", grace)
+        if self.api is not None:
+            from .api import stop_api
+
+            await stop_api(self.api)
+        await node.close()
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, **ws_kwargs: object) -> AsyncIterator[Running]:
+    """Start a whole server (for ``serve`` and for tests), stop it on exit."""
+    node = build_node(settings)
+    await node.start()
+    ws = await start_websocket_server(node, **ws_kwargs)
+    api = None
+    if settings.api_key:
+        from .api import start_api
+
+        api = await start_api(node, settings)
+    server = Running(node, ws, api)
+    try:
+        yield server
+    finally:
+        await server.stop(settings.shutdown_timeout)
+
+
+async def run(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(settings) as server:
+        host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+        logger.info(
+            "realtime-server %s listening on ws://%s:%d%s (engine %s, node %s)",
+            server.node.version, host, server.port, WEBSOCKET_PATH,
+            server.node.engine.name, server.node.name,
+        )
+        if server.api is not None:
+            logger.info("HTTP server API on http://%s:%d/api", settings.api_host, server.api_port)
+        else:
+            logger.info("HTTP server API off (set REALTIME_API_KEY to enable it)")
+        await stop.wait()
+        logger.info("shutting down: closing %d clients with 3001", len(server.node.sessions))
+    logger.info("stopped")
+    return 0

@@ -1,0 +1,123 @@
+"""Token revocation: the interface every store implements, and the in-memory store of
+the embedded engine.
+
+Two kinds of revocation:
+
+- one token, by ``jti``, remembered until that token's own ``exp`` (after which the
+  token is refused as expired anyway);
+- every token of a user issued before a time (``iat`` cutoff), remembered for the
+  maximum token lifetime. A token without ``iat`` cannot prove it was issued after the
+  cutoff and counts as revoked.
+
+Every revocation is announced to every node (``listener``), which closes the matching
+live connections with 4501.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+__all__ = ["MemoryRevocationStore", "Revocation", "RevocationListener", "RevocationStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revocation: ``kind`` "jti" (with ``jti``) or "user" (with ``user`` and
+    ``issued_before``, seconds since the epoch)."""
+
+    kind: Literal["jti", "user"]
+    jti: str | None = None
+    user: str | None = None
+    issued_before: float | None = None
+
+    def matches(self, jti: str | None, user: str, iat: float | None) -> bool:
+        """Whether a token with these claims is revoked by this revocation."""
+        if self.kind == "jti":
+            return jti is not None and jti == self.jti
+        if user != self.user or self.issued_before is None:
+            return False
+        return iat is None or iat < self.issued_before
+
+
+RevocationListener = Callable[[Revocation], None]
+
+
+@runtime_checkable
+class RevocationStore(Protocol):
+    """Where revocations are kept and how they are announced.
+
+    ``is_revoked`` raises :class:`~realtime_server.errors.BackendUnavailable` when the
+    store cannot be reached in time: callers must then refuse the token (temporarily),
+    never let it in unchecked.
+    """
+
+    def set_listener(self, listener: RevocationListener) -> None: ...
+
+    async def is_revoked(self, jti: str | None, user: str, iat: float | None) -> bool: ...
+
+    async def revoke_token(self, jti: str, expires_at: float) -> None: ...
+
+    async def revoke_user(self, user: str, issued_before: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryRevocationStore:
+    """Revocations in process memory (the embedded engine).
+
+    Entries are dropped once they cannot matter any more: a ``jti`` after its token's
+    expiry, a user cutoff after ``max_lifetime`` seconds.
+    """
+
+    def __init__(
+        self, max_lifetime: float = 86400.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._jtis: dict[str, float] = {}
+        self._users: dict[str, tuple[float, float]] = {}  # user -> (cutoff, forget_at)
+        self._max_lifetime = max_lifetime
+        self._clock = clock
+        self._listener: RevocationListener | None = None
+
+    def set_listener(self, listener: RevocationListener) -> None:
+        self._listener = listener
+
+    def _purge(self, now: float) -> None:
+        for jti in [j for j, exp in self._jtis.items() if exp < now]:
+            del self._jtis[jti]
+        for user in [u for u, (_, forget) in self._users.items() if forget < now]:
+            del self._users[user]
+
+    async def is_revoked(self, jti: str | None, user: str, iat: float | None) -> bool:
+        now = self._clock()
+        if jti is not None:
+            exp = self._jtis.get(jti)
+            if exp is not None and exp >= now:
+                return True
+        entry = self._users.get(user)
+        if entry is not None and entry[1] >= now:
+            return iat is None or iat < entry[0]
+        return False
+
+    async def revoke_token(self, jti: str, expires_at: float) -> None:
+        now = self._clock()
+        self._purge(now)
+        self._jtis[jti] = max(expires_at, self._jtis.get(jti, 0.0))
+        self._announce(Revocation("jti", jti=jti))
+
+    async def revoke_user(self, user: str, issued_before: float) -> None:
+        now = self._clock()
+        self._purge(now)
+        previous = self._users.get(user, (0.0, 0.0))[0]
+        cutoff = max(issued_before, previous)
+        self._users[user] = (cutoff, now + self._max_lifetime)
+        self._announce(Revocation("user", user=user, issued_before=cutoff))
+
+    def _announce(self, revocation: Revocation) -> None:
+        if self._listener is not None:
+            self._listener(revocation)
+
+    async def close(self) -> None:
+        return None

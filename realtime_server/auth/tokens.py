@@ -1,0 +1,200 @@
+"""Token verification (pure: the current time is passed in, nothing is logged).
+
+Connection token: ``sub`` (non-empty) and ``exp`` required; optional ``iat``, ``nbf``,
+``jti``, ``info``, ``channels``; a ``channel`` claim makes it invalid.
+Subscription token: ``sub`` and ``channel`` required; optional ``exp``, ``iat``,
+``nbf``, ``jti``, ``info``.
+
+Outcomes: :class:`TokenInvalid` (bad signature, algorithm, claims, audience, issuer,
+lifetime, length, ``crit`` header) or :class:`TokenExpired` (expired or not yet valid).
+The messages of both are safe to log: they never include the token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jwt
+import orjson
+
+from ..errors import RealtimeError
+from ..protocol import RawJSON
+from .keys import KeySet
+
+__all__ = [
+    "ConnectionClaims",
+    "SubscriptionClaims",
+    "TokenExpired",
+    "TokenInvalid",
+    "TokenVerifier",
+]
+
+DEFAULT_MAX_LENGTH: Final = 8192
+
+
+class TokenInvalid(RealtimeError):
+    """The token is not acceptable and retrying with it will not help."""
+
+
+class TokenExpired(RealtimeError):
+    """The token is expired or not yet valid: the client should get a new one."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClaims:
+    sub: str
+    exp: float
+    iat: float | None = None
+    jti: str | None = None
+    info: RawJSON | None = None
+    channels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionClaims:
+    sub: str
+    channel: str
+    exp: float | None = None
+    iat: float | None = None
+    jti: str | None = None
+    info: RawJSON | None = None
+
+
+def _number(payload: dict[str, Any], name: str, *, required: bool = False) -> float | None:
+    value = payload.get(name)
+    if value is None:
+        if required:
+            raise TokenInvalid(f"missing {name} claim")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TokenInvalid(f"malformed {name} claim")
+    return float(value)
+
+
+def _string(payload: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = payload.get(name)
+    if value is None:
+        if required:
+            raise TokenInvalid(f"missing {name} claim")
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise TokenInvalid(f"malformed {name} claim")
+    if len(value) > 256:
+        raise TokenInvalid(f"{name} claim too long")
+    return value
+
+
+class TokenVerifier:
+    """Verifies connection and subscription tokens with a pinned key set."""
+
+    def __init__(
+        self,
+        keys: KeySet,
+        *,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway: float = 1.0,
+        max_lifetime: float = 86400.0,
+        max_length: int = DEFAULT_MAX_LENGTH,
+    ) -> None:
+        self._keys = keys
+        self._audience = audience
+        self._issuer = issuer
+        self._leeway = leeway
+        self._max_lifetime = max_lifetime
+        self._max_length = max_length
+        self._options: Any = {
+            "verify_signature": True,
+            "verify_exp": False,  # checked below against the injected time
+            "verify_nbf": False,
+            "verify_iat": False,
+            "verify_aud": audience is not None,
+            "verify_iss": issuer is not None,
+            "verify_sub": False,
+            "verify_jti": False,
+            "require": [],
+        }
+
+    def _decode(self, raw: object) -> dict[str, Any]:
+        if not isinstance(raw, str) or not raw:
+            raise TokenInvalid("missing token")
+        if len(raw) > self._max_length:
+            raise TokenInvalid("token too long")
+        try:
+            header = jwt.get_unverified_header(raw)
+        except jwt.PyJWTError:
+            raise TokenInvalid("malformed token") from None
+        if header.get("alg") not in self._keys.algorithms:
+            raise TokenInvalid("algorithm not allowed")
+        if "crit" in header:
+            raise TokenInvalid("unsupported critical header")
+        try:
+            payload = jwt.decode(
+                raw,
+                self._keys.key,
+                algorithms=list(self._keys.algorithms),
+                audience=self._audience,
+                issuer=self._issuer,
+                options=self._options,
+            )
+        except jwt.InvalidAudienceError:
+            raise TokenInvalid("wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise TokenInvalid("wrong issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenInvalid(f"missing {exc.claim} claim") from None
+        except jwt.PyJWTError:
+            raise TokenInvalid("bad signature or malformed token") from None
+        if not isinstance(payload, dict):
+            raise TokenInvalid("malformed claims")
+        return payload
+
+    def _check_time(
+        self, exp: float | None, iat: float | None, nbf: float | None, now: float
+    ) -> None:
+        if exp is not None:
+            start = iat if iat is not None else now
+            if exp - start > self._max_lifetime + self._leeway:
+                raise TokenInvalid("token lifetime exceeds the maximum")
+            if now > exp + self._leeway:
+                raise TokenExpired("token expired")
+        if nbf is not None and now + self._leeway < nbf:
+            raise TokenExpired("token not yet valid")
+        if iat is not None and now + self._leeway < iat:
+            raise TokenExpired("token issued in the future")
+
+    def verify_connection(self, raw: object, now: float) -> ConnectionClaims:
+        """Verify a connection token at time ``now`` (seconds since the epoch)."""
+        payload = self._decode(raw)
+        if "channel" in payload:
+            raise TokenInvalid("connection token carries a channel claim")
+        sub = _string(payload, "sub", required=True)
+        exp = _number(payload, "exp", required=True)
+        iat = _number(payload, "iat")
+        nbf = _number(payload, "nbf")
+        jti = _string(payload, "jti")
+        channels = payload.get("channels", [])
+        if channels is None:
+            channels = []
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise TokenInvalid("malformed channels claim")
+        info = orjson.dumps(payload["info"]) if "info" in payload else None
+        assert sub is not None and exp is not None
+        self._check_time(exp, iat, nbf, now)
+        return ConnectionClaims(sub, exp, iat, jti, info, tuple(dict.fromkeys(channels)))
+
+    def verify_subscription(self, raw: object, now: float) -> SubscriptionClaims:
+        """Verify a subscription token at time ``now``. The caller checks ``sub`` and
+        ``channel`` against the connection and the requested channel."""
+        payload = self._decode(raw)
+        sub = _string(payload, "sub", required=True)
+        channel = _string(payload, "channel", required=True)
+        exp = _number(payload, "exp")
+        iat = _number(payload, "iat")
+        nbf = _number(payload, "nbf")
+        jti = _string(payload, "jti")
+        info = orjson.dumps(payload["info"]) if "info" in payload else None
+        assert sub is not None and channel is not None
+        self._check_time(exp, iat, nbf, now)
+        return SubscriptionClaims(sub, channel, exp, iat, jti, info)

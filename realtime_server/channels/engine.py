@@ -1,0 +1,179 @@
+"""Engine interfaces: broker, history and presence, with the guarantees every
+implementation (in-memory, Redis) must keep. One contract test suite checks them all.
+
+Delivery model
+--------------
+- ``Broker.publish`` is **at most once** towards each node and **ordered per channel**:
+  a node's :class:`BrokerEventHandler` sees one channel's publications in the order
+  their offsets were assigned.
+- With history on, appending to the channel's stream and publishing are **one atomic
+  step**: the offset returned by ``publish`` is the one carried by the delivered
+  publication, and history never holds a publication that was not published (nor the
+  reverse).
+- A node only receives publications of channels it subscribed to (``subscribe`` is
+  reference-counted by the hub, not by the broker: one broker subscription per channel
+  per node).
+- When the link to a shared backend is lost and comes back, the broker resubscribes
+  every channel and calls ``BrokerEventHandler.handle_reconnect``; publications of the
+  gap are not replayed by the broker: clients recover them from history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ..protocol import ClientInfo, Publication, RawJSON, StreamPosition
+
+__all__ = [
+    "Broker",
+    "BrokerEventHandler",
+    "ControlMessage",
+    "Engine",
+    "HistoryOptions",
+    "HistoryResult",
+    "PresenceManager",
+    "PresenceStats",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryOptions:
+    """How much of a channel's stream to keep: ``size`` publications for ``ttl`` seconds.
+    The stream position (epoch and top offset) outlives the entries by ``meta_ttl``."""
+
+    size: int
+    ttl: float
+    meta_ttl: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """Publications in stream order (reverse order when asked) and the stream top."""
+
+    publications: list[Publication]
+    top: StreamPosition
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    num_clients: int
+    num_users: int
+
+
+@dataclass(frozen=True, slots=True)
+class ControlMessage:
+    """A node-to-node command (disconnect a user, unsubscribe a user, revocation...).
+
+    ``kind`` names the action, ``params`` carries its arguments as JSON-able values.
+    """
+
+    kind: str
+    params: dict[str, str | float | int | None]
+
+
+class BrokerEventHandler(Protocol):
+    """What a broker calls on the node. Calls are made from the event loop and must not
+    block: the hub fans out synchronously."""
+
+    def handle_publication(self, channel: str, pub: Publication) -> None: ...
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    def handle_control(self, message: ControlMessage) -> None: ...
+
+    def handle_reconnect(self) -> None:
+        """The broker lost its link and has resubscribed every channel."""
+        ...
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Moves publications, join/leave events and control messages between nodes, and
+    keeps each channel's history (see the module docstring for the guarantees)."""
+
+    def set_handler(self, handler: BrokerEventHandler) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def subscribe(self, channel: str) -> None:
+        """Start receiving the channel's events on this node (idempotent)."""
+        ...
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop receiving the channel's events on this node (idempotent)."""
+        ...
+
+    async def publish(
+        self,
+        channel: str,
+        data: RawJSON,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        history: HistoryOptions | None = None,
+    ) -> StreamPosition | None:
+        """Publish to every node; with ``history``, append atomically and return the
+        new stream position, else return ``None`` (no offset)."""
+        ...
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    async def publish_control(self, message: ControlMessage) -> None:
+        """Deliver ``message`` to every node, this one included."""
+        ...
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 0,
+        reverse: bool = False,
+        options: HistoryOptions | None = None,
+    ) -> HistoryResult:
+        """Read the stream. ``limit`` 0: only the top; -1: everything kept. ``since``:
+        publications after ``since.offset`` (before it with ``reverse``). The epoch is
+        created when the channel's stream is first touched, so the top of an empty
+        stream is ``(0, epoch)``."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Whether the broker's links are up (``/readyz``)."""
+        ...
+
+
+@runtime_checkable
+class PresenceManager(Protocol):
+    """Who is subscribed to a channel, across nodes. Entries expire after ``ttl`` seconds
+    unless refreshed, so that a crashed node's clients disappear."""
+
+    async def add(self, channel: str, info: ClientInfo, ttl: float) -> None: ...
+
+    async def remove(self, channel: str, client: str) -> None: ...
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]: ...
+
+    async def stats(self, channel: str) -> PresenceStats: ...
+
+    async def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    """A broker and a presence manager that share one backend (memory or Redis)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def broker(self) -> Broker: ...
+
+    @property
+    def presence(self) -> PresenceManager: ...

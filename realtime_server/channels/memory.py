@@ -1,0 +1,199 @@
+"""The embedded in-memory engine: one process, no Redis.
+
+Publishing appends to the channel's stream and hands the publication to the node in the
+same synchronous step, so the append and the delivery are atomic and ordered per
+channel. Streams live in process memory: a restart starts new epochs, and clients that
+reconnect after it are told ``recovered: false``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..protocol import ClientInfo, Publication, RawJSON, StreamPosition
+from .engine import (
+    BrokerEventHandler,
+    ControlMessage,
+    HistoryOptions,
+    HistoryResult,
+    PresenceStats,
+)
+
+__all__ = ["MemoryBroker", "MemoryEngine", "MemoryPresence"]
+
+Clock = Callable[[], float]
+
+
+def new_epoch() -> str:
+    """A short random id of a stream incarnation."""
+    return secrets.token_urlsafe(6)
+
+
+@dataclass(slots=True)
+class _Stream:
+    epoch: str
+    top: int = 0
+    meta_expires: float = 0.0
+    entries: deque[tuple[float, Publication]] = field(default_factory=deque)
+
+    def trim(self, now: float, size: int) -> None:
+        entries = self.entries
+        while entries and (len(entries) > size or entries[0][0] <= now):
+            entries.popleft()
+
+
+class MemoryBroker:
+    """Broker and history in process memory (implements :class:`engine.Broker`)."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._handler: BrokerEventHandler | None = None
+        self._streams: dict[str, _Stream] = {}
+        self._channels: set[str] = set()
+        self._last_sweep = clock()
+
+    def set_handler(self, handler: BrokerEventHandler) -> None:
+        self._handler = handler
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._streams.clear()
+        self._channels.clear()
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+
+    def _stream(self, channel: str, options: HistoryOptions | None, now: float) -> _Stream:
+        stream = self._streams.get(channel)
+        if stream is None or stream.meta_expires <= now:
+            stream = _Stream(new_epoch())
+            self._streams[channel] = stream
+        if options is not None:
+            stream.meta_expires = now + max(options.meta_ttl, options.ttl)
+            stream.trim(now, options.size)
+        elif stream.meta_expires <= now:
+            stream.meta_expires = now + 86400.0
+        return stream
+
+    def _sweep(self, now: float) -> None:
+        """Forget streams whose position expired (amortised: at most once a minute)."""
+        if now - self._last_sweep < 60.0:
+            return
+        self._last_sweep = now
+        for channel in [c for c, s in self._streams.items() if s.meta_expires <= now]:
+            del self._streams[channel]
+
+    async def publish(
+        self,
+        channel: str,
+        data: RawJSON,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        history: HistoryOptions | None = None,
+    ) -> StreamPosition | None:
+        position: StreamPosition | None = None
+        if history is not None and history.size > 0:
+            now = self._clock()
+            self._sweep(now)
+            stream = self._stream(channel, history, now)
+            stream.top += 1
+            pub = Publication(data, stream.top, info, tags)
+            stream.entries.append((now + history.ttl, pub))
+            stream.trim(now, history.size)
+            position = StreamPosition(stream.top, stream.epoch)
+        else:
+            pub = Publication(data, 0, info, tags)
+        if self._handler is not None and channel in self._channels:
+            self._handler.handle_publication(channel, pub)
+        return position
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        if self._handler is not None and channel in self._channels:
+            self._handler.handle_join(channel, info)
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        if self._handler is not None and channel in self._channels:
+            self._handler.handle_leave(channel, info)
+
+    async def publish_control(self, message: ControlMessage) -> None:
+        if self._handler is not None:
+            self._handler.handle_control(message)
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 0,
+        reverse: bool = False,
+        options: HistoryOptions | None = None,
+    ) -> HistoryResult:
+        now = self._clock()
+        stream = self._stream(channel, options, now)
+        if options is None:
+            stream.trim(now, len(stream.entries))  # drop expired entries only
+        top = StreamPosition(stream.top, stream.epoch)
+        if limit == 0 or (since is not None and since.epoch and since.epoch != stream.epoch):
+            return HistoryResult([], top)
+        pubs = [pub for _, pub in stream.entries]
+        if since is not None:
+            if reverse:
+                pubs = [p for p in pubs if p.offset < since.offset]
+            else:
+                pubs = [p for p in pubs if p.offset > since.offset]
+        if reverse:
+            pubs.reverse()
+        if limit > 0:
+            pubs = pubs[:limit]
+        return HistoryResult(pubs, top)
+
+
+class MemoryPresence:
+    """Presence in process memory (implements :class:`engine.PresenceManager`)."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, dict[str, ClientInfo]] = {}
+
+    async def add(self, channel: str, info: ClientInfo, ttl: float) -> None:
+        self._channels.setdefault(channel, {})[info.client] = info
+
+    async def remove(self, channel: str, client: str) -> None:
+        clients = self._channels.get(channel)
+        if clients is not None:
+            clients.pop(client, None)
+            if not clients:
+                del self._channels[channel]
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        return dict(self._channels.get(channel, {}))
+
+    async def stats(self, channel: str) -> PresenceStats:
+        clients = self._channels.get(channel, {})
+        return PresenceStats(len(clients), len({i.user for i in clients.values()}))
+
+    async def close(self) -> None:
+        self._channels.clear()
+
+
+class MemoryEngine:
+    """The embedded engine (implements :class:`engine.Engine`)."""
+
+    name = "memory"
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.broker = MemoryBroker(clock)
+        self.presence = MemoryPresence()

@@ -1,0 +1,106 @@
+"""Namespaces and their options.
+
+Two namespaces are built in (``user`` and ``document``, see PROTOCOL.md); operators may
+change their options or add namespaces with ``REALTIME_NAMESPACES`` (a JSON object of
+namespace name -> options). Every namespace other than ``user`` is private: a
+subscription needs a subscription token or the connection token's ``channels`` claim.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, Final, Literal
+
+from ..codes import UNKNOWN_CHANNEL
+from ..errors import CommandError, ConfigError
+from .names import ChannelName, parse_channel
+
+__all__ = ["DEFAULT_NAMESPACES", "NamespaceOptions", "Namespaces"]
+
+Access = Literal["owner", "token"]
+_NAMESPACE_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceOptions:
+    """What a namespace offers. ``history_size`` 0 turns history (and recovery) off."""
+
+    access: Access = "token"
+    history_size: int = 100
+    history_ttl: float = 300.0
+    presence: bool = False
+    join_leave: bool = False
+    allow_publish: bool = False
+
+    @property
+    def history(self) -> bool:
+        return self.history_size > 0 and self.history_ttl > 0
+
+
+DEFAULT_NAMESPACES: Final[Mapping[str, NamespaceOptions]] = {
+    "user": NamespaceOptions(access="owner", presence=False, join_leave=False),
+    "document": NamespaceOptions(access="token", presence=True, join_leave=True),
+}
+
+
+class Namespaces:
+    """The namespaces a node knows, by name."""
+
+    def __init__(self, options: Mapping[str, NamespaceOptions] = DEFAULT_NAMESPACES) -> None:
+        self._options = dict(options)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._options
+
+    def __iter__(self) -> Any:
+        return iter(self._options.items())
+
+    def get(self, channel: ChannelName) -> NamespaceOptions:
+        """The options of the channel's namespace.
+
+        Raises:
+            CommandError: (102 unknown channel) for a namespace the server does not know.
+        """
+        try:
+            return self._options[channel.namespace]
+        except KeyError:
+            raise CommandError(UNKNOWN_CHANNEL) from None
+
+    def resolve(self, name: str) -> tuple[ChannelName, NamespaceOptions]:
+        """Parse ``name`` (107 when malformed) and find its namespace (102 when unknown)."""
+        channel = parse_channel(name)
+        return channel, self.get(channel)
+
+    @classmethod
+    def from_json(cls, overrides: Mapping[str, Any]) -> Namespaces:
+        """Built-in namespaces updated with ``overrides`` (parsed ``REALTIME_NAMESPACES``).
+
+        Raises:
+            ConfigError: naming ``REALTIME_NAMESPACES`` when a name or option is malformed.
+        """
+        merged = dict(DEFAULT_NAMESPACES)
+        known = {f.name: f.type for f in fields(NamespaceOptions)}
+        for name, opts in overrides.items():
+            if not _NAMESPACE_RE.fullmatch(name) or not isinstance(opts, dict):
+                raise ConfigError(f"REALTIME_NAMESPACES: bad namespace {name!r}")
+            base = merged.get(name, NamespaceOptions())
+            for key, value in opts.items():
+                if key not in known:
+                    raise ConfigError(f"REALTIME_NAMESPACES: unknown option {name}.{key}")
+                expected = type(getattr(base, key))
+                if key == "access":
+                    if value not in ("owner", "token") or name == "user":
+                        raise ConfigError(f"REALTIME_NAMESPACES: bad access for {name}")
+                elif expected is bool and not isinstance(value, bool):
+                    raise ConfigError(f"REALTIME_NAMESPACES: {name}.{key} must be a boolean")
+                elif expected in (int, float) and (
+                    isinstance(value, bool) or not isinstance(value, int | float) or value < 0
+                ):
+                    raise ConfigError(f"REALTIME_NAMESPACES: {name}.{key} must be >= 0")
+                base = replace(base, **{key: expected(value)})
+            if name == "user" and base.access != "owner":
+                raise ConfigError("REALTIME_NAMESPACES: user namespace access is fixed")
+            merged[name] = base
+        return cls(merged)

@@ -1,0 +1,424 @@
+"""The node: sessions, the hub and the engine put together.
+
+It subscribes the engine's broker to a channel on the channel's first local subscriber
+and unsubscribes on the last (reference counting by the hub's membership, serialised per
+channel by striped locks so concurrent subscribe/unsubscribe never leave a stray broker
+subscription). It receives the broker's events (:class:`BrokerEventHandler`) and the
+revocation store's announcements, and offers the operations of the server API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import zlib
+from collections.abc import Coroutine
+from typing import Any
+
+from . import __version__, codes
+from .auth.revocation import Revocation, RevocationStore
+from .auth.tokens import TokenVerifier
+from .channels.engine import ControlMessage, Engine, HistoryOptions, PresenceStats
+from .channels.namespaces import NamespaceOptions, Namespaces
+from .codes import CloseCode
+from .commands import COMMANDS
+from .config import Settings
+from .errors import CommandError
+from .hub import Hub
+from .keepalive import Keepalive
+from .metrics import Metrics
+from .protocol import (
+    ClientInfo,
+    HistoryRequest,
+    Publication,
+    RawJSON,
+    StreamPosition,
+    SubscribeRequest,
+    encode_join,
+    encode_leave,
+    encode_unsubscribe_push,
+)
+from .session import Session, Subscription
+
+__all__ = ["Node"]
+
+logger = logging.getLogger("realtime_server.node")
+
+_LOCK_STRIPES = 1024
+PRESENCE_TTL = 60.0
+
+
+def history_options(options: NamespaceOptions) -> HistoryOptions | None:
+    if not options.history:
+        return None
+    return HistoryOptions(options.history_size, options.history_ttl)
+
+
+class Node:
+    """One server process's view of clients and channels."""
+
+    version = __version__
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        revocations: RevocationStore,
+        verifier: TokenVerifier,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.node_name or socket.gethostname()
+        self.engine = engine
+        self.broker = engine.broker
+        self.revocations = revocations
+        self.verifier = verifier
+        self.namespaces: Namespaces = settings.namespaces()
+        self.metrics = Metrics(self.name)
+        self.hub = Hub(self.metrics)
+        self.keepalive = Keepalive(settings.ping_interval, settings.pong_timeout)
+        self.commands = COMMANDS
+        self.sessions: dict[str, Session] = {}
+        self.by_user: dict[str, set[Session]] = {}
+        self.by_jti: dict[str, set[Session]] = {}
+        self.draining = False
+        self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
+        self._broker_channels: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.broker.set_handler(self)
+        revocations.set_listener(self.handle_revocation)
+        self.metrics.gauge("connections", "Connected clients.", lambda: len(self.sessions))
+        self.metrics.gauge("subscriptions", "Channel subscriptions of connected clients.",
+                           lambda: self.hub.num_subscriptions)
+        self.metrics.gauge("channels", "Channels with local subscribers.",
+                           lambda: self.hub.num_channels)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.broker.start()
+        self.keepalive.start()
+
+    async def close(self) -> None:
+        await self.keepalive.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.broker.close()
+        await self.engine.presence.close()
+        await self.revocations.close()
+
+    def shutdown_clients(self, code: CloseCode = codes.CLOSE_SHUTDOWN) -> None:
+        """Stop serving: every session is closed with ``code`` (3001 by default)."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            session.close(code)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background, keeping a reference and logging failures."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task failed", exc_info=task.exception())
+
+    def readiness(self) -> dict[str, str]:
+        """What is not ready, by component (empty when ready)."""
+        problems: dict[str, str] = {}
+        if self.draining:
+            problems["node"] = "draining"
+        if not self.broker.ready:
+            problems["broker"] = "unreachable"
+        return problems
+
+    # --- session index ------------------------------------------------------------------
+
+    def register(self, s: Session) -> None:
+        self.sessions[s.client_id] = s
+        self.by_user.setdefault(s.user, set()).add(s)
+        self.index_jti(s, s.token_jti)
+        self.keepalive.add(s)
+        self.metrics.connections_total += 1
+
+    def forget(self, s: Session) -> None:
+        """Remove a closing session from every index (synchronous)."""
+        self.keepalive.remove(s)
+        for name in (*s.subs, *s.pending):
+            self.hub.remove(name, s)
+        if self.sessions.pop(s.client_id, None) is None:
+            return
+        users = self.by_user.get(s.user)
+        if users is not None:
+            users.discard(s)
+            if not users:
+                del self.by_user[s.user]
+        self.unindex_jti(s, s.token_jti)
+        for sub in s.subs.values():
+            self.unindex_jti(s, sub.token_jti)
+
+    def user_connections(self, user: str) -> int:
+        return len(self.by_user.get(user, ()))
+
+    def index_jti(self, s: Session, jti: str | None) -> None:
+        if jti is not None:
+            self.by_jti.setdefault(jti, set()).add(s)
+
+    def unindex_jti(self, s: Session, jti: str | None) -> None:
+        if jti is not None:
+            holders = self.by_jti.get(jti)
+            if holders is not None:
+                holders.discard(s)
+                if not holders:
+                    del self.by_jti[jti]
+
+    def reindex_jti(self, s: Session, old: str | None, new: str | None) -> None:
+        self.unindex_jti(s, old)
+        self.index_jti(s, new)
+
+    # --- subscriptions ------------------------------------------------------------------
+
+    def _lock(self, channel: str) -> asyncio.Lock:
+        return self._locks[zlib.crc32(channel.encode()) % _LOCK_STRIPES]
+
+    async def _acquire(self, channel: str) -> None:
+        async with self._lock(channel):
+            if channel not in self._broker_channels and self.hub.has_local(channel):
+                await self.broker.subscribe(channel)
+                self._broker_channels.add(channel)
+
+    async def release(self, channel: str) -> None:
+        """Unsubscribe the broker from ``channel`` if no local session holds it."""
+        async with self._lock(channel):
+            if channel in self._broker_channels and not self.hub.has_local(channel):
+                self._broker_channels.discard(channel)
+                await self.broker.unsubscribe(channel)
+
+    async def release_all(self, channels: list[str]) -> None:
+        for channel in channels:
+            await self.release(channel)
+
+    async def attach(
+        self, s: Session, channel: str, options: NamespaceOptions, req: SubscribeRequest
+    ) -> tuple[dict[str, Any], int]:
+        """Start a subscription: buffer the channel's frames for ``s``, subscribe the
+        broker, read the stream position (and the missed publications when recovering).
+
+        Returns the subscribe result and the offset the client is at once the result is
+        delivered. The caller writes the reply, then calls ``hub.activate``.
+        """
+        self.hub.add_pending(channel, s)
+        try:
+            await self._acquire(channel)
+            hopts = history_options(options)
+            if hopts is None:
+                return {}, 0
+            if req.recover:
+                since = StreamPosition(req.offset, req.epoch)
+                found = await self.broker.history(channel, since=since, limit=-1, options=hopts)
+            else:
+                found = await self.broker.history(channel, limit=0, options=hopts)
+        except BaseException:
+            self.hub.remove(channel, s)
+            await self.release(channel)
+            raise
+        top = found.top
+        result: dict[str, Any] = {
+            "recoverable": True,
+            "positioned": True,
+            "epoch": top.epoch,
+            "offset": top.offset,
+        }
+        if not req.recover:
+            return result, top.offset
+        pubs = found.publications
+        recovered = (
+            (not req.epoch or req.epoch == top.epoch)
+            and req.offset <= top.offset
+            and len(pubs) == top.offset - req.offset
+        )
+        result["was_recovering"] = True
+        result["recovered"] = recovered
+        if not recovered:
+            return result, top.offset
+        result["offset"] = req.offset
+        if pubs:
+            result["publications"] = [p.to_json() for p in pubs]
+        return result, top.offset
+
+    async def joined(self, s: Session, sub: Subscription) -> None:
+        """Presence and join for a new subscription (when the namespace has them)."""
+        if sub.options.presence:
+            await self.engine.presence.add(sub.channel, sub.info, PRESENCE_TTL)
+        if sub.options.join_leave:
+            await self.broker.publish_join(sub.channel, sub.info)
+
+    async def _left(self, sub: Subscription) -> None:
+        if sub.options.presence:
+            await self.engine.presence.remove(sub.channel, sub.info.client)
+        if sub.options.join_leave:
+            await self.broker.publish_leave(sub.channel, sub.info)
+
+    async def unsubscribe(self, s: Session, channel: str) -> None:
+        sub = s.subs.pop(channel, None)
+        if sub is None:
+            return
+        if sub.timer is not None:
+            sub.timer.cancel()
+        self.unindex_jti(s, sub.token_jti)
+        self.hub.remove(channel, s)
+        try:
+            await self._left(sub)
+        finally:
+            await self.release(channel)
+
+    async def finish(self, s: Session) -> None:
+        """Asynchronous part of a session's end: presence, leave, broker refcounts."""
+        s.detach()
+        subs = list(s.subs.values())
+        channels = [*s.subs, *s.pending]
+        s.subs.clear()
+        s.pending.clear()
+        for sub in subs:
+            try:
+                await self._left(sub)
+            except Exception:
+                logger.warning("presence cleanup failed for %s", sub.channel, exc_info=True)
+        for channel in channels:
+            await self.release(channel)
+
+    # --- broker events (BrokerEventHandler) --------------------------------------------
+
+    def handle_publication(self, channel: str, pub: Publication) -> None:
+        self.hub.publish(channel, pub)
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        self.hub.broadcast(channel, encode_join(channel, info))
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        self.hub.broadcast(channel, encode_leave(channel, info))
+
+    def handle_reconnect(self) -> None:
+        logger.info("broker link restored")
+
+    def handle_control(self, message: ControlMessage) -> None:
+        params = message.params
+        user = str(params.get("user") or "")
+        if message.kind == "disconnect":
+            code = CloseCode(
+                int(params.get("code") or codes.CLOSE_SHUTDOWN.code),
+                str(params.get("reason") or "disconnect"),
+                reconnect=True,
+            )
+            for s in list(self.by_user.get(user, ())):
+                if not params.get("client") or params["client"] == s.client_id:
+                    s.close(code)
+        elif message.kind == "unsubscribe":
+            channel = str(params.get("channel") or "")
+            for s in list(self.by_user.get(user, ())):
+                if channel in s.subs:
+                    push_code, push_reason = codes.UNSUBSCRIBE_SERVER
+                    s.send(encode_unsubscribe_push(channel, push_code, push_reason))
+                    self.spawn(self.unsubscribe(s, channel))
+
+    def handle_revocation(self, revocation: Revocation) -> None:
+        """Close every local session holding a token the revocation covers."""
+        self.metrics.revocations_total += 1
+        if revocation.kind == "jti":
+            targets = set(self.by_jti.get(revocation.jti or "", ()))
+        else:
+            targets = set()
+            for s in self.by_user.get(revocation.user or "", ()):
+                if revocation.matches(s.token_jti, s.user, s.token_iat) or any(
+                    sub.token_jti is not None
+                    and revocation.matches(sub.token_jti, s.user, sub.token_iat)
+                    for sub in s.subs.values()
+                ):
+                    targets.add(s)
+        for s in targets:
+            s.close(codes.CLOSE_TOKEN_REVOKED)
+
+    # --- server API operations -----------------------------------------------------------
+
+    def channel_options(self, channel: str) -> NamespaceOptions:
+        return self.namespaces.resolve(channel)[1]
+
+    async def publish(
+        self,
+        channel: str,
+        data: RawJSON,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> StreamPosition | None:
+        """Publish ``data`` (encoded JSON) to ``channel``; returns the stream position
+        when the channel keeps history. Raises :class:`CommandError` (107/102)."""
+        options = self.channel_options(channel)
+        return await self.broker.publish(
+            channel, data, info=info, tags=tags, history=history_options(options)
+        )
+
+    async def disconnect_user(self, user: str, code: int, reason: str, client: str = "") -> None:
+        await self.broker.publish_control(
+            ControlMessage(
+                "disconnect", {"user": user, "code": code, "reason": reason, "client": client}
+            )
+        )
+
+    async def unsubscribe_user(self, user: str, channel: str) -> None:
+        self.channel_options(channel)
+        await self.broker.publish_control(
+            ControlMessage("unsubscribe", {"user": user, "channel": channel})
+        )
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        if not self.channel_options(channel).presence:
+            raise CommandError(codes.NOT_AVAILABLE)
+        return await self.engine.presence.presence(channel)
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        if not self.channel_options(channel).presence:
+            raise CommandError(codes.NOT_AVAILABLE)
+        return await self.engine.presence.stats(channel)
+
+    async def history(self, req: HistoryRequest) -> dict[str, Any]:
+        """The history reply body: ``publications``, ``epoch``, ``offset``."""
+        options = self.channel_options(req.channel)
+        hopts = history_options(options)
+        if hopts is None:
+            raise CommandError(codes.NOT_AVAILABLE)
+        if req.reverse and req.since is not None and req.since.offset == 0:
+            raise CommandError(codes.BAD_REQUEST)
+        limit = req.limit
+        if limit < 0 or limit > hopts.size:
+            limit = hopts.size
+        found = await self.broker.history(
+            req.channel, since=req.since, limit=limit, reverse=req.reverse, options=hopts
+        )
+        if req.since is not None and req.since.epoch and req.since.epoch != found.top.epoch:
+            raise CommandError(codes.UNRECOVERABLE_POSITION)
+        return {
+            "publications": [p.to_json() for p in found.publications],
+            "epoch": found.top.epoch,
+            "offset": found.top.offset,
+        }
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "nodes": [
+                {
+                    "uid": self.name,
+                    "name": self.name,
+                    "version": self.version,
+                    "num_clients": len(self.sessions),
+                    "num_users": len(self.by_user),
+                    "num_channels": self.hub.num_channels,
+                    "num_subs": self.hub.num_subscriptions,
+                    "engine": self.engine.name,
+                }
+            ]
+        }
+

@@ -1,0 +1,107 @@
+"""Publishing from Python backends.
+
+``Publisher`` takes the same configuration as the server. On the embedded engine the
+only way into the server's memory is its HTTP server API, so the publisher calls it
+(``REALTIME_API_KEY`` must be set on both sides). The result of :meth:`publish` is the
+new stream position, or ``None`` for a channel without history.
+
+    async with Publisher(Settings.from_env()) as publisher:
+        position = await publisher.publish("document:42", {"status": "signed"})
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .config import Settings
+from .errors import BackendUnavailable, ConfigError, RealtimeError
+from .protocol import StreamPosition
+
+__all__ = ["PublishError", "Publisher"]
+
+
+class PublishError(RealtimeError):
+    """The server refused the call; ``code`` is the protocol error code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{message} ({code})")
+        self.code = code
+
+
+class Publisher:
+    """Publish and revoke through a running server's HTTP API."""
+
+    def __init__(self, settings: Settings | None = None, *, timeout: float = 5.0) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        if not self.settings.api_key:
+            raise ConfigError("REALTIME_API_KEY must be set to publish through the server API")
+        self._url = self.settings.api_base_url() + "/api/"
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Publisher:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Call one server API method; returns its ``result``."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        assert self.settings.api_key is not None
+        headers = {"X-API-Key": self.settings.api_key, "Content-Type": "application/json"}
+        try:
+            async with self._session.post(
+                self._url + method, data=orjson.dumps(params), headers=headers
+            ) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise BackendUnavailable(
+                f"server API at {self.settings.api_base_url()} unreachable: "
+                f"{type(exc).__name__}"
+            ) from None
+        try:
+            reply = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise PublishError(100, f"unexpected HTTP {status} from the server API") from None
+        if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
+            error = reply["error"]
+            raise PublishError(int(error.get("code", 100)), str(error.get("message", "error")))
+        result = reply.get("result") if isinstance(reply, dict) else None
+        if status != 200 or not isinstance(result, dict):
+            raise PublishError(100, f"unexpected HTTP {status} from the server API")
+        return result
+
+    async def publish(self, channel: str, data: Any) -> StreamPosition | None:
+        result = await self.call("publish", {"channel": channel, "data": data})
+        if "offset" in result:
+            return StreamPosition(int(result["offset"]), str(result.get("epoch", "")))
+        return None
+
+    async def revoke_token(self, jti: str, expires_at: float | None = None) -> None:
+        params: dict[str, Any] = {"uid": jti}
+        if expires_at is not None:
+            params["expire_at"] = expires_at
+        await self.call("revoke_token", params)
+
+    async def invalidate_user_tokens(self, user: str, issued_before: float | None = None) -> None:
+        params: dict[str, Any] = {"user": user}
+        if issued_before is not None:
+            params["issued_before"] = issued_before
+        await self.call("invalidate_user_tokens", params)

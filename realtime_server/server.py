@@ -1,0 +1,155 @@
+"""WebSocket wiring: the HTTP routes of the public port and the per-connection handler.
+
+Routes: ``/connection/websocket`` (WebSocket; a plain HTTP request there gets 426),
+``/healthz``, ``/readyz``, ``/metrics``; anything else 404. JSON only: a client offering
+only other subprotocols (``centrifuge-protobuf``) is refused at the handshake; one
+offering ``centrifuge-json`` gets it selected; none offered is the SDK default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, NegotiationError
+from websockets.http11 import Request, Response
+from websockets.typing import Origin, Subprotocol
+
+from . import codes
+from .errors import ProtocolViolation
+from .node import Node
+from .session import Session, SessionState
+
+__all__ = ["WEBSOCKET_PATH", "start_websocket_server"]
+
+logger = logging.getLogger("realtime_server.server")
+
+WEBSOCKET_PATH = "/connection/websocket"
+_JSON_SUBPROTOCOL = Subprotocol("centrifuge-json")
+
+
+def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+            ("Connection", "close"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)
+
+
+def _select_subprotocol(
+    conn: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    if not offered:
+        return None
+    if _JSON_SUBPROTOCOL in offered:
+        return _JSON_SUBPROTOCOL
+    raise NegotiationError("only JSON (no subprotocol, or centrifuge-json) is supported")
+
+
+class _Routes:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def __call__(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == WEBSOCKET_PATH:
+            upgrade = request.headers.get("Upgrade", "")
+            if upgrade.lower() != "websocket":
+                return _response(
+                    http.HTTPStatus.UPGRADE_REQUIRED,
+                    b"WebSocket upgrade required\n",
+                    "text/plain; charset=utf-8",
+                )
+            if self.node.draining:
+                return _response(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE, b"draining\n", "text/plain; charset=utf-8"
+                )
+            return None
+        if path == "/healthz":
+            return _response(http.HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
+        if path == "/readyz":
+            problems = self.node.readiness()
+            status = http.HTTPStatus.SERVICE_UNAVAILABLE if problems else http.HTTPStatus.OK
+            body = orjson.dumps({"ready": not problems, "problems": problems})
+            return _response(status, body, "application/json")
+        if path == "/metrics":
+            return _response(
+                http.HTTPStatus.OK, self.node.metrics.render(), "text/plain; version=0.0.4"
+            )
+        return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+
+
+async def _serve_session(session: Session, connect_timeout: float) -> None:
+    conn = session.conn
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + connect_timeout
+    while session.state is SessionState.CONNECTING:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise ProtocolViolation(codes.CLOSE_STALE)
+        try:
+            message = await asyncio.wait_for(conn.recv(), remaining)
+        except TimeoutError:
+            raise ProtocolViolation(codes.CLOSE_STALE) from None
+        await session.feed(message)
+    async for message in conn:
+        await session.feed(message)
+
+
+def make_handler(node: Node) -> Any:
+    async def handler(conn: ServerConnection) -> None:
+        session = Session(node, conn)
+        try:
+            await _serve_session(session, node.settings.connect_timeout)
+        except ProtocolViolation as exc:
+            if session.state is SessionState.CONNECTING:
+                node.metrics.connect_rejected[exc.close.code] += 1
+            session.close(exc.close)
+        except ConnectionClosed:
+            pass
+        finally:
+            await node.finish(session)
+            code = session.close_code
+            if code is not None:
+                # Close here rather than let the server close with 1000 first.
+                await conn.close(code.code, code.reason)
+
+    return handler
+
+
+async def start_websocket_server(node: Node, **kwargs: Any) -> Server:
+    """Listen on the configured host and port (``port=0`` in kwargs picks a free one)."""
+    settings = node.settings
+    origins: list[Origin | None] | None = None
+    allowed = settings.origins()
+    if allowed is not None:
+        origins = [Origin(o) for o in allowed]
+        origins.append(None)  # non-browser SDKs send no Origin
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "process_request": _Routes(node),
+        "select_subprotocol": _select_subprotocol,
+        "origins": origins,
+        "compression": None,
+        "ping_interval": None,  # the protocol's own JSON pings replace WebSocket pings
+        "ping_timeout": None,
+        "close_timeout": 5,
+        "max_size": settings.max_message_size,
+        "max_queue": 16,
+        "open_timeout": settings.connect_timeout,
+        "server_header": None,
+        "reuse_address": True,
+    }
+    options.update(kwargs)
+    return await serve(make_handler(node), **options)

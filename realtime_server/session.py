@@ -1,0 +1,278 @@
+"""One client connection: its state machine, its outbound writes, its commands.
+
+States: CONNECTING (until a successful ``connect``) -> CONNECTED -> CLOSED. Every write
+is synchronous (a frame appended to the transport, never awaited); a client whose
+outbound buffer exceeds ``REALTIME_OUTBOX_BYTES`` is closed with 3008. Commands of one
+frame are handled in order. This module maps every error to what the client sees:
+:class:`ProtocolViolation` -> close code, :class:`CommandError` -> error reply, anything
+unexpected -> error 100 (never the exception text).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+from . import codes
+from .auth.tokens import TokenExpired, TokenInvalid
+from .channels.namespaces import NamespaceOptions
+from .codes import CloseCode, ErrorCode
+from .errors import BackendUnavailable, CommandError, ProtocolViolation
+from .hub import text_frame
+from .protocol import (
+    ClientInfo,
+    Command,
+    encode_error,
+    encode_reply,
+    encode_unsubscribe_push,
+    parse_frame,
+)
+
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["Session", "SessionState", "Subscription"]
+
+logger = logging.getLogger("realtime_server.session")
+
+
+class SessionState(enum.IntEnum):
+    CONNECTING = 0
+    CONNECTED = 1
+    CLOSED = 2
+
+
+_MOVES = {
+    SessionState.CONNECTING: frozenset({SessionState.CONNECTED, SessionState.CLOSED}),
+    SessionState.CONNECTED: frozenset({SessionState.CLOSED}),
+    SessionState.CLOSED: frozenset(),
+}
+
+
+@dataclass(slots=True)
+class Subscription:
+    """A channel a session is subscribed to (server-side or client-side)."""
+
+    channel: str
+    options: NamespaceOptions
+    info: ClientInfo
+    server_side: bool
+    token_jti: str | None = None
+    token_iat: float | None = None
+    expires_at: float | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class Session:
+    """A connected client. Created by the server for each WebSocket connection."""
+
+    def __init__(self, node: Node, conn: ServerConnection) -> None:
+        self.node = node
+        self.conn = conn
+        self.client_id = str(uuid.uuid4())
+        self.state = SessionState.CONNECTING
+        self.user = ""
+        self.conn_info: bytes | None = None
+        self.token_jti: str | None = None
+        self.token_iat: float | None = None
+        self.expires_at: float | None = None
+        self.subs: dict[str, Subscription] = {}
+        self.pending: set[str] = set()
+        self.name = ""
+        self.version = ""
+        self.connected_at = 0.0
+        self.close_code: CloseCode | None = None
+        self.awaiting_pong = False
+        self.ping_bucket = -1
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._transport = conn.transport
+        self._protocol = conn.protocol
+        self._outbox_limit = node.settings.outbox_bytes
+        self._tokens = node.settings.rate_burst
+        self._refilled = time.monotonic()
+        self._strikes = 0
+        self._debug = logger.isEnabledFor(logging.DEBUG)
+
+    def __repr__(self) -> str:
+        return f"Session({self.client_id}, user={self.user!r}, {self.state.name})"
+
+    # --- state ---------------------------------------------------------------------
+
+    def transition(self, new: SessionState) -> None:
+        if new not in _MOVES[self.state]:
+            raise RuntimeError(f"illegal session move {self.state.name} -> {new.name}")
+        if self._debug:
+            logger.debug("session %s: %s -> %s", self.client_id, self.state.name, new.name)
+        self.state = new
+
+    @property
+    def info(self) -> ClientInfo:
+        return ClientInfo(self.user, self.client_id, self.conn_info)
+
+    # --- output (synchronous, never awaits the client) -----------------------------
+
+    def write(self, frame: bytes) -> bool:
+        """Append one WebSocket frame to the transport. Returns whether it was written."""
+        if self._protocol.state is not State.OPEN or self.state is SessionState.CLOSED:
+            return False
+        transport = self._transport
+        if transport.get_write_buffer_size() > self._outbox_limit:
+            self.node.metrics.slow_disconnects_total += 1
+            self.close(codes.CLOSE_SLOW)
+            return False
+        transport.write(frame)
+        return True
+
+    def send(self, payload: bytes) -> bool:
+        return self.write(text_frame(payload))
+
+    def reply(self, cmd: Command, result: dict[str, Any]) -> None:
+        self.send(encode_reply(cmd.id, cmd.method, result))
+
+    def reply_error(self, cmd: Command, error: ErrorCode) -> None:
+        self.node.metrics.command_errors[error.code] += 1
+        if cmd.id:
+            self.send(encode_error(cmd.id, error))
+
+    def close(self, code: CloseCode) -> None:
+        """Close with ``code``: detach from the node at once, send the close frame in the
+        background. Idempotent."""
+        if self.state is SessionState.CLOSED:
+            return
+        self.close_code = code
+        self.node.metrics.closes[code.code] += 1
+        self.detach()
+        self.node.spawn(self._close_socket(code))
+
+    async def _close_socket(self, code: CloseCode) -> None:
+        await self.conn.close(code.code, code.reason)
+
+    def detach(self) -> None:
+        """Synchronous part of leaving: state CLOSED, out of every index and timer."""
+        if self.state is SessionState.CLOSED:
+            return
+        self.transition(SessionState.CLOSED)
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        for sub in self.subs.values():
+            if sub.timer is not None:
+                sub.timer.cancel()
+        self.node.forget(self)
+
+    # --- input -----------------------------------------------------------------------
+
+    def _rate_ok(self) -> bool:
+        settings = self.node.settings
+        now = time.monotonic()
+        self._tokens = min(
+            settings.rate_burst, self._tokens + (now - self._refilled) * settings.rate_limit
+        )
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self._strikes = 0
+            return True
+        self._strikes += 1
+        self.node.metrics.rate_limited_total += 1
+        if self._strikes >= settings.rate_strikes:
+            raise ProtocolViolation(codes.CLOSE_TOO_MANY_REQUESTS)
+        return False
+
+    async def feed(self, message: str | bytes) -> None:
+        """Handle one frame from the client. Raises :class:`ProtocolViolation`."""
+        if isinstance(message, bytes):
+            raise ProtocolViolation(codes.CLOSE_BAD_REQUEST, "binary frame")
+        self.awaiting_pong = False
+        for cmd in parse_frame(message):
+            if self.state is SessionState.CLOSED:
+                return
+            if not self._rate_ok():
+                if cmd.id:
+                    self.reply_error(cmd, codes.TOO_MANY_REQUESTS)
+                continue
+            await self.handle(cmd)
+
+    async def handle(self, cmd: Command) -> None:
+        self.node.metrics.commands_total += 1
+        method = cmd.method
+        if method == "":
+            return  # pong
+        if method == "send":
+            if self.state is not SessionState.CONNECTED:
+                raise ProtocolViolation(codes.CLOSE_BAD_REQUEST, "send before connect")
+            return  # no handler for asynchronous messages: ignored, never answered
+        if self.state is SessionState.CONNECTING and method != "connect":
+            raise ProtocolViolation(codes.CLOSE_BAD_REQUEST, "command before connect")
+        if self.state is SessionState.CONNECTED and method == "connect":
+            raise ProtocolViolation(codes.CLOSE_BAD_REQUEST, "already connected")
+        handler = self.node.commands.get(method)
+        try:
+            if handler is None:
+                raise CommandError(codes.METHOD_NOT_FOUND)
+            await handler(self, cmd)
+        except CommandError as exc:
+            self.reply_error(cmd, exc.error)
+        except BackendUnavailable:
+            self.reply_error(cmd, codes.INTERNAL)
+        except (ProtocolViolation, asyncio.CancelledError):
+            raise
+        except TokenInvalid:
+            raise ProtocolViolation(codes.CLOSE_INVALID_TOKEN) from None
+        except TokenExpired:
+            self.reply_error(cmd, codes.TOKEN_EXPIRED)
+        except Exception:
+            logger.exception("command %s failed for client %s", method, self.client_id)
+            self.reply_error(cmd, codes.INTERNAL)
+
+    # --- expiry ----------------------------------------------------------------------
+
+    def schedule_expiry(self, expires_at: float | None) -> None:
+        """Close with 3005 when the connection token is not refreshed in time."""
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        self.expires_at = expires_at
+        if expires_at is None:
+            return
+        delay = expires_at - time.time() + self.node.settings.expiry_grace
+        loop = asyncio.get_running_loop()
+        self._expiry_timer = loop.call_later(max(0.0, delay), self._expired)
+
+    def _expired(self) -> None:
+        self._expiry_timer = None
+        expires_at = self.expires_at
+        if self.state is SessionState.CONNECTED and expires_at and time.time() >= expires_at:
+            self.close(codes.CLOSE_EXPIRED)
+
+    def schedule_sub_expiry(self, sub: Subscription, expires_at: float | None) -> None:
+        """Unsubscribe (push 2501) when the subscription token is not refreshed."""
+        if sub.timer is not None:
+            sub.timer.cancel()
+            sub.timer = None
+        sub.expires_at = expires_at
+        if expires_at is None:
+            return
+        delay = expires_at - time.time() + self.node.settings.expiry_grace
+        loop = asyncio.get_running_loop()
+        sub.timer = loop.call_later(max(0.0, delay), self._sub_expired, sub)
+
+    def _sub_expired(self, sub: Subscription) -> None:
+        sub.timer = None
+        if self.state is not SessionState.CONNECTED or self.subs.get(sub.channel) is not sub:
+            return
+        if sub.expires_at is None or time.time() < sub.expires_at:
+            return
+        if sub.server_side:
+            self.close(codes.CLOSE_SUBSCRIPTION_EXPIRED)
+            return
+        code, reason = codes.UNSUBSCRIBE_EXPIRED
+        self.send(encode_unsubscribe_push(sub.channel, code, reason))
+        self.node.spawn(self.node.unsubscribe(self, sub.channel))

@@ -1,0 +1,139 @@
+"""Shared test helpers: settings, tokens, a raw protocol client, scaled timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from typing import Any
+
+import jwt
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from realtime_server.config import Settings
+
+SECRET = "test-secret-for-hs256-0123456789abcdef"
+API_KEY = "test-api-key-0123456789"
+SCALE = float(os.environ.get("REALTIME_TEST_TIMEOUT_SCALE", "1"))
+MS = 0.001 * SCALE
+"""One millisecond, scaled by REALTIME_TEST_TIMEOUT_SCALE for slow machines."""
+
+BASE_ENV = {
+    "REALTIME_JWT_SECRET": SECRET,
+    "REALTIME_API_KEY": API_KEY,
+    "REALTIME_HOST": "127.0.0.1",
+    "REALTIME_PORT": "0",
+    "REALTIME_API_HOST": "127.0.0.1",
+    "REALTIME_API_PORT": "0",
+    "REALTIME_SHUTDOWN_TIMEOUT": "2",
+    "REALTIME_LOG_LEVEL": "WARNING",
+}
+
+
+def make_settings(**env: object) -> Settings:
+    """Test settings; keyword names are REALTIME_* variable suffixes (``PING_INTERVAL=1``)."""
+    merged = dict(BASE_ENV)
+    for key, value in env.items():
+        name = key if key.startswith("REALTIME_") else f"REALTIME_{key.upper()}"
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = str(value)
+    return Settings.from_env(env=merged)
+
+
+def token(
+    user: str,
+    *,
+    ttl: float = 3600,
+    secret: str = SECRET,
+    algorithm: str = "HS256",
+    **claims: Any,
+) -> str:
+    """A connection token (or, with ``channel=...``, a subscription token)."""
+    now = int(time.time())
+    payload: dict[str, Any] = {"sub": user, "iat": now, "exp": now + ttl, "jti": uuid.uuid4().hex}
+    for key, value in claims.items():
+        if value is None:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def sub_token(user: str, channel: str, **claims: Any) -> str:
+    return token(user, channel=channel, **claims)
+
+
+class RawClient:
+    """A bare protocol client over a real WebSocket, for exact wire checks."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.next_id = 1
+
+    @classmethod
+    async def open(cls, url: str, **kwargs: Any) -> RawClient:
+        return cls(await connect(url, max_size=None, ping_interval=None, **kwargs))
+
+    async def send(self, *commands: dict[str, Any]) -> list[int]:
+        """Send commands in one frame (ids assigned where missing); returns the ids."""
+        ids = []
+        lines = []
+        for cmd in commands:
+            if "id" not in cmd and "send" not in cmd and cmd:
+                cmd = {"id": self.next_id, **cmd}
+                self.next_id += 1
+            ids.append(cmd.get("id", 0))
+            lines.append(orjson.dumps(cmd).decode())
+        await self.ws.send("\n".join(lines))
+        return ids
+
+    async def recv(self, timeout: float = 2000 * MS) -> dict[str, Any]:
+        """Next message (frames with several lines are split)."""
+        if not hasattr(self, "_buffer"):
+            self._buffer: list[dict[str, Any]] = []
+        while not self._buffer:
+            frame = await asyncio.wait_for(self.ws.recv(), timeout)
+            assert isinstance(frame, str), "server sent a binary frame"
+            self._buffer.extend(orjson.loads(line) for line in frame.split("\n") if line)
+        return self._buffer.pop(0)
+
+    async def reply(self, cmd_id: int, timeout: float = 2000 * MS) -> dict[str, Any]:
+        """Next reply with ``id`` (pushes and pings before it are skipped)."""
+        while True:
+            msg = await self.recv(timeout)
+            if msg.get("id") == cmd_id:
+                return msg
+
+    async def push(self, kind: str, timeout: float = 2000 * MS) -> dict[str, Any]:
+        """Next push of ``kind`` (pub, join, leave, unsubscribe...)."""
+        while True:
+            msg = await self.recv(timeout)
+            push = msg.get("push")
+            if push and kind in push:
+                return dict(push)
+
+    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        (cmd_id,) = await self.send({method: params})
+        return await self.reply(cmd_id)
+
+    async def connect(self, tok: str, **params: Any) -> dict[str, Any]:
+        return await self.call("connect", {"token": tok, **params})
+
+    async def closed(self, timeout: float = 3000 * MS) -> tuple[int | None, str]:
+        """Wait for the server to close; returns (code, reason)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    await self.ws.recv()
+        except ConnectionClosed:
+            pass
+        rcvd = self.ws.close_rcvd
+        return (rcvd.code, rcvd.reason) if rcvd else (None, "")
+
+    async def close(self) -> None:
+        await self.ws.close()
