@@ -74,6 +74,7 @@ class RawClient:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.next_id = 1
+        self.skipped: list[dict[str, Any]] = []
 
     @classmethod
     async def open(cls, url: str, **kwargs: Any) -> RawClient:
@@ -103,14 +104,20 @@ class RawClient:
         return self._buffer.pop(0)
 
     async def reply(self, cmd_id: int, timeout: float = 2000 * MS) -> dict[str, Any]:
-        """Next reply with ``id`` (pushes and pings before it are skipped)."""
+        """Next reply with ``id``; pushes received before it are kept for :meth:`push`."""
         while True:
             msg = await self.recv(timeout)
             if msg.get("id") == cmd_id:
                 return msg
+            if "push" in msg:
+                self.skipped.append(msg)
 
     async def push(self, kind: str, timeout: float = 2000 * MS) -> dict[str, Any]:
-        """Next push of ``kind`` (pub, join, leave, unsubscribe...)."""
+        """Next push of ``kind`` (pub, join, leave, unsubscribe...), in arrival order."""
+        for i, msg in enumerate(self.skipped):
+            if kind in msg["push"]:
+                del self.skipped[i]
+                return dict(msg["push"])
         while True:
             msg = await self.recv(timeout)
             push = msg.get("push")
@@ -132,7 +139,7 @@ class RawClient:
                     await self.ws.recv()
         except ConnectionClosed:
             pass
-        rcvd = self.ws.close_rcvd
+        rcvd = self.ws.protocol.close_rcvd
         return (rcvd.code, rcvd.reason) if rcvd else (None, "")
 
     async def close(self) -> None:

@@ -1,0 +1,44 @@
+# realtime-server: `make serve` runs the server, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: serve test lint typecheck pytest bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.'
+	touch $@
+
+$(BIN)/.test-installed: $(BIN)/.installed pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,redis,postgres]'
+	touch $@
+
+tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+	touch $@
+
+## Run the server (needs REALTIME_JWT_SECRET or REALTIME_JWT_PUBLIC_KEY in the environment).
+serve: $(BIN)/.installed
+	$(BIN)/realtime-server serve
+
+## Install test dependencies, then lint, type-check and run every test.
+test: $(BIN)/.test-installed tests/js/node_modules/.installed
+	$(MAKE) --no-print-directory lint typecheck pytest
+
+lint: $(BIN)/.test-installed
+	$(BIN)/ruff check .
+
+typecheck: $(BIN)/.test-installed
+	$(BIN)/mypy
+
+pytest: $(BIN)/.test-installed
+	PYTHONASYNCIODEBUG=0 $(BIN)/pytest -q
+
+## Fan-out benchmark: our server vs a bare websockets broadcast server (prints a table).
+bench: $(BIN)/.test-installed
+	$(BIN)/python bench/fanout.py
+
+clean:
+	rm -rf $(VENV) tests/js/node_modules .mypy_cache .ruff_cache .pytest_cache

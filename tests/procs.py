@@ -1,0 +1,104 @@
+"""Run ``realtime-server`` as a real process (for CLI, signal and multi-process tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from .helpers import BASE_ENV, MS
+
+CLI = [sys.executable, "-m", "realtime_server"]
+_WS_RE = re.compile(r"listening on ws://[^:]+:(\d+)/")
+_API_RE = re.compile(r"HTTP server API on http://[^:]+:(\d+)/api")
+
+
+def cli_env(**env: str | None) -> dict[str, str]:
+    merged = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    merged.update(BASE_ENV)
+    for key, value in env.items():
+        name = key if key.startswith("REALTIME_") else f"REALTIME_{key.upper()}"
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    return merged
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, env=env or cli_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30000 * MS)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@dataclass
+class ServerProcess:
+    proc: asyncio.subprocess.Process
+    port: int = 0
+    api_port: int = 0
+    log: list[str] = field(default_factory=list)
+    _reader: asyncio.Task[None] | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/connection/websocket"
+
+    @property
+    def api_env(self) -> dict[str, str]:
+        return {"REALTIME_API_URL": f"http://127.0.0.1:{self.api_port}"}
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.log.append(line.decode(errors="replace"))
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10000 * MS) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), timeout)
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+            if self._reader is not None:
+                await asyncio.wait_for(self._reader, 5000 * MS)
+        return code
+
+
+@asynccontextmanager
+async def server_process(**env: str | None) -> AsyncIterator[ServerProcess]:
+    """Start ``realtime-server serve`` on free ports; wait until it says it listens."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "serve", env=cli_env(**{"LOG_LEVEL": "INFO", **env}),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    server = ServerProcess(proc)
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(15000 * MS):
+            while not server.port or (env.get("API_KEY", "") is not None and not server.api_port):
+                raw = await proc.stderr.readline()
+                if not raw:
+                    raise RuntimeError("server exited: " + "".join(server.log))
+                line = raw.decode(errors="replace")
+                server.log.append(line)
+                if m := _WS_RE.search(line):
+                    server.port = int(m.group(1))
+                if m := _API_RE.search(line):
+                    server.api_port = int(m.group(1))
+                if "API off" in line:
+                    break
+        server._reader = asyncio.get_running_loop().create_task(server._read())
+        yield server
+    finally:
+        await server.stop(signal.SIGKILL if proc.returncode is None else signal.SIGTERM)
