@@ -223,7 +223,9 @@ async def start_api(node: Node, settings: Settings, port: int | None = None) -> 
     runner = web.AppRunner(build_api(node, settings.api_key), access_log=None)
     await runner.setup()
     site = web.TCPSite(
-        runner, settings.api_host, settings.api_port if port is None else port,
+        runner,
+        settings.api_host,
+        settings.api_port if port is None else port,
         reuse_address=True,
     )
     await site.start()

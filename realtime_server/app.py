@@ -78,8 +78,11 @@ class Running:
         """Drain: stop accepting, close clients with 3001, wait for them (bounded)."""
         node = self.node
         node.shutdown_clients(codes.CLOSE_SHUTDOWN)
-        self.ws.close(close_connections=True, code=codes.CLOSE_SHUTDOWN.code,
-                      reason=codes.CLOSE_SHUTDOWN.reason)
+        self.ws.close(
+            close_connections=True,
+            code=codes.CLOSE_SHUTDOWN.code,
+            reason=codes.CLOSE_SHUTDOWN.reason,
+        )
         try:
             await asyncio.wait_for(self.ws.wait_closed(), grace)
         except TimeoutError:
@@ -119,8 +122,12 @@ async def run(settings: Settings) -> int:
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         logger.info(
             "realtime-server %s listening on ws://%s:%d%s (engine %s, node %s)",
-            server.node.version, host, server.port, WEBSOCKET_PATH,
-            server.node.engine.name, server.node.name,
+            server.node.version,
+            host,
+            server.port,
+            WEBSOCKET_PATH,
+            server.node.engine.name,
+            server.node.name,
         )
         if server.api is not None:
             logger.info("HTTP server API on http://%s:%d/api", settings.api_host, server.api_port)

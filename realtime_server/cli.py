@@ -63,8 +63,9 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + var.field.replace("_", "-")
         default = f" (default {var.default})" if var.default is not None else ""
-        group.add_argument(flag, dest=var.field, metavar="VALUE",
-                           help=f"{var.help}; env {var.name}{default}")
+        group.add_argument(
+            flag, dest=var.field, metavar="VALUE", help=f"{var.help}; env {var.name}{default}"
+        )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -130,9 +131,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if position is None:
             print(orjson.dumps({"channel": args.channel}).decode())
         else:
-            print(orjson.dumps(
-                {"channel": args.channel, "offset": position.offset, "epoch": position.epoch}
-            ).decode())
+            print(
+                orjson.dumps(
+                    {"channel": args.channel, "offset": position.offset, "epoch": position.epoch}
+                ).decode()
+            )
         return EXIT_OK
 
     return _run(go())
@@ -165,8 +168,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     keys = build_verifier(settings)
     del keys
-    print(f"configuration ok (algorithms {settings.jwt_algorithms or 'default'}, "
-          f"engine {'redis' if settings.redis_url else 'memory'})")
+    print(
+        f"configuration ok (algorithms {settings.jwt_algorithms or 'default'}, "
+        f"engine {'redis' if settings.redis_url else 'memory'})"
+    )
     return EXIT_OK
 
 
@@ -184,10 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="mint a token with the configured HMAC secret")
     token.add_argument("--user", required=True, help="the sub claim")
-    token.add_argument("--channel", action="append", default=[],
-                       help="a channel for the channels claim (repeatable)")
-    token.add_argument("--subscription", metavar="CHANNEL",
-                       help="mint a subscription token for CHANNEL instead")
+    token.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        help="a channel for the channels claim (repeatable)",
+    )
+    token.add_argument(
+        "--subscription", metavar="CHANNEL", help="mint a subscription token for CHANNEL instead"
+    )
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (3600)")
     token.add_argument("--info", help="JSON for the info claim")
     token.set_defaults(func=cmd_token)
@@ -201,8 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--jti", help="revoke the token with this jti")
     revoke.add_argument("--expires-at", type=float, help="the token's exp (default: max lifetime)")
     revoke.add_argument("--user", help="revoke every token of this user")
-    revoke.add_argument("--issued-before", type=float,
-                        help="only tokens issued before this unix time (default: now)")
+    revoke.add_argument(
+        "--issued-before",
+        type=float,
+        help="only tokens issued before this unix time (default: now)",
+    )
     revoke.set_defaults(func=cmd_revoke)
 
     check = sub.add_parser("check", help="verify configuration and reach every backend")

@@ -127,9 +127,7 @@ async def connect(s: Session, cmd: Command) -> None:
         await node.joined(s, sub)
 
 
-async def _verify_sub_token(
-    s: Session, channel: str, token: str, now: float
-) -> SubscriptionClaims:
+async def _verify_sub_token(s: Session, channel: str, token: str, now: float) -> SubscriptionClaims:
     try:
         claims = s.node.verifier.verify_subscription(token, now)
     except TokenInvalid:
@@ -262,8 +260,12 @@ async def refresh(s: Session, cmd: Command) -> None:
     s.schedule_expiry(claims.exp)
     s.reply(
         cmd,
-        {"client": s.client_id, "version": node.version, "expires": True,
-         "ttl": _ttl(claims.exp, now)},
+        {
+            "client": s.client_id,
+            "version": node.version,
+            "expires": True,
+            "ttl": _ttl(claims.exp, now),
+        },
     )
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Hub", "text_frame"]
 
+
 def text_frame(payload: bytes) -> bytes:
     """The bytes of one unmasked, uncompressed WebSocket text frame."""
     return Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])

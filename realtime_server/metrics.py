@@ -44,27 +44,67 @@ class Metrics:
 
         for name, (help_text, read) in sorted(self.gauges.items()):
             metric(name, "gauge", help_text, [("", read())])
-        metric("connections_total", "counter", "Connections accepted (connect succeeded).",
-               [("", self.connections_total)])
-        metric("connect_rejected_total", "counter", "Connect attempts refused, by code.",
-               [(f'{{code="{c}"}}', n) for c, n in sorted(self.connect_rejected.items())])
-        metric("closes_total", "counter", "Connections closed by the server, by close code.",
-               [(f'{{code="{c}"}}', n) for c, n in sorted(self.closes.items())])
-        metric("commands_total", "counter", "Client commands processed.",
-               [("", self.commands_total)])
-        metric("command_errors_total", "counter", "Error replies sent, by error code.",
-               [(f'{{code="{c}"}}', n) for c, n in sorted(self.command_errors.items())])
-        metric("publications_total", "counter", "Publications fanned out by this node.",
-               [("", self.publications_total)])
-        metric("deliveries_total", "counter", "Frames written to subscribers by fan-out.",
-               [("", self.deliveries_total)])
-        metric("drops_total", "counter",
-               "Deliveries skipped (subscriber closing or over its outbox bound).",
-               [("", self.drops_total)])
-        metric("slow_disconnects_total", "counter", "Clients closed with 3008 (slow).",
-               [("", self.slow_disconnects_total)])
-        metric("rate_limited_total", "counter", "Commands refused with 111.",
-               [("", self.rate_limited_total)])
-        metric("revocations_total", "counter", "Revocations received by this node.",
-               [("", self.revocations_total)])
+        metric(
+            "connections_total",
+            "counter",
+            "Connections accepted (connect succeeded).",
+            [("", self.connections_total)],
+        )
+        metric(
+            "connect_rejected_total",
+            "counter",
+            "Connect attempts refused, by code.",
+            [(f'{{code="{c}"}}', n) for c, n in sorted(self.connect_rejected.items())],
+        )
+        metric(
+            "closes_total",
+            "counter",
+            "Connections closed by the server, by close code.",
+            [(f'{{code="{c}"}}', n) for c, n in sorted(self.closes.items())],
+        )
+        metric(
+            "commands_total", "counter", "Client commands processed.", [("", self.commands_total)]
+        )
+        metric(
+            "command_errors_total",
+            "counter",
+            "Error replies sent, by error code.",
+            [(f'{{code="{c}"}}', n) for c, n in sorted(self.command_errors.items())],
+        )
+        metric(
+            "publications_total",
+            "counter",
+            "Publications fanned out by this node.",
+            [("", self.publications_total)],
+        )
+        metric(
+            "deliveries_total",
+            "counter",
+            "Frames written to subscribers by fan-out.",
+            [("", self.deliveries_total)],
+        )
+        metric(
+            "drops_total",
+            "counter",
+            "Deliveries skipped (subscriber closing or over its outbox bound).",
+            [("", self.drops_total)],
+        )
+        metric(
+            "slow_disconnects_total",
+            "counter",
+            "Clients closed with 3008 (slow).",
+            [("", self.slow_disconnects_total)],
+        )
+        metric(
+            "rate_limited_total",
+            "counter",
+            "Commands refused with 111.",
+            [("", self.rate_limited_total)],
+        )
+        metric(
+            "revocations_total",
+            "counter",
+            "Revocations received by this node.",
+            [("", self.revocations_total)],
+        )
         return ("\n".join(lines) + "\n").encode()

@@ -88,10 +88,14 @@ class Node:
         self.broker.set_handler(self)
         revocations.set_listener(self.handle_revocation)
         self.metrics.gauge("connections", "Connected clients.", lambda: len(self.sessions))
-        self.metrics.gauge("subscriptions", "Channel subscriptions of connected clients.",
-                           lambda: self.hub.num_subscriptions)
-        self.metrics.gauge("channels", "Channels with local subscribers.",
-                           lambda: self.hub.num_channels)
+        self.metrics.gauge(
+            "subscriptions",
+            "Channel subscriptions of connected clients.",
+            lambda: self.hub.num_subscriptions,
+        )
+        self.metrics.gauge(
+            "channels", "Channels with local subscribers.", lambda: self.hub.num_channels
+        )
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -421,4 +425,3 @@ class Node:
                 }
             ]
         }
-

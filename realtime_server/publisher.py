@@ -73,8 +73,7 @@ class Publisher:
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendUnavailable(
-                f"server API at {self.settings.api_base_url()} unreachable: "
-                f"{type(exc).__name__}"
+                f"server API at {self.settings.api_base_url()} unreachable: {type(exc).__name__}"
             ) from None
         try:
             reply = orjson.loads(body)

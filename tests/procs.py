@@ -32,8 +32,11 @@ def cli_env(**env: str | None) -> dict[str, str]:
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, env=env or cli_env(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *CLI,
+        *args,
+        env=env or cli_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30000 * MS)
     assert proc.returncode is not None
@@ -79,8 +82,11 @@ class ServerProcess:
 async def server_process(**env: str | None) -> AsyncIterator[ServerProcess]:
     """Start ``realtime-server serve`` on free ports; wait until it says it listens."""
     proc = await asyncio.create_subprocess_exec(
-        *CLI, "serve", env=cli_env(**{"LOG_LEVEL": "INFO", **env}),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        *CLI,
+        "serve",
+        env=cli_env(**{"LOG_LEVEL": "INFO", **env}),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     server = ServerProcess(proc)
     try:

@@ -13,7 +13,7 @@ from .procs import cli_env, run_cli, server_process
 
 
 async def test_serve_without_key_exits_2_naming_variable() -> None:
-    code, out, err = await run_cli("serve", env=cli_env(JWT_SECRET=None))
+    code, _, err = await run_cli("serve", env=cli_env(JWT_SECRET=None))
     assert code == 2
     assert err.strip().count("\n") == 0 and "REALTIME_JWT_SECRET" in err
 

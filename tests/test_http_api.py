@@ -15,17 +15,21 @@ from .helpers import API_KEY, RawClient, sub_token, token
 
 
 async def get(server: Running, path: str) -> tuple[int, str, str]:
-    async with aiohttp.ClientSession() as http, http.get(
-        f"http://127.0.0.1:{server.port}{path}"
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{server.port}{path}") as resp,
+    ):
         return resp.status, resp.headers.get("Content-Type", ""), await resp.text()
 
 
-async def api(server: Running, method: str, body: Any, key: str | None = API_KEY) -> tuple[int, Any]:
+async def api(
+    server: Running, method: str, body: Any, key: str | None = API_KEY
+) -> tuple[int, Any]:
     headers = {"X-API-Key": key} if key is not None else {}
-    async with aiohttp.ClientSession() as http, http.post(
-        f"{api_url(server)}/api/{method}", json=body, headers=headers
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{api_url(server)}/api/{method}", json=body, headers=headers) as resp,
+    ):
         return resp.status, await resp.json(content_type=None)
 
 
@@ -85,7 +89,9 @@ async def test_api_publish_broadcast_history(server: Running) -> None:
 async def test_api_presence_disconnect_unsubscribe(server: Running) -> None:
     client = await RawClient.open(ws_url(server))
     await client.connect(token("42"))
-    await client.call("subscribe", {"channel": "document:2", "token": sub_token("42", "document:2")})
+    await client.call(
+        "subscribe", {"channel": "document:2", "token": sub_token("42", "document:2")}
+    )
     _, body = await api(server, "presence", {"channel": "document:2"})
     assert [i["user"] for i in body["result"]["presence"].values()] == ["42"]
     _, body = await api(server, "presence_stats", {"channel": "document:2"})
@@ -95,8 +101,10 @@ async def test_api_presence_disconnect_unsubscribe(server: Running) -> None:
     _, body = await api(server, "unsubscribe", {"user": "42", "channel": "document:2"})
     assert body == {"result": {}}
     push = await client.push("unsubscribe")
-    assert push == {"channel": "document:2", "unsubscribe": {"code": 2000,
-                                                             "reason": "server unsubscribe"}}
+    assert push == {
+        "channel": "document:2",
+        "unsubscribe": {"code": 2000, "reason": "server unsubscribe"},
+    }
     _, body = await api(
         server, "disconnect", {"user": "42", "disconnect": {"code": 4100, "reason": "bye"}}
     )

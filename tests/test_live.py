@@ -153,8 +153,13 @@ async def test_recovery_on_resubscribe(server: Running) -> None:
         await server.node.publish("document:1", b'{"n":%d}' % n)
     again = await client.call(
         "subscribe",
-        {"channel": "document:1", "token": tok, "recover": True, "offset": 1,
-         "epoch": first["epoch"]},
+        {
+            "channel": "document:1",
+            "token": tok,
+            "recover": True,
+            "offset": 1,
+            "epoch": first["epoch"],
+        },
     )
     result = again["subscribe"]
     assert result["recovered"] is True and result["was_recovering"] is True
@@ -212,8 +217,11 @@ async def test_presence_join_leave_history(server: Running) -> None:
     bob = await connected(server, "bob")
     for client, user in ((alice, "alice"), (bob, "bob")):
         reply = await client.call(
-            "subscribe", {"channel": "document:9", "token": sub_token(user, "document:9",
-                                                                      info={"role": "signer"})}
+            "subscribe",
+            {
+                "channel": "document:9",
+                "token": sub_token(user, "document:9", info={"role": "signer"}),
+            },
         )
         assert "subscribe" in reply
     join = await alice.push("join")
@@ -237,8 +245,12 @@ async def test_presence_join_leave_history(server: Running) -> None:
     assert hist["offset"] == 3
     rev = await alice.call(
         "history",
-        {"channel": "document:9", "limit": -1, "reverse": True,
-         "since": {"offset": 3, "epoch": hist["epoch"]}},
+        {
+            "channel": "document:9",
+            "limit": -1,
+            "reverse": True,
+            "since": {"offset": 3, "epoch": hist["epoch"]},
+        },
     )
     assert [p["data"] for p in rev["history"]["publications"]] == [1, 0]
     wrong = await alice.call(
@@ -264,7 +276,8 @@ async def test_client_publish_allowed_by_namespace(start_server: StartServer) ->
     client = await connected(server)
     await client.call("subscribe", {"channel": "chat:1", "token": sub_token("42", "chat:1")})
     assert await client.call("publish", {"channel": "chat:1", "data": {"m": 1}}) == {
-        "id": client.next_id - 1, "publish": {}
+        "id": client.next_id - 1,
+        "publish": {},
     }
     pub = await client.push("pub")
     assert pub["pub"]["data"] == {"m": 1} and pub["pub"]["info"]["user"] == "42"

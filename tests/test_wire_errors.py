@@ -67,7 +67,9 @@ async def test_oversized_message_closes_1009(start_server: StartServer) -> None:
 
 async def test_forged_token_closes_3500(server: Running) -> None:
     client = await RawClient.open(ws_url(server))
-    await client.send({"connect": {"token": token("42", secret="another-secret-xxxxxxxxxxxxxxxxxx")}})
+    await client.send(
+        {"connect": {"token": token("42", secret="another-secret-xxxxxxxxxxxxxxxxxx")}}
+    )
     assert await client.closed() == (3500, "invalid token")
 
 
@@ -181,9 +183,7 @@ async def test_other_commands(server: Running) -> None:
 async def test_channel_limit_at_connect_closes_3505(start_server: StartServer) -> None:
     server = await start_server(MAX_CHANNELS=2)
     client = await RawClient.open(ws_url(server))
-    await client.send(
-        {"connect": {"token": token("42", channels=["document:1", "document:2"])}}
-    )
+    await client.send({"connect": {"token": token("42", channels=["document:1", "document:2"])}})
     assert await client.closed() == (3505, "channel limit")
 
 
