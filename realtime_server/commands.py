@@ -16,7 +16,8 @@ import orjson
 from . import codes
 from .auth.tokens import SubscriptionClaims, TokenExpired, TokenInvalid
 from .channels.rules import check_client_publish, check_subscribe, needs_token, user_channel
-from .errors import BackendUnavailable, CommandError, ProtocolViolation
+from .errors import CommandError, ProtocolViolation
+from .events import EventType
 from .protocol import (
     Command,
     SubscribeRequest,
@@ -47,24 +48,11 @@ async def _check_revoked(node: Node, jti: str | None, user: str, iat: float | No
 async def connect(s: Session, cmd: Command) -> None:
     node = s.node
     settings = node.settings
-    rejected = node.metrics.connect_rejected
     req = parse_connect(cmd.params)
     now = time.time()
-    try:
-        claims = node.verifier.verify_connection(req.token, now)
-        await _check_revoked(node, claims.jti, claims.sub, claims.iat)
-    except TokenInvalid:
-        rejected[codes.CLOSE_INVALID_TOKEN.code] += 1
-        raise ProtocolViolation(codes.CLOSE_INVALID_TOKEN) from None
-    except TokenExpired:
-        rejected[codes.TOKEN_EXPIRED.code] += 1
-        raise CommandError(codes.TOKEN_EXPIRED) from None
-    except BackendUnavailable:
-        rejected[codes.INTERNAL.code] += 1
-        raise
-    except ProtocolViolation as exc:
-        rejected[exc.close.code] += 1
-        raise
+    # TokenInvalid -> close 3500, TokenExpired -> 109, BackendUnavailable -> 100 (session)
+    claims = node.verifier.verify_connection(req.token, now)
+    await _check_revoked(node, claims.jti, claims.sub, claims.iat)
     if s.state is not SessionState.CONNECTING:
         return
 
@@ -77,11 +65,9 @@ async def connect(s: Session, cmd: Command) -> None:
             continue  # a channel the token may not have is skipped, never subscribed
         resolved.append((name, options))
     if len(resolved) > settings.max_channels:
-        rejected[codes.CLOSE_CHANNEL_LIMIT.code] += 1
         raise ProtocolViolation(codes.CLOSE_CHANNEL_LIMIT)
     limit = settings.max_connections_per_user
     if limit and node.user_connections(claims.sub) >= limit:
-        rejected[codes.CLOSE_CONNECTION_LIMIT.code] += 1
         raise ProtocolViolation(codes.CLOSE_CONNECTION_LIMIT)
 
     s.user = claims.sub
@@ -112,6 +98,7 @@ async def connect(s: Session, cmd: Command) -> None:
     s.transition(SessionState.CONNECTED)
     s.connected_at = now
     node.register(s)
+    node.log(EventType.CONNECT, s, remote=s.remote, name=s.name, version=s.version)
 
     result: dict[str, Any] = {"client": s.client_id, "version": node.version, "subs": results}
     if settings.ping_interval > 0:
@@ -123,8 +110,17 @@ async def connect(s: Session, cmd: Command) -> None:
     s.reply(cmd, result)
     for name, _ in resolved:
         node.hub.activate(name, s, delivered[name])
+        _log_subscribe(s, name, results[name], server_side=True)
     for sub in list(s.subs.values()):
         await node.joined(s, sub)
+
+
+def _log_subscribe(s: Session, name: str, result: dict[str, Any], *, server_side: bool) -> None:
+    details: dict[str, Any] = {"server_side": server_side}
+    if "recovered" in result:
+        details["recovered"] = result["recovered"]
+        details["recovered_count"] = len(result.get("publications", ()))
+    s.node.log(EventType.SUBSCRIBE, s, channel=name, offset=result.get("offset"), **details)
 
 
 async def _verify_sub_token(s: Session, channel: str, token: str, now: float) -> SubscriptionClaims:
@@ -184,6 +180,7 @@ async def subscribe(s: Session, cmd: Command) -> None:
     s.subs[name] = sub
     s.reply(cmd, result)
     node.hub.activate(name, s, delivered)
+    _log_subscribe(s, name, result, server_side=False)
     await node.joined(s, sub)
 
 
@@ -209,7 +206,9 @@ async def publish(s: Session, cmd: Command) -> None:
     check_client_publish(options, sub is not None)
     if "data" not in cmd.params or sub is None:
         raise CommandError(codes.BAD_REQUEST)
-    await s.node.publish(name, orjson.dumps(cmd.params["data"]), info=sub.info)
+    await s.node.publish(
+        name, orjson.dumps(cmd.params["data"]), info=sub.info, publisher=f"client:{s.client_id}"
+    )
     s.reply(cmd, {})
 
 
@@ -258,6 +257,7 @@ async def refresh(s: Session, cmd: Command) -> None:
     node.reindex_jti(s, s.token_jti, claims.jti)
     s.token_jti, s.token_iat = claims.jti, claims.iat
     s.schedule_expiry(claims.exp)
+    node.log(EventType.TOKEN_REFRESHED, s)
     s.reply(
         cmd,
         {
@@ -281,6 +281,7 @@ async def sub_refresh(s: Session, cmd: Command) -> None:
     s.node.reindex_jti(s, sub.token_jti, claims.jti)
     sub.token_jti, sub.token_iat = claims.jti, claims.iat
     s.schedule_sub_expiry(sub, claims.exp)
+    s.node.log(EventType.TOKEN_REFRESHED, s, channel=name)
     result: dict[str, Any] = {"expires": claims.exp is not None}
     if claims.exp is not None:
         result["ttl"] = _ttl(claims.exp, now)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import zlib
 from collections.abc import Coroutine
 from typing import Any
@@ -25,6 +26,7 @@ from .codes import CloseCode
 from .commands import COMMANDS
 from .config import Settings
 from .errors import CommandError
+from .events import Event, EventRecorder, EventType, NullRecorder
 from .hub import Hub
 from .keepalive import Keepalive
 from .metrics import Metrics
@@ -66,8 +68,10 @@ class Node:
         engine: Engine,
         revocations: RevocationStore,
         verifier: TokenVerifier,
+        events: EventRecorder | None = None,
     ) -> None:
         self.settings = settings
+        self.events: EventRecorder = events if events is not None else NullRecorder()
         self.name = settings.node_name or socket.gethostname()
         self.engine = engine
         self.broker = engine.broker
@@ -100,6 +104,7 @@ class Node:
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.events.start()
         await self.broker.start()
         self.keepalive.start()
 
@@ -112,6 +117,7 @@ class Node:
         await self.broker.close()
         await self.engine.presence.close()
         await self.revocations.close()
+        await self.events.close()
 
     def shutdown_clients(self, code: CloseCode = codes.CLOSE_SHUTDOWN) -> None:
         """Stop serving: every session is closed with ``code`` (3001 by default)."""
@@ -137,7 +143,44 @@ class Node:
             problems["node"] = "draining"
         if not self.broker.ready:
             problems["broker"] = "unreachable"
+        event_log = self.events.problem()
+        if event_log:
+            problems["event_log"] = event_log
         return problems
+
+    # --- event log ------------------------------------------------------------------------
+
+    def log(
+        self,
+        kind: EventType,
+        s: Session | None = None,
+        *,
+        channel: str | None = None,
+        offset: int | None = None,
+        code: int | None = None,
+        user: str | None = None,
+        **details: Any,
+    ) -> None:
+        """Record an event (never blocks). ``details`` must hold no token or payload."""
+        self.events.record(
+            Event(
+                kind,
+                self.name,
+                user=user if user is not None else (s.user or None if s is not None else None),
+                client=s.client_id if s is not None else None,
+                channel=channel,
+                offset=offset,
+                code=code,
+                details=details or None,
+            )
+        )
+
+    def connect_rejected(self, s: Session, code: int, reason: str) -> None:
+        if s.rejection_logged:
+            return
+        s.rejection_logged = True
+        self.metrics.connect_rejected[code] += 1
+        self.log(EventType.CONNECT_REJECTED, s, code=code, reason=reason, remote=s.remote)
 
     # --- session index ------------------------------------------------------------------
 
@@ -266,7 +309,7 @@ class Node:
         if sub.options.join_leave:
             await self.broker.publish_leave(sub.channel, sub.info)
 
-    async def unsubscribe(self, s: Session, channel: str) -> None:
+    async def unsubscribe(self, s: Session, channel: str, reason: str = "client") -> None:
         sub = s.subs.pop(channel, None)
         if sub is None:
             return
@@ -274,6 +317,7 @@ class Node:
             sub.timer.cancel()
         self.unindex_jti(s, sub.token_jti)
         self.hub.remove(channel, s)
+        self.log(EventType.UNSUBSCRIBE, s, channel=channel, reason=reason)
         try:
             await self._left(sub)
         finally:
@@ -282,6 +326,17 @@ class Node:
     async def finish(self, s: Session) -> None:
         """Asynchronous part of a session's end: presence, leave, broker refcounts."""
         s.detach()
+        if s.connected_at:
+            code = s.close_code.code if s.close_code is not None else s.conn.close_code
+            self.log(
+                EventType.DISCONNECT,
+                s,
+                code=code,
+                duration=round(time.time() - s.connected_at, 3),
+                by="server" if s.close_code is not None else "client",
+            )
+            for name in s.subs:
+                self.log(EventType.UNSUBSCRIBE, s, channel=name, reason="disconnect")
         subs = list(s.subs.values())
         channels = [*s.subs, *s.pending]
         s.subs.clear()
@@ -326,7 +381,7 @@ class Node:
                 if channel in s.subs:
                     push_code, push_reason = codes.UNSUBSCRIBE_SERVER
                     s.send(encode_unsubscribe_push(channel, push_code, push_reason))
-                    self.spawn(self.unsubscribe(s, channel))
+                    self.spawn(self.unsubscribe(s, channel, reason="server"))
 
     def handle_revocation(self, revocation: Revocation) -> None:
         """Close every local session holding a token the revocation covers."""
@@ -344,6 +399,14 @@ class Node:
                     targets.add(s)
         for s in targets:
             s.close(codes.CLOSE_TOKEN_REVOKED)
+        self.log(
+            EventType.TOKEN_REVOKED,
+            user=revocation.user,
+            revocation=revocation.kind,
+            jti=revocation.jti,
+            issued_before=revocation.issued_before,
+            closed=len(targets),
+        )
 
     # --- server API operations -----------------------------------------------------------
 
@@ -357,13 +420,23 @@ class Node:
         *,
         info: ClientInfo | None = None,
         tags: dict[str, str] | None = None,
+        publisher: str = "api",
     ) -> StreamPosition | None:
         """Publish ``data`` (encoded JSON) to ``channel``; returns the stream position
         when the channel keeps history. Raises :class:`CommandError` (107/102)."""
         options = self.channel_options(channel)
-        return await self.broker.publish(
+        position = await self.broker.publish(
             channel, data, info=info, tags=tags, history=history_options(options)
         )
+        self.log(
+            EventType.PUBLICATION,
+            channel=channel,
+            offset=position.offset if position is not None else None,
+            user=info.user if info is not None else None,
+            size=len(data),
+            publisher=publisher,
+        )
+        return position
 
     async def disconnect_user(self, user: str, code: int, reason: str, client: str = "") -> None:
         await self.broker.publish_control(

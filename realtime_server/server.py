@@ -32,6 +32,8 @@ logger = logging.getLogger("realtime_server.server")
 
 WEBSOCKET_PATH = "/connection/websocket"
 _JSON_SUBPROTOCOL = Subprotocol("centrifuge-json")
+# Violations before any connect command was handled (others are logged by the command).
+_PRE_CONNECT = frozenset({codes.CLOSE_BAD_REQUEST.code, codes.CLOSE_STALE.code})
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -112,8 +114,8 @@ def make_handler(node: Node) -> Any:
         try:
             await _serve_session(session, node.settings.connect_timeout)
         except ProtocolViolation as exc:
-            if session.state is SessionState.CONNECTING:
-                node.metrics.connect_rejected[exc.close.code] += 1
+            if session.state is SessionState.CONNECTING and exc.close.code in _PRE_CONNECT:
+                node.connect_rejected(session, exc.close.code, exc.close.reason)
             session.close(exc.close)
         except ConnectionClosed:
             pass

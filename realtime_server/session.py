@@ -26,6 +26,7 @@ from .auth.tokens import TokenExpired, TokenInvalid
 from .channels.namespaces import NamespaceOptions
 from .codes import CloseCode, ErrorCode
 from .errors import BackendUnavailable, CommandError, ProtocolViolation
+from .events import EventType
 from .hub import text_frame
 from .protocol import (
     ClientInfo,
@@ -71,6 +72,13 @@ class Subscription:
     timer: asyncio.TimerHandle | None = None
 
 
+def _remote(conn: ServerConnection) -> str:
+    address = conn.remote_address
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address or "")
+
+
 class Session:
     """A connected client. Created by the server for each WebSocket connection."""
 
@@ -90,6 +98,8 @@ class Session:
         self.version = ""
         self.connected_at = 0.0
         self.close_code: CloseCode | None = None
+        self.remote = _remote(conn)
+        self.rejection_logged = False
         self.awaiting_pong = False
         self.ping_bucket = -1
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -126,6 +136,9 @@ class Session:
         transport = self._transport
         if transport.get_write_buffer_size() > self._outbox_limit:
             self.node.metrics.slow_disconnects_total += 1
+            self.node.log(
+                EventType.SLOW_CONSUMER, self, buffered=transport.get_write_buffer_size()
+            )
             self.close(codes.CLOSE_SLOW)
             return False
         transport.write(frame)
@@ -182,7 +195,10 @@ class Session:
             return True
         self._strikes += 1
         self.node.metrics.rate_limited_total += 1
+        if self._strikes == 1:
+            self.node.log(EventType.RATE_LIMITED, self, code=codes.TOO_MANY_REQUESTS.code)
         if self._strikes >= settings.rate_strikes:
+            self.node.log(EventType.RATE_LIMITED, self, code=codes.CLOSE_TOO_MANY_REQUESTS.code)
             raise ProtocolViolation(codes.CLOSE_TOO_MANY_REQUESTS)
         return False
 
@@ -215,22 +231,42 @@ class Session:
             raise ProtocolViolation(codes.CLOSE_BAD_REQUEST, "already connected")
         handler = self.node.commands.get(method)
         try:
-            if handler is None:
-                raise CommandError(codes.METHOD_NOT_FOUND)
-            await handler(self, cmd)
+            try:
+                if handler is None:
+                    raise CommandError(codes.METHOD_NOT_FOUND)
+                await handler(self, cmd)
+            except TokenInvalid:
+                raise ProtocolViolation(codes.CLOSE_INVALID_TOKEN) from None
+            except TokenExpired:
+                raise CommandError(codes.TOKEN_EXPIRED) from None
+            except BackendUnavailable:
+                raise CommandError(codes.INTERNAL) from None
         except CommandError as exc:
+            self._refused(cmd, exc.error.code, exc.error.message)
             self.reply_error(cmd, exc.error)
-        except BackendUnavailable:
-            self.reply_error(cmd, codes.INTERNAL)
-        except (ProtocolViolation, asyncio.CancelledError):
+        except ProtocolViolation as exc:
+            self._refused(cmd, exc.close.code, exc.close.reason)
             raise
-        except TokenInvalid:
-            raise ProtocolViolation(codes.CLOSE_INVALID_TOKEN) from None
-        except TokenExpired:
-            self.reply_error(cmd, codes.TOKEN_EXPIRED)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             logger.exception("command %s failed for client %s", method, self.client_id)
+            self._refused(cmd, codes.INTERNAL.code, "internal error")
             self.reply_error(cmd, codes.INTERNAL)
+
+    def _refused(self, cmd: Command, code: int, reason: str) -> None:
+        """Log refusals of connect and subscribe (the audit trail cares about those)."""
+        if cmd.method == "connect" and self.state is SessionState.CONNECTING:
+            self.node.connect_rejected(self, code, reason)
+        elif cmd.method == "subscribe":
+            channel = cmd.params.get("channel")
+            self.node.log(
+                EventType.SUBSCRIBE_REJECTED,
+                self,
+                channel=channel if isinstance(channel, str) else None,
+                code=code,
+                reason=reason,
+            )
 
     # --- expiry ----------------------------------------------------------------------
 
@@ -275,4 +311,4 @@ class Session:
             return
         code, reason = codes.UNSUBSCRIBE_EXPIRED
         self.send(encode_unsubscribe_push(sub.channel, code, reason))
-        self.node.spawn(self.node.unsubscribe(self, sub.channel))
+        self.node.spawn(self.node.unsubscribe(self, sub.channel, reason="expired"))

@@ -1,0 +1,91 @@
+"""Event records and the recorder interface the node calls.
+
+``EventRecorder.record`` is called on the event loop from the hot paths of connect,
+subscribe and publish: it must never block, never await and never raise. It only
+appends to a bounded in-memory buffer; writing happens elsewhere, in batches.
+No token, secret or payload body is ever part of an event.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["Event", "EventRecorder", "EventType", "NullRecorder", "document_id"]
+
+
+class EventType(enum.StrEnum):
+    CONNECT = "connect"
+    CONNECT_REJECTED = "connect_rejected"
+    DISCONNECT = "disconnect"
+    SUBSCRIBE = "subscribe"
+    SUBSCRIBE_REJECTED = "subscribe_rejected"
+    UNSUBSCRIBE = "unsubscribe"
+    PUBLICATION = "publication"
+    TOKEN_REFRESHED = "token_refreshed"  # noqa: S105 - an event name
+    TOKEN_REVOKED = "token_revoked"  # noqa: S105 - an event name
+    RATE_LIMITED = "rate_limited"
+    SLOW_CONSUMER = "slow_consumer"
+
+
+def document_id(channel: str | None) -> str | None:
+    """The document id of a ``document:<id>`` channel, else None."""
+    if channel is not None and channel.startswith("document:"):
+        return channel[len("document:") :]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of the event log. ``id`` is unique: writes are idempotent on it."""
+
+    type: EventType
+    node: str
+    user: str | None = None
+    client: str | None = None
+    channel: str | None = None
+    offset: int | None = None
+    code: int | None = None
+    details: dict[str, Any] | None = None
+    time: float = field(default_factory=time.time)
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    @property
+    def document(self) -> str | None:
+        return document_id(self.channel)
+
+
+@runtime_checkable
+class EventRecorder(Protocol):
+    """Where the node hands its events. ``record`` never blocks nor raises."""
+
+    def record(self, event: Event) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None:
+        """Flush what is buffered (or spill it to disk when the store is down)."""
+        ...
+
+    def problem(self) -> str | None:
+        """None when healthy; else a short description for ``/readyz``."""
+        ...
+
+
+class NullRecorder:
+    """Records nothing (event log disabled)."""
+
+    def record(self, event: Event) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def problem(self) -> str | None:
+        return None
