@@ -45,6 +45,18 @@ def build_verifier(settings: Settings) -> TokenVerifier:
 
 
 def build_engine(settings: Settings) -> tuple[Engine, RevocationStore]:
+    """The Redis engine when ``REALTIME_REDIS_URL`` is set, else the embedded one."""
+    if settings.redis_url:
+        from .auth.redis_revocation import RedisRevocationStore
+        from .channels.redis_engine import RedisEngine
+
+        engine = RedisEngine(
+            settings.redis_url,
+            settings.redis_prefix,
+            settings.redis_timeout,
+            settings.redis_shards,
+        )
+        return engine, RedisRevocationStore(engine.commands, settings.jwt_max_lifetime)
     return MemoryEngine(), MemoryRevocationStore(settings.jwt_max_lifetime)
 
 

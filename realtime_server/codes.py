@@ -17,6 +17,7 @@ __all__ = [
     "CLOSE_CHANNEL_LIMIT",
     "CLOSE_CONNECTION_LIMIT",
     "CLOSE_EXPIRED",
+    "CLOSE_INSUFFICIENT_STATE",
     "CLOSE_INVALID_TOKEN",
     "CLOSE_NO_PONG",
     "CLOSE_SHUTDOWN",
@@ -78,6 +79,7 @@ CLOSE_SHUTDOWN = CloseCode(3001, "shutdown", reconnect=True)
 CLOSE_EXPIRED = CloseCode(3005, "connection expired", reconnect=True)
 CLOSE_SUBSCRIPTION_EXPIRED = CloseCode(3006, "subscription expired", reconnect=True)
 CLOSE_SLOW = CloseCode(3008, "slow", reconnect=True)
+CLOSE_INSUFFICIENT_STATE = CloseCode(3010, "insufficient state", reconnect=True)
 CLOSE_NO_PONG = CloseCode(3012, "no pong", reconnect=True)
 CLOSE_TOO_MANY_REQUESTS = CloseCode(3013, "too many requests", reconnect=True)
 CLOSE_INVALID_TOKEN = CloseCode(3500, "invalid token", reconnect=False)

@@ -89,6 +89,8 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         True,
     ),
     _v("REALTIME_REDIS_PREFIX", "redis_prefix", "rt:", "prefix of every Redis key and channel"),
+    _v("REALTIME_REDIS_TIMEOUT", "redis_timeout", "2", "seconds any Redis call may take"),
+    _v("REALTIME_REDIS_SHARDS", "redis_shards", "2", "Redis pub/sub connections per node"),
     _v(
         "REALTIME_DATABASE_URL",
         "database_url",
@@ -97,6 +99,43 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         True,
     ),
     _v("REALTIME_SQLITE_PATH", "sqlite_path", "./realtime-events.db", "embedded event log file"),
+    _v(
+        "REALTIME_EVENTS_ENABLED",
+        "events_enabled",
+        "true",
+        "record the event log (false: record nothing)",
+    ),
+    _v(
+        "REALTIME_EVENTS_MIGRATE",
+        "events_migrate",
+        "true",
+        "apply the event-log schema migrations when serve starts",
+    ),
+    _v(
+        "REALTIME_EVENTS_BUFFER",
+        "events_buffer",
+        "100000",
+        "events held in memory; while the store is down, half of it fills before spilling",
+    ),
+    _v("REALTIME_EVENTS_BATCH", "events_batch", "1000", "events per write to the store"),
+    _v(
+        "REALTIME_EVENTS_FLUSH_INTERVAL",
+        "events_flush_interval",
+        "0.2",
+        "seconds a partial batch waits before it is written",
+    ),
+    _v(
+        "REALTIME_EVENTS_TIMEOUT",
+        "events_timeout",
+        "5",
+        "seconds allowed for one connect, write or query of the event store",
+    ),
+    _v(
+        "REALTIME_EVENTS_SPILL_PATH",
+        "events_spill_path",
+        "./realtime-events.spill.jsonl",
+        "append-only file for events the store could not take (replayed when it is back)",
+    ),
     _v(
         "REALTIME_ALLOWED_ORIGINS",
         "allowed_origins",
@@ -190,8 +229,19 @@ def _port(name: str, value: str) -> int:
     return port
 
 
+def _bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected true or false")
+
+
 _CONVERTERS: Final[dict[str, Callable[[str, str], Any]]] = {
     "port": _port,
+    "redis_timeout": lambda n, v: _float(n, v, 0.05),
+    "redis_shards": lambda n, v: _int(n, v, 1),
     "api_port": _port,
     "jwt_leeway": _float,
     "jwt_max_lifetime": lambda n, v: _float(n, v, 1.0),
@@ -208,6 +258,12 @@ _CONVERTERS: Final[dict[str, Callable[[str, str], Any]]] = {
     "rate_burst": lambda n, v: _float(n, v, 1.0),
     "rate_strikes": lambda n, v: _int(n, v, 1),
     "shutdown_timeout": lambda n, v: _float(n, v, 0.1),
+    "events_enabled": _bool,
+    "events_migrate": _bool,
+    "events_buffer": lambda n, v: _int(n, v, 100),
+    "events_batch": lambda n, v: _int(n, v, 1),
+    "events_flush_interval": lambda n, v: _float(n, v, 0.001),
+    "events_timeout": lambda n, v: _float(n, v, 0.05),
 }
 
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -233,8 +289,17 @@ class Settings:
     api_url: str | None = None
     redis_url: str | None = field(default=None, repr=False)
     redis_prefix: str = "rt:"
+    redis_timeout: float = 2.0
+    redis_shards: int = 2
     database_url: str | None = field(default=None, repr=False)
     sqlite_path: str = "./realtime-events.db"
+    events_enabled: bool = True
+    events_migrate: bool = True
+    events_buffer: int = 100000
+    events_batch: int = 1000
+    events_flush_interval: float = 0.2
+    events_timeout: float = 5.0
+    events_spill_path: str = "./realtime-events.spill.jsonl"
     allowed_origins: str | None = None
     log_level: str = "INFO"
     node_name: str | None = None
@@ -283,6 +348,8 @@ class Settings:
             raise ConfigError(f"REALTIME_LOG_LEVEL: one of {', '.join(_LOG_LEVELS)}")
         self.namespaces()
         self.origins()
+        if any(c in self.redis_prefix for c in "{} \n"):
+            raise ConfigError("REALTIME_REDIS_PREFIX: no braces, spaces or newlines")
 
     def namespaces(self) -> Namespaces:
         if not self.namespaces_json:

@@ -41,7 +41,7 @@ from .protocol import (
     encode_leave,
     encode_unsubscribe_push,
 )
-from .session import Session, Subscription
+from .session import Session, SessionState, Subscription
 
 __all__ = ["Node"]
 
@@ -107,6 +107,20 @@ class Node:
         await self.events.start()
         await self.broker.start()
         self.keepalive.start()
+        self.spawn(self._refresh_presence())
+
+    async def _refresh_presence(self) -> None:
+        """Re-add local clients' presence before it expires (shared engines expire
+        entries so that a crashed node's clients disappear)."""
+        while True:
+            await asyncio.sleep(PRESENCE_TTL / 3)
+            for s in list(self.sessions.values()):
+                for sub in list(s.subs.values()):
+                    if sub.options.presence and s.state is SessionState.CONNECTED:
+                        try:
+                            await self.engine.presence.add(sub.channel, sub.info, PRESENCE_TTL)
+                        except Exception:  # retried on the next round
+                            logger.debug("presence refresh failed", exc_info=True)
 
     async def close(self) -> None:
         await self.keepalive.stop()
@@ -361,12 +375,59 @@ class Node:
         self.hub.broadcast(channel, encode_leave(channel, info))
 
     def handle_reconnect(self) -> None:
-        logger.info("broker link restored")
+        """Revocations announced while the link was down were missed: re-check every
+        live token against the store."""
+        logger.info("broker link restored; re-checking %d connections", len(self.sessions))
+        self.spawn(self.recheck_revocations())
+
+    async def recheck_revocations(self) -> None:
+        sessions = list(self.sessions.values())
+        tokens: list[tuple[str | None, str, float | None]] = []
+        owners: list[Session] = []
+        for s in sessions:
+            tokens.append((s.token_jti, s.user, s.token_iat))
+            owners.append(s)
+            for sub in s.subs.values():
+                if sub.token_jti is not None or sub.token_iat is not None:
+                    tokens.append((sub.token_jti, s.user, sub.token_iat))
+                    owners.append(s)
+        for start in range(0, len(tokens), 1000):
+            chunk = tokens[start : start + 1000]
+            revoked = await self.revocations.revoked_many(chunk)
+            for owner, is_revoked in zip(owners[start : start + 1000], revoked, strict=True):
+                if is_revoked:
+                    owner.close(codes.CLOSE_TOKEN_REVOKED)
+
+    def handle_insufficient_state(self, channel: str) -> None:
+        """Publications were lost on ``channel``: make its subscribers recover."""
+        code, reason = codes.UNSUBSCRIBE_INSUFFICIENT
+        push = encode_unsubscribe_push(channel, code, reason)
+        for s in self.hub.subscribers(channel):
+            sub = s.subs.get(channel)
+            if sub is None:
+                continue
+            if sub.server_side:
+                s.close(codes.CLOSE_INSUFFICIENT_STATE)
+            else:
+                s.send(push)  # the SDK resubscribes with its position and recovers
+                self.spawn(self.unsubscribe(s, channel, reason="insufficient state"))
 
     def handle_control(self, message: ControlMessage) -> None:
         params = message.params
         user = str(params.get("user") or "")
-        if message.kind == "disconnect":
+        if message.kind == "revoke":
+            kind = params.get("type")
+            if kind in ("jti", "user"):
+                before = params.get("issued_before")
+                self.handle_revocation(
+                    Revocation(
+                        "jti" if kind == "jti" else "user",
+                        jti=str(params["jti"]) if params.get("jti") is not None else None,
+                        user=str(params["user"]) if params.get("user") is not None else None,
+                        issued_before=float(before) if before is not None else None,
+                    )
+                )
+        elif message.kind == "disconnect":
             code = CloseCode(
                 int(params.get("code") or codes.CLOSE_SHUTDOWN.code),
                 str(params.get("reason") or "disconnect"),

@@ -58,6 +58,10 @@ class RevocationStore(Protocol):
 
     async def is_revoked(self, jti: str | None, user: str, iat: float | None) -> bool: ...
 
+    async def revoked_many(self, tokens: list[tuple[str | None, str, float | None]]) -> list[bool]:
+        """``is_revoked`` for many ``(jti, user, iat)`` at once (one round trip)."""
+        ...
+
     async def revoke_token(self, jti: str, expires_at: float) -> None: ...
 
     async def revoke_user(self, user: str, issued_before: float) -> None: ...
@@ -100,6 +104,9 @@ class MemoryRevocationStore:
         if entry is not None and entry[1] >= now:
             return iat is None or iat < entry[0]
         return False
+
+    async def revoked_many(self, tokens: list[tuple[str | None, str, float | None]]) -> list[bool]:
+        return [await self.is_revoked(jti, user, iat) for jti, user, iat in tokens]
 
     async def revoke_token(self, jti: str, expires_at: float) -> None:
         now = self._clock()

@@ -85,7 +85,13 @@ class BrokerEventHandler(Protocol):
     def handle_control(self, message: ControlMessage) -> None: ...
 
     def handle_reconnect(self) -> None:
-        """The broker lost its link and has resubscribed every channel."""
+        """The broker lost its link and has resubscribed every channel (and filled what
+        history could fill). Control messages of the gap are lost: re-check state."""
+        ...
+
+    def handle_insufficient_state(self, channel: str) -> None:
+        """Publications of ``channel`` were lost and history cannot fill the gap: the
+        channel's subscribers must recover (resubscribe) to learn what they missed."""
         ...
 
 

@@ -1,0 +1,102 @@
+"""Revocations in Redis, announced on the control channel to every node.
+
+- ``Prevoked:jti:<jti>``: set until the token's own ``exp`` (Redis expiry).
+- ``Prevoked:user:<user>``: the user's latest "issued before" cutoff, kept for the
+  maximum token lifetime.
+
+``is_revoked`` reads both keys in one round trip; a Redis failure raises
+:class:`BackendUnavailable` (the caller refuses the connection temporarily).
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from ..channels.redis_client import RedisCommands
+from .revocation import Revocation, RevocationListener
+
+__all__ = ["RedisRevocationStore"]
+
+
+class RedisRevocationStore:
+    """Implements :class:`revocation.RevocationStore` on Redis."""
+
+    def __init__(self, commands: RedisCommands, max_lifetime: float = 86400.0) -> None:
+        self.commands = commands
+        self.names = commands.names
+        self._max_lifetime = max_lifetime
+
+    def set_listener(self, listener: RevocationListener) -> None:
+        """Announcements reach nodes through the broker's control channel."""
+        return None
+
+    async def is_revoked(self, jti: str | None, user: str, iat: float | None) -> bool:
+        keys = [self.names.revoked_user(user)]
+        if jti is not None:
+            keys.append(self.names.revoked_jti(jti))
+        values: list[bytes | None] = await self.commands.run(
+            lambda: self.commands.client.mget(keys)  # type: ignore[arg-type,return-value]
+        )
+        return _revoked(values, jti, iat)
+
+    async def revoked_many(self, tokens: list[tuple[str | None, str, float | None]]) -> list[bool]:
+        """``is_revoked`` for many tokens, pipelined."""
+        if not tokens:
+            return []
+        client = self.commands.client
+
+        async def go() -> list[list[bytes | None]]:
+            async with client.pipeline(transaction=False) as pipe:
+                for jti, user, _ in tokens:
+                    keys = [self.names.revoked_user(user)]
+                    if jti is not None:
+                        keys.append(self.names.revoked_jti(jti))
+                    pipe.mget(keys)
+                result: list[list[bytes | None]] = await pipe.execute()
+                return result
+
+        results = await self.commands.run(go)
+        return [_revoked(v, t[0], t[2]) for v, t in zip(results, tokens, strict=True)]
+
+    async def revoke_token(self, jti: str, expires_at: float) -> None:
+        ttl_ms = int((expires_at - time.time()) * 1000)
+        if ttl_ms > 0:
+            key = self.names.revoked_jti(jti)
+            await self.commands.run(lambda: self.commands.client.set(key, b"1", px=ttl_ms))
+        await self._announce(Revocation("jti", jti=jti))
+
+    async def revoke_user(self, user: str, issued_before: float) -> None:
+        script = self.commands.revoke_user_script
+        key = self.names.revoked_user(user)
+        args: list[str | int] = [repr(float(issued_before)), int(self._max_lifetime)]
+        cutoff = await self.commands.run(lambda: script(keys=[key], args=args))
+        await self._announce(Revocation("user", user=user, issued_before=float(cutoff)))
+
+    async def _announce(self, revocation: Revocation) -> None:
+        payload = orjson.dumps(
+            {
+                "kind": "revoke",
+                "params": {
+                    "type": revocation.kind,
+                    "jti": revocation.jti,
+                    "user": revocation.user,
+                    "issued_before": revocation.issued_before,
+                },
+            }
+        )
+        control = self.names.control
+        await self.commands.run(lambda: self.commands.client.publish(control, payload))
+
+    async def close(self) -> None:
+        return None
+
+
+def _revoked(values: list[bytes | None], jti: str | None, iat: float | None) -> bool:
+    cutoff = values[0]
+    if jti is not None and values[1] is not None:
+        return True
+    if cutoff is not None:
+        return iat is None or iat < float(cutoff)
+    return False

@@ -1,0 +1,335 @@
+"""The Redis broker: publications, history and control messages shared by every node.
+
+- ``publish`` with history runs ``publish.lua``: the stream append and the PUBLISH are
+  one atomic step returning the offset.
+- Each node keeps one pub/sub subscription per channel that has local subscribers (the
+  node reference-counts; the broker subscribes idempotently), spread over a few shards.
+- Per channel with history the broker remembers the last delivered (epoch, offset). A
+  publication that skips offsets (a message lost on the link) or a link that comes back
+  after an outage makes it read the missing publications from the stream and deliver
+  them first, in order; when the stream cannot fill the gap (trimmed, or a new epoch
+  after Redis lost its data) it tells the node (``handle_insufficient_state``) so that
+  clients recover by resubscribing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from ..errors import BackendUnavailable
+from ..protocol import ClientInfo, Publication, RawJSON, StreamPosition
+from .engine import BrokerEventHandler, ControlMessage, HistoryOptions, HistoryResult
+from .memory import new_epoch
+from .redis_client import RedisCommands
+from .redis_names import RedisNames, decode_message, encode_join_leave, encode_publication
+from .redis_pubsub import PubSubShard, PubSubShards
+
+__all__ = ["RedisBroker"]
+
+logger = logging.getLogger("realtime_server.redis")
+
+
+def _info_json(info: ClientInfo | None) -> str:
+    return orjson.dumps(info.to_json()).decode() if info is not None else ""
+
+
+def _entry_publication(entry: Any) -> Publication:
+    """A publication from a stream entry ``[id, [field, value, ...]]``."""
+    entry_id, flat = entry
+    fields = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+    offset = int(entry_id.split(b"-", 1)[0])
+    info = None
+    if b"i" in fields:
+        decoded = decode_message(b"~j" + fields[b"i"])
+        info = decoded.info if decoded is not None else None
+    tags = orjson.loads(fields[b"g"]) if b"g" in fields else None
+    return Publication(fields[b"d"], offset, info, tags or None)
+
+
+class RedisBroker:
+    """Implements :class:`engine.Broker` on Redis (single instance)."""
+
+    def __init__(self, commands: RedisCommands, shards: int = 2) -> None:
+        self.commands = commands
+        self.names: RedisNames = commands.names
+        self._handler: BrokerEventHandler | None = None
+        self._positions: dict[str, StreamPosition] = {}
+        self._history_options: dict[str, HistoryOptions] = {}
+        node_id = uuid.uuid4().hex[:12]
+        self._shards = PubSubShards(
+            [
+                PubSubShard(
+                    commands.url,
+                    i,
+                    self.names.control if i == 0 else f"{self.names.prefix}node:{node_id}:{i}",
+                    self._on_message,
+                    self._on_up,
+                    commands.timeout,
+                )
+                for i in range(max(1, shards))
+            ]
+        )
+        self._started = False
+
+    def set_handler(self, handler: BrokerEventHandler) -> None:
+        self._handler = handler
+
+    async def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._shards.start()
+            if not await self._shards.wait_ready(self.commands.timeout * 2):
+                logger.warning("redis not reachable yet; serving as not ready and retrying")
+
+    async def close(self) -> None:
+        if self._started:
+            await self._shards.close()
+        await self.commands.close()
+
+    @property
+    def ready(self) -> bool:
+        return self._started and self._shards.ready
+
+    @property
+    def reconnects(self) -> int:
+        return sum(s.reconnects for s in self._shards.shards)
+
+    # --- subscriptions -----------------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        name = self.names.channel(channel)
+        shard = self._shards.for_channel(name)
+        if name in shard.channels and shard.ready:
+            return
+        await shard.subscribe(name)
+        # Remember where the stream is, so a later gap can be detected and filled.
+        top = await self._top(channel)
+        if top is not None:
+            known = self._positions.get(channel)
+            if known is None or known.epoch != top.epoch or known.offset < top.offset:
+                self._positions[channel] = top
+
+    async def unsubscribe(self, channel: str) -> None:
+        name = self.names.channel(channel)
+        self._positions.pop(channel, None)
+        self._history_options.pop(channel, None)
+        await self._shards.for_channel(name).unsubscribe(name)
+
+    # --- publishing ---------------------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        data: RawJSON,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        history: HistoryOptions | None = None,
+    ) -> StreamPosition | None:
+        names = self.names
+        if history is None or history.size <= 0:
+            pub = Publication(data, 0, info, tags)
+            payload = encode_publication(pub) if (info or tags) else data
+            await self.commands.run(
+                lambda: self.commands.client.publish(names.channel(channel), payload)
+            )
+            return None
+        args: list[bytes | str | int] = [
+            names.channel(channel),
+            data,
+            _info_json(info),
+            orjson.dumps(tags).decode() if tags else "",
+            history.size,
+            int(history.ttl * 1000),
+            int(max(history.meta_ttl, history.ttl) * 1000),
+            new_epoch(),
+            int(time.time() * 1000),
+            "0",
+        ]
+        script = self.commands.publish_script
+        result = await self.commands.run(
+            lambda: script(keys=[names.stream(channel), names.meta(channel)], args=args)
+        )
+        offset, epoch = result
+        return StreamPosition(int(offset), epoch.decode() if isinstance(epoch, bytes) else epoch)
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        payload = encode_join_leave("join", info)
+        await self.commands.run(
+            lambda: self.commands.client.publish(self.names.channel(channel), payload)
+        )
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        payload = encode_join_leave("leave", info)
+        await self.commands.run(
+            lambda: self.commands.client.publish(self.names.channel(channel), payload)
+        )
+
+    async def publish_control(self, message: ControlMessage) -> None:
+        payload = orjson.dumps({"kind": message.kind, "params": message.params})
+        await self.commands.run(lambda: self.commands.client.publish(self.names.control, payload))
+
+    # --- history ----------------------------------------------------------------------
+
+    async def _read(
+        self,
+        channel: str,
+        *,
+        since: int,
+        limit: int,
+        reverse: bool,
+        options: HistoryOptions | None,
+        create: bool,
+    ) -> tuple[StreamPosition, list[Any]] | None:
+        if options is not None:
+            self._history_options[channel] = options
+        opts = options or self._history_options.get(channel)
+        ttl_ms = int(opts.ttl * 1000) if opts else 0
+        meta_ttl = int(max(opts.meta_ttl, opts.ttl) * 1000) if (opts and create) else 0
+        oldest = int(time.time() * 1000) - ttl_ms if ttl_ms else 0
+        script = self.commands.history_script
+        keys = [self.names.stream(channel), self.names.meta(channel)]
+        args: list[str | int] = [
+            new_epoch(),
+            meta_ttl,
+            since,
+            limit,
+            "1" if reverse else "0",
+            oldest,
+        ]
+        top, epoch, entries = await self.commands.run(lambda: script(keys=keys, args=args))
+        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+        if not epoch:
+            return None
+        return StreamPosition(int(top), epoch), entries
+
+    async def _top(self, channel: str) -> StreamPosition | None:
+        found = await self._read(
+            channel, since=-1, limit=0, reverse=False, options=None, create=False
+        )
+        return found[0] if found is not None else None
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 0,
+        reverse: bool = False,
+        options: HistoryOptions | None = None,
+    ) -> HistoryResult:
+        found = await self._read(
+            channel,
+            since=since.offset if since is not None else -1,
+            limit=limit,
+            reverse=reverse,
+            options=options,
+            create=True,
+        )
+        if found is None:  # no stream and none created (no options known)
+            return HistoryResult([], StreamPosition(0, new_epoch()))
+        top, entries = found
+        if since is not None and since.epoch and since.epoch != top.epoch:
+            return HistoryResult([], top)
+        return HistoryResult([_entry_publication(e) for e in entries], top)
+
+    # --- incoming messages (one read loop per shard) -------------------------------------
+
+    async def _on_message(self, redis_channel: bytes, payload: bytes) -> None:
+        handler = self._handler
+        if handler is None:
+            return
+        if redis_channel == self.names.control.encode():
+            self._on_control(handler, payload)
+            return
+        channel = self.names.realtime_channel(redis_channel)
+        if channel is None:
+            return
+        decoded = decode_message(payload)
+        if decoded is None:
+            logger.warning("dropped a malformed message on %s", channel)
+            return
+        if decoded.kind == "pub":
+            pub = decoded.pub
+            assert pub is not None
+            if pub.offset:
+                await self._deliver_positioned(handler, channel, pub, decoded.epoch)
+            else:
+                handler.handle_publication(channel, pub)
+        elif decoded.kind == "join" and decoded.info is not None:
+            handler.handle_join(channel, decoded.info)
+        elif decoded.kind == "leave" and decoded.info is not None:
+            handler.handle_leave(channel, decoded.info)
+
+    def _on_control(self, handler: BrokerEventHandler, payload: bytes) -> None:
+        try:
+            message = orjson.loads(payload)
+            kind, params = message["kind"], message["params"]
+            if not isinstance(kind, str) or not isinstance(params, dict):
+                raise TypeError
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            logger.warning("dropped a malformed control message")
+            return
+        handler.handle_control(ControlMessage(kind, params))
+
+    async def _deliver_positioned(
+        self, handler: BrokerEventHandler, channel: str, pub: Publication, epoch: str
+    ) -> None:
+        known = self._positions.get(channel)
+        if known is not None:
+            if known.epoch != epoch:
+                handler.handle_insufficient_state(channel)  # the stream was reset
+            elif pub.offset <= known.offset:
+                return  # already delivered (filled from history after a gap)
+            elif pub.offset > known.offset + 1:
+                if await self._fill(handler, channel, known):
+                    if pub.offset <= self._positions[channel].offset:
+                        return
+                else:
+                    handler.handle_insufficient_state(channel)
+        self._positions[channel] = StreamPosition(pub.offset, epoch)
+        handler.handle_publication(channel, pub)
+
+    async def _fill(self, handler: BrokerEventHandler, channel: str, known: StreamPosition) -> bool:
+        """Deliver what the stream holds after ``known``; False if it cannot fill the gap."""
+        try:
+            found = await self._read(
+                channel, since=known.offset, limit=-1, reverse=False, options=None, create=False
+            )
+        except BackendUnavailable:
+            return False
+        if found is None:
+            return False
+        top, entries = found
+        pubs = [_entry_publication(e) for e in entries]
+        if top.epoch != known.epoch or not pubs or pubs[0].offset != known.offset + 1:
+            return top.epoch == known.epoch and top.offset == known.offset
+        for pub in pubs:
+            handler.handle_publication(channel, pub)
+        self._positions[channel] = StreamPosition(pubs[-1].offset, top.epoch)
+        return True
+
+    async def _on_up(self, shard: PubSubShard) -> None:
+        """After (re)subscribing a shard: fill every channel's gap from history."""
+        handler = self._handler
+        if handler is None:
+            return
+        for name in list(shard.channels):
+            channel = self.names.realtime_channel(name)
+            known = self._positions.get(channel) if channel is not None else None
+            if channel is None or known is None:
+                continue
+            filled = await self._fill(handler, channel, known)
+            if not filled:
+                self._positions.pop(channel, None)
+                top = await self._top(channel)
+                if top is not None:
+                    self._positions[channel] = top
+                handler.handle_insufficient_state(channel)
+        if shard.index == 0:
+            handler.handle_reconnect()
