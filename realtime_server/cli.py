@@ -166,13 +166,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from .app import build_verifier
 
-    keys = build_verifier(settings)
-    del keys
-    print(
-        f"configuration ok (algorithms {settings.jwt_algorithms or 'default'}, "
-        f"engine {'redis' if settings.redis_url else 'memory'})"
-    )
-    return EXIT_OK
+    build_verifier(settings)
+    print(f"configuration: ok (engine {'redis' if settings.redis_url else 'memory'})")
+
+    async def reach() -> int:
+        failures = 0
+        if settings.redis_url:
+            from .channels.redis_client import RedisCommands
+            from .channels.redis_names import RedisNames
+
+            commands = RedisCommands(
+                settings.redis_url, RedisNames(settings.redis_prefix), settings.redis_timeout
+            )
+            ok = await commands.ping()
+            await commands.close()
+            print(f"redis: {'ok' if ok else 'unreachable'}")
+            failures += not ok
+        return EXIT_OK if not failures else EXIT_FAILURE
+
+    return _run(reach())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,14 @@
 """Publishing from Python backends.
 
-``Publisher`` takes the same configuration as the server. On the embedded engine the
-only way into the server's memory is its HTTP server API, so the publisher calls it
-(``REALTIME_API_KEY`` must be set on both sides). The result of :meth:`publish` is the
-new stream position, or ``None`` for a channel without history.
+``Publisher`` takes the same configuration as the server:
+
+- with ``REALTIME_REDIS_URL`` it talks to Redis directly (no server in the path): the
+  same atomic append-and-publish script as the server, and the same revocation store;
+- on the embedded engine the only way into the server's memory is its HTTP server API,
+  so it calls that (``REALTIME_API_KEY`` set on both sides).
+
+The result of :meth:`publish` is the new stream position, or ``None`` for a channel
+without history.
 
     async with Publisher(Settings.from_env()) as publisher:
         position = await publisher.publish("document:42", {"status": "signed"})
@@ -11,14 +16,20 @@ new stream position, or ``None`` for a channel without history.
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 import orjson
 
+from .auth.redis_revocation import RedisRevocationStore
+from .channels.namespaces import Namespaces
+from .channels.redis_broker import RedisBroker
+from .channels.redis_client import RedisCommands
+from .channels.redis_names import RedisNames
 from .config import Settings
-from .errors import BackendUnavailable, ConfigError, RealtimeError
+from .errors import BackendUnavailable, CommandError, ConfigError, RealtimeError
 from .protocol import StreamPosition
 
 __all__ = ["PublishError", "Publisher"]
@@ -33,11 +44,14 @@ class PublishError(RealtimeError):
 
 
 class Publisher:
-    """Publish and revoke through a running server's HTTP API."""
+    """Publish and revoke, through Redis or through a running server's HTTP API."""
 
     def __init__(self, settings: Settings | None = None, *, timeout: float = 5.0) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
-        if not self.settings.api_key:
+        self._redis: _RedisBackend | None = None
+        if self.settings.redis_url:
+            self._redis = _RedisBackend(self.settings)
+        elif not self.settings.api_key:
             raise ConfigError("REALTIME_API_KEY must be set to publish through the server API")
         self._url = self.settings.api_base_url() + "/api/"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -55,6 +69,8 @@ class Publisher:
         await self.close()
 
     async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -88,19 +104,56 @@ class Publisher:
         return result
 
     async def publish(self, channel: str, data: Any) -> StreamPosition | None:
+        if self._redis is not None:
+            return await self._redis.publish(channel, data)
         result = await self.call("publish", {"channel": channel, "data": data})
         if "offset" in result:
             return StreamPosition(int(result["offset"]), str(result.get("epoch", "")))
         return None
 
     async def revoke_token(self, jti: str, expires_at: float | None = None) -> None:
+        if self._redis is not None:
+            default = time.time() + self.settings.jwt_max_lifetime
+            await self._redis.revocations.revoke_token(jti, expires_at or default)
+            return
         params: dict[str, Any] = {"uid": jti}
         if expires_at is not None:
             params["expire_at"] = expires_at
         await self.call("revoke_token", params)
 
     async def invalidate_user_tokens(self, user: str, issued_before: float | None = None) -> None:
+        if self._redis is not None:
+            cutoff = issued_before if issued_before is not None else time.time()
+            await self._redis.revocations.revoke_user(user, cutoff)
+            return
         params: dict[str, Any] = {"user": user}
         if issued_before is not None:
             params["issued_before"] = issued_before
         await self.call("invalidate_user_tokens", params)
+
+
+class _RedisBackend:
+    """Publishes with the server's own Lua script; needs no running server."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.redis_url is not None
+        commands = RedisCommands(
+            settings.redis_url, RedisNames(settings.redis_prefix), settings.redis_timeout
+        )
+        self.broker = RedisBroker(commands, shards=1)  # never started: publish only
+        self.revocations = RedisRevocationStore(commands, settings.jwt_max_lifetime)
+        self.namespaces: Namespaces = settings.namespaces()
+
+    async def publish(self, channel: str, data: Any) -> StreamPosition | None:
+        from .node import history_options
+
+        try:
+            _, options = self.namespaces.resolve(channel)
+        except CommandError as exc:
+            raise PublishError(exc.error.code, exc.error.message) from None
+        return await self.broker.publish(
+            channel, orjson.dumps(data), history=history_options(options)
+        )
+
+    async def close(self) -> None:
+        await self.broker.close()

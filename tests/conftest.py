@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -13,6 +19,7 @@ from realtime_server.app import Running, running
 from realtime_server.server import WEBSOCKET_PATH
 
 from .helpers import make_settings
+from .redis_server import REDIS_SERVER, free_port
 
 
 def ws_url(server: Running) -> str:
@@ -53,3 +60,38 @@ async def loop_guard() -> AsyncIterator[None]:
     yield
     loop.set_exception_handler(previous)
     assert not errors, f"unhandled loop errors: {errors}"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """One private redis-server for the session's Redis tests (each test uses its own
+    key prefix); fault tests start their own."""
+    port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="rt-redis-")
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", data_dir, "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("private redis-server did not start") from None
+                time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}:"

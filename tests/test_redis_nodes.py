@@ -1,0 +1,185 @@
+"""The Redis engine with real Redis: several nodes behave as one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+from realtime_server.app import Running
+from realtime_server.config import Settings
+from realtime_server.publisher import Publisher
+
+from .conftest import StartServer, ws_url
+from .helpers import MS, RawClient, make_settings, sub_token, token
+from .procs import cli_env, run_cli
+
+
+async def two_nodes(start_server: StartServer, redis_url: str, prefix: str) -> list[Running]:
+    return [await start_server(REDIS_URL=redis_url, REDIS_PREFIX=prefix) for _ in range(2)]
+
+
+async def connected(server: Running, user: str, **claims: object) -> RawClient:
+    client = await RawClient.open(ws_url(server))
+    reply = await client.connect(token(user, **claims))
+    assert "connect" in reply, reply
+    return client
+
+
+async def test_publication_reaches_every_node(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
+    a, b = await two_nodes(start_server, redis_url, redis_prefix)
+    on_a = await connected(a, "1", channels=["document:7"])
+    on_b = await connected(b, "2", channels=["document:7"])
+    position = await a.node.publish("document:7", b'{"status":"signed"}')
+    assert position is not None and position.offset == 1
+    for client in (on_a, on_b):
+        assert (await client.push("pub"))["pub"] == {"data": {"status": "signed"}, "offset": 1}
+    second = await b.node.publish("document:7", b'{"status":"completed"}')
+    assert second is not None and second.offset == 2 and second.epoch == position.epoch
+    for client in (on_a, on_b):
+        assert (await client.push("pub"))["pub"]["offset"] == 2
+
+
+async def test_revocation_closes_on_every_node(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
+    a, b = await two_nodes(start_server, redis_url, redis_prefix)
+    on_a = await connected(a, "42", jti="jti-a")
+    on_b = await connected(b, "42", jti="jti-b", iat=int(time.time()) - 60)
+    bystander = await connected(b, "7")
+    await b.node.revocations.revoke_token("jti-a", time.time() + 60)
+    assert (await on_a.closed())[0] == 4501
+    await a.node.revocations.revoke_user("42", time.time() - 1)
+    assert (await on_b.closed())[0] == 4501
+    # a revoked token cannot connect on any node
+    again = await RawClient.open(ws_url(b))
+    await again.send({"connect": {"token": token("42", jti="jti-a", iat=int(time.time()) + 1)}})
+    assert (await again.closed())[0] == 4501
+    await a.node.publish("user:7", b"1")
+    assert (await bystander.push("pub"))["pub"]["data"] == 1
+
+
+async def test_presence_join_leave_and_disconnect_across_nodes(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
+    a, b = await two_nodes(start_server, redis_url, redis_prefix)
+    alice = await connected(a, "alice")
+    await alice.call("subscribe", {"channel": "document:1",
+                                    "token": sub_token("alice", "document:1")})
+    bob = await connected(b, "bob")
+    await bob.call("subscribe", {"channel": "document:1", "token": sub_token("bob", "document:1")})
+    while (await alice.push("join"))["join"]["info"]["user"] != "bob":
+        pass
+    stats = await a.node.presence_stats("document:1")
+    assert (stats.num_clients, stats.num_users) == (2, 2)
+    await a.node.disconnect_user("bob", 4100, "bye")
+    assert await bob.closed() == (4100, "bye")
+    assert (await alice.push("leave"))["leave"]["info"]["user"] == "bob"
+
+
+async def test_plain_redis_publish_is_delivered(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
+    (server,) = [await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)]
+    client = await connected(server, "42", channels=["document:9"])
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        receivers = await redis.publish(redis_prefix + "{document:9}", b'{"status":"viewed"}')
+        assert receivers == 1
+        push = await client.push("pub")
+        assert push == {"channel": "document:9", "pub": {"data": {"status": "viewed"}}}
+        await redis.publish(redis_prefix + "{document:9}", b"not json")  # dropped, logged
+        await redis.publish(redis_prefix + "{document:9}", b"[1]")
+        assert (await client.push("pub"))["pub"]["data"] == [1]
+    finally:
+        await redis.aclose()
+
+
+async def test_no_leftover_redis_subscriptions(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
+    server = await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    clients = [await connected(server, f"u{i}", channels=["document:x"]) for i in range(5)]
+    redis = aioredis.Redis.from_url(redis_url)
+    channel = redis_prefix + "{document:x}"
+    try:
+        assert (await redis.pubsub_numsub(channel))[0][1] == 1  # one per node, not per client
+        await asyncio.gather(*(c.close() for c in clients))
+        async with asyncio.timeout(5000 * MS):
+            while server.node.sessions or server.node.hub.has_local("document:x"):
+                await asyncio.sleep(0.01)  # cleanup runs in the handlers' finally blocks
+        async with asyncio.timeout(5000 * MS):
+            while (await redis.pubsub_numsub(channel))[0][1] != 0:
+                await asyncio.sleep(0.01)
+    finally:
+        await redis.aclose()
+
+
+async def test_concurrent_subscribe_unsubscribe_leaves_consistent_state(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
+    server = await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    clients = [await connected(server, f"u{i}") for i in range(10)]
+    tok = {f"u{i}": sub_token(f"u{i}", "document:race") for i in range(10)}
+
+    async def churn(i: int, client: RawClient) -> None:
+        for _ in range(5):
+            await client.call("subscribe", {"channel": "document:race", "token": tok[f"u{i}"]})
+            await client.call("unsubscribe", {"channel": "document:race"})
+
+    await asyncio.gather(*(churn(i, c) for i, c in enumerate(clients)))
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        assert not server.node.hub.has_local("document:race")
+        assert (await redis.pubsub_numsub(redis_prefix + "{document:race}"))[0][1] == 0
+    finally:
+        await redis.aclose()
+
+
+async def test_python_publisher_and_cli_through_redis(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
+    server = await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    client = await connected(server, "42", channels=["document:5"], jti="cli-redis")
+    settings = make_settings(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, API_KEY=None)
+    async with Publisher(settings) as publisher:
+        position = await publisher.publish("document:5", {"status": "signed"})
+    assert position is not None and position.offset == 1
+    assert (await client.push("pub"))["pub"]["offset"] == 1
+    env = cli_env(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, API_KEY=None)
+    code, out, err = await run_cli("publish", "document:5", '{"status":"completed"}', env=env)
+    assert code == 0, err
+    assert '"offset":2' in out
+    assert (await client.push("pub"))["pub"]["data"] == {"status": "completed"}
+    code, _, err = await run_cli("revoke", "--jti", "cli-redis", env=env)
+    assert code == 0, err
+    assert (await client.closed())[0] == 4501
+    code, out, err = await run_cli("check", env=env)
+    assert code == 0 and "redis" in out
+
+
+async def test_recovery_survives_node_restart(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
+    first = await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    client = await connected(first, "42", channels=["document:r"])
+    await first.node.publish("document:r", b"1")
+    pub = await client.push("pub")
+    epoch = (await first.node.broker.history("document:r")).top.epoch
+    await client.close()
+    second = await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    await second.node.publish("document:r", b"2")
+    again = await RawClient.open(ws_url(second))
+    reply = await again.connect(
+        token("42", channels=["document:r"]),
+        subs={"document:r": {"recover": True, "offset": pub["pub"]["offset"], "epoch": epoch}},
+    )
+    sub = reply["connect"]["subs"]["document:r"]
+    assert sub["recovered"] is True and [p["data"] for p in sub["publications"]] == [2]
+
+
+def test_settings_choose_redis(redis_url: str) -> None:
+    assert Settings.from_env(env={"REALTIME_REDIS_URL": redis_url}).redis_url == redis_url
