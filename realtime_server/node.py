@@ -25,7 +25,7 @@ from .channels.namespaces import NamespaceOptions, Namespaces
 from .codes import CloseCode
 from .commands import COMMANDS
 from .config import Settings
-from .errors import CommandError
+from .errors import BackendUnavailable, CommandError
 from .events import Event, EventRecorder, EventType, NullRecorder
 from .hub import Hub
 from .keepalive import Keepalive
@@ -381,6 +381,17 @@ class Node:
         self.spawn(self.recheck_revocations())
 
     async def recheck_revocations(self) -> None:
+        """Close every session whose token was revoked while we could not hear it.
+        Retried with backoff while the store is unreachable."""
+        for attempt in range(8):
+            try:
+                await self._recheck_revocations()
+                return
+            except BackendUnavailable:
+                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+        logger.warning("could not re-check revocations: revocation store unreachable")
+
+    async def _recheck_revocations(self) -> None:
         sessions = list(self.sessions.values())
         tokens: list[tuple[str | None, str, float | None]] = []
         owners: list[Session] = []

@@ -37,6 +37,7 @@ class RedisServer:
         self.proc = await asyncio.create_subprocess_exec(
             REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", self._dir, "--loglevel", "warning",
+            "--enable-debug-command", "local",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         async with asyncio.timeout(10000 * MS):

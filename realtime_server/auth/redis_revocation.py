@@ -15,7 +15,7 @@ import time
 import orjson
 
 from ..channels.redis_client import RedisCommands
-from .revocation import Revocation, RevocationListener
+from .revocation import KEEP_MARGIN, Revocation, RevocationListener
 
 __all__ = ["RedisRevocationStore"]
 
@@ -61,7 +61,7 @@ class RedisRevocationStore:
         return [_revoked(v, t[0], t[2]) for v, t in zip(results, tokens, strict=True)]
 
     async def revoke_token(self, jti: str, expires_at: float) -> None:
-        ttl_ms = int((expires_at - time.time()) * 1000)
+        ttl_ms = int((expires_at + KEEP_MARGIN - time.time()) * 1000)
         if ttl_ms > 0:
             key = self.names.revoked_jti(jti)
             await self.commands.run(lambda: self.commands.client.set(key, b"1", px=ttl_ms))
@@ -70,7 +70,8 @@ class RedisRevocationStore:
     async def revoke_user(self, user: str, issued_before: float) -> None:
         script = self.commands.revoke_user_script
         key = self.names.revoked_user(user)
-        args: list[str | int] = [repr(float(issued_before)), int(self._max_lifetime)]
+        keep = max(0.0, issued_before - time.time()) + self._max_lifetime + KEEP_MARGIN
+        args: list[str | int] = [repr(float(issued_before)), int(keep)]
         cutoff = await self.commands.run(lambda: script(keys=[key], args=args))
         await self._announce(Revocation("user", user=user, issued_before=float(cutoff)))
 

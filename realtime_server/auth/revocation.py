@@ -20,7 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-__all__ = ["MemoryRevocationStore", "Revocation", "RevocationListener", "RevocationStore"]
+__all__ = [
+    "KEEP_MARGIN",
+    "MemoryRevocationStore",
+    "Revocation",
+    "RevocationListener",
+    "RevocationStore",
+]
+
+KEEP_MARGIN = 60.0
+"""Seconds revocations are kept past the last moment their tokens could be accepted
+(covers the verifier's leeway and clock skew between nodes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +87,15 @@ class MemoryRevocationStore:
     """
 
     def __init__(
-        self, max_lifetime: float = 86400.0, clock: Callable[[], float] = time.time
+        self,
+        max_lifetime: float = 86400.0,
+        clock: Callable[[], float] = time.time,
+        margin: float = KEEP_MARGIN,
     ) -> None:
         self._jtis: dict[str, float] = {}
         self._users: dict[str, tuple[float, float]] = {}  # user -> (cutoff, forget_at)
         self._max_lifetime = max_lifetime
+        self._margin = margin
         self._clock = clock
         self._listener: RevocationListener | None = None
 
@@ -111,7 +125,7 @@ class MemoryRevocationStore:
     async def revoke_token(self, jti: str, expires_at: float) -> None:
         now = self._clock()
         self._purge(now)
-        self._jtis[jti] = max(expires_at, self._jtis.get(jti, 0.0))
+        self._jtis[jti] = max(expires_at + self._margin, self._jtis.get(jti, 0.0))
         self._announce(Revocation("jti", jti=jti))
 
     async def revoke_user(self, user: str, issued_before: float) -> None:
@@ -119,7 +133,9 @@ class MemoryRevocationStore:
         self._purge(now)
         previous = self._users.get(user, (0.0, 0.0))[0]
         cutoff = max(issued_before, previous)
-        self._users[user] = (cutoff, now + self._max_lifetime)
+        # A token issued just before the cutoff lives until cutoff + max lifetime.
+        forget_at = max(now, cutoff) + self._max_lifetime + self._margin
+        self._users[user] = (cutoff, forget_at)
         self._announce(Revocation("user", user=user, issued_before=cutoff))
 
     def _announce(self, revocation: Revocation) -> None:

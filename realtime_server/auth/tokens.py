@@ -155,7 +155,7 @@ class TokenVerifier:
     ) -> None:
         if exp is not None:
             start = iat if iat is not None else now
-            if exp - start > self._max_lifetime + self._leeway:
+            if exp - start > self._max_lifetime:
                 raise TokenInvalid("token lifetime exceeds the maximum")
             if now > exp + self._leeway:
                 raise TokenExpired("token expired")

@@ -163,7 +163,11 @@ class MemoryBroker:
 
 
 class MemoryPresence:
-    """Presence in process memory (implements :class:`engine.PresenceManager`)."""
+    """Presence in process memory (implements :class:`engine.PresenceManager`).
+
+    ``ttl`` is not needed here: entries live in the same process as their connections,
+    which remove them when they end (there is no other node that could crash).
+    """
 
     def __init__(self) -> None:
         self._channels: dict[str, dict[str, ClientInfo]] = {}

@@ -95,7 +95,11 @@ class Namespaces:
                         raise ConfigError(f"REALTIME_NAMESPACES: bad access for {name}")
                 elif expected is bool and not isinstance(value, bool):
                     raise ConfigError(f"REALTIME_NAMESPACES: {name}.{key} must be a boolean")
-                elif expected in (int, float) and (
+                elif expected is int and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 0
+                ):
+                    raise ConfigError(f"REALTIME_NAMESPACES: {name}.{key} must be an integer >= 0")
+                elif expected is float and (
                     isinstance(value, bool) or not isinstance(value, int | float) or value < 0
                 ):
                     raise ConfigError(f"REALTIME_NAMESPACES: {name}.{key} must be >= 0")

@@ -32,13 +32,15 @@ def load_script(client: aioredis.Redis, package: str, name: str) -> AsyncScript:
     return client.register_script(source)
 
 
-def connect_redis(url: str, timeout: float, **kwargs: Any) -> aioredis.Redis:
-    """A client with bounded connect/read timeouts and no hidden retries."""
+def connect_redis(url: str, timeout: float, retries: int = 0, **kwargs: Any) -> aioredis.Redis:
+    """A client with bounded connect/read timeouts. ``retries`` immediate retries on a
+    connection error let a command survive a pooled connection that died with a
+    restart (callers bound the whole call with a timeout anyway)."""
     return aioredis.Redis.from_url(
         url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), retries),
         health_check_interval=0,
         **kwargs,
     )
@@ -52,7 +54,7 @@ class RedisCommands:
         self.url = url
         self.names = names
         self.timeout = timeout
-        self.client = connect_redis(url, timeout)
+        self.client = connect_redis(url, timeout, retries=1)
         pkg = "realtime_server.channels"
         self.publish_script = load_script(self.client, pkg, "publish.lua")
         self.history_script = load_script(self.client, pkg, "history.lua")
