@@ -218,7 +218,9 @@ def build_api(node: Node, api_key: str) -> web.Application:
     return app
 
 
-async def start_api(node: Node, settings: Settings, port: int | None = None) -> web.AppRunner:
+async def start_api(
+    node: Node, settings: Settings, port: int | None = None, reuse_port: bool = False
+) -> web.AppRunner:
     assert settings.api_key
     runner = web.AppRunner(build_api(node, settings.api_key), access_log=None)
     await runner.setup()
@@ -227,6 +229,7 @@ async def start_api(node: Node, settings: Settings, port: int | None = None) -> 
         settings.api_host,
         settings.api_port if port is None else port,
         reuse_address=True,
+        reuse_port=reuse_port or None,
     )
     await site.start()
     return runner

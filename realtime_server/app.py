@@ -63,7 +63,12 @@ def build_engine(settings: Settings) -> tuple[Engine, RevocationStore]:
 def build_node(settings: Settings) -> Node:
     verifier = build_verifier(settings)
     engine, revocations = build_engine(settings)
-    return Node(settings, engine, revocations, verifier)
+    from .events.factory import build_recorder
+
+    events = build_recorder(settings)
+    node = Node(settings, engine, revocations, verifier, events=events)
+    events.bind_metrics(node.metrics)
+    return node
 
 
 @dataclass
@@ -107,16 +112,16 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, **ws_kwargs: object) -> AsyncIterator[Running]:
+async def running(settings: Settings, reuse_port: bool = False) -> AsyncIterator[Running]:
     """Start a whole server (for ``serve`` and for tests), stop it on exit."""
     node = build_node(settings)
     await node.start()
-    ws = await start_websocket_server(node, **ws_kwargs)
+    ws = await start_websocket_server(node, reuse_port=reuse_port)
     api = None
     if settings.api_key:
         from .api import start_api
 
-        api = await start_api(node, settings)
+        api = await start_api(node, settings, reuse_port=reuse_port)
     server = Running(node, ws, api)
     try:
         yield server
@@ -124,13 +129,14 @@ async def running(settings: Settings, **ws_kwargs: object) -> AsyncIterator[Runn
         await server.stop(settings.shutdown_timeout)
 
 
-async def run(settings: Settings) -> int:
-    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+async def run(settings: Settings, reuse_port: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code. ``reuse_port``: share
+    the ports with sibling worker processes (SO_REUSEPORT)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(settings) as server:
+    async with running(settings, reuse_port=reuse_port) as server:
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         logger.info(
             "realtime-server %s listening on ws://%s:%d%s (engine %s, node %s)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 import uuid
@@ -22,6 +23,7 @@ import orjson
 from . import __version__
 from .config import VARIABLES, Settings
 from .errors import BackendUnavailable, ConfigError, RealtimeError
+from .workers import WORKER_ENV
 
 __all__ = ["main"]
 
@@ -74,7 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import build_verifier, run
 
     build_verifier(settings)  # refuse to start without a usable key
-    return _run(run(settings))
+    if settings.workers > 1 and WORKER_ENV not in os.environ:
+        from .workers import run_workers
+
+        return run_workers(settings.workers)
+    return _run(run(settings, reuse_port=WORKER_ENV in os.environ))
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -232,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="verify configuration and reach every backend")
     check.set_defaults(func=cmd_check)
+
+    from .events.cli import register as register_event_commands
+
+    register_event_commands(sub)
     return parser
 
 

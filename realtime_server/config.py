@@ -197,6 +197,12 @@ VARIABLES: Final[tuple[Variable, ...]] = (
         "10",
         "seconds to close clients on SIGTERM before exiting",
     ),
+    _v(
+        "REALTIME_WORKERS",
+        "workers",
+        "1",
+        "server processes sharing the port (SO_REUSEPORT); more than 1 needs Redis",
+    ),
 )
 
 SECRET_FIELDS: Final = frozenset(v.field for v in VARIABLES if v.secret)
@@ -258,6 +264,7 @@ _CONVERTERS: Final[dict[str, Callable[[str, str], Any]]] = {
     "rate_burst": lambda n, v: _float(n, v, 1.0),
     "rate_strikes": lambda n, v: _int(n, v, 1),
     "shutdown_timeout": lambda n, v: _float(n, v, 0.1),
+    "workers": lambda n, v: _int(n, v, 1),
     "events_enabled": _bool,
     "events_migrate": _bool,
     "events_buffer": lambda n, v: _int(n, v, 100),
@@ -316,6 +323,7 @@ class Settings:
     rate_burst: float = 100.0
     rate_strikes: int = 20
     shutdown_timeout: float = 10.0
+    workers: int = 1
 
     @classmethod
     def from_env(
@@ -348,6 +356,13 @@ class Settings:
             raise ConfigError(f"REALTIME_LOG_LEVEL: one of {', '.join(_LOG_LEVELS)}")
         self.namespaces()
         self.origins()
+        if self.workers > 1 and not self.redis_url:
+            raise ConfigError(
+                "REALTIME_WORKERS: more than one worker needs REALTIME_REDIS_URL "
+                "(workers share channels, history and revocations through Redis)"
+            )
+        if self.workers > 1 and (self.port == 0 or self.api_port == 0):
+            raise ConfigError("REALTIME_WORKERS: workers need fixed ports (not 0)")
         if any(c in self.redis_prefix for c in "{} \n"):
             raise ConfigError("REALTIME_REDIS_PREFIX: no braces, spaces or newlines")
 
