@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -136,6 +137,9 @@ async def run(settings: Settings, reuse_port: bool = False) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watchdog = None
+    if reuse_port:  # a worker: stop if the supervising parent dies without telling us
+        watchdog = loop.create_task(_watch_parent(os.getppid(), stop))
     async with running(settings, reuse_port=reuse_port) as server:
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         logger.info(
@@ -153,5 +157,14 @@ async def run(settings: Settings, reuse_port: bool = False) -> int:
             logger.info("HTTP server API off (set REALTIME_API_KEY to enable it)")
         await stop.wait()
         logger.info("shutting down: closing %d clients with 3001", len(server.node.sessions))
+    if watchdog is not None:
+        watchdog.cancel()
     logger.info("stopped")
     return 0
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    logger.warning("supervisor process %d is gone; shutting down", parent)
+    stop.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 from .helpers import MS, RawClient, token
@@ -18,10 +19,15 @@ async def test_workers_need_redis_and_fixed_ports() -> None:
 async def test_two_workers_share_port_and_channels(redis_url: str, redis_prefix: str) -> None:
     port, api_port = free_port(), free_port()
     env = cli_env(
-        REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, PORT=str(port), API_PORT=str(api_port)
+        REDIS_URL=redis_url,
+        REDIS_PREFIX=redis_prefix,
+        PORT=str(port),
+        API_PORT=str(api_port),
+        LOG_LEVEL="INFO",
     )
     proc = await asyncio.create_subprocess_exec(
-        *CLI, "serve", "--workers", "2", env=env, stderr=asyncio.subprocess.PIPE
+        *CLI, "serve", "--workers", "2", env=env, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         assert proc.stderr is not None
@@ -47,5 +53,5 @@ async def test_two_workers_share_port_and_channels(redis_url: str, redis_prefix:
             assert (await client.closed())[0] == 3001
     finally:
         if proc.returncode is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers too
             await proc.wait()
