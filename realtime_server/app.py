@@ -164,7 +164,7 @@ async def run(settings: Settings, reuse_port: bool = False) -> int:
 
 
 async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
-    while os.getppid() == parent:
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells us the parent died
         await asyncio.sleep(1.0)
     logger.warning("supervisor process %d is gone; shutting down", parent)
     stop.set()
