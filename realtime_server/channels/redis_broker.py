@@ -59,6 +59,7 @@ class RedisBroker:
         self.names: RedisNames = commands.names
         self._handler: BrokerEventHandler | None = None
         self._positions: dict[str, StreamPosition] = {}
+        self._subscribed: set[str] = set()
         self._history_options: dict[str, HistoryOptions] = {}
         node_id = uuid.uuid4().hex[:12]
         self._shards = PubSubShards(
@@ -107,6 +108,7 @@ class RedisBroker:
         if name in shard.channels and shard.ready:
             return
         await shard.subscribe(name)
+        self._subscribed.add(channel)
         # Remember where the stream is, so a later gap can be detected and filled.
         top = await self._top(channel)
         if top is not None:
@@ -116,6 +118,7 @@ class RedisBroker:
 
     async def unsubscribe(self, channel: str) -> None:
         name = self.names.channel(channel)
+        self._subscribed.discard(channel)
         self._positions.pop(channel, None)
         self._history_options.pop(channel, None)
         await self._shards.for_channel(name).unsubscribe(name)
@@ -234,6 +237,8 @@ class RedisBroker:
         if found is None:  # no stream and none created (no options known)
             return HistoryResult([], StreamPosition(0, new_epoch()))
         top, entries = found
+        if channel in self._subscribed and channel not in self._positions:
+            self._positions[channel] = top  # where this node's subscribers start
         if since is not None and since.epoch and since.epoch != top.epoch:
             return HistoryResult([], top)
         return HistoryResult([_entry_publication(e) for e in entries], top)
