@@ -136,7 +136,10 @@ class RawClient:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    await self.ws.recv()
+                    frame = await self.ws.recv()
+                    for line in str(frame).split("\n"):
+                        if line and "push" in (msg := orjson.loads(line)):
+                            self.skipped.append(msg)
         except ConnectionClosed:
             pass
         rcvd = self.ws.protocol.close_rcvd
