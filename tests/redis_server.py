@@ -24,8 +24,9 @@ def free_port() -> int:
 class RedisServer:
     """A throwaway redis-server (no persistence) that tests can stop and restart."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, extra: list[str] | None = None) -> None:
         self.port = port or free_port()
+        self.extra = list(extra or [])
         self.proc: asyncio.subprocess.Process | None = None
         self._dir = tempfile.mkdtemp(prefix="rt-redis-")
 
@@ -35,10 +36,24 @@ class RedisServer:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", self._dir, "--loglevel", "warning",
-            "--enable-debug-command", "local",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+            "--loglevel",
+            "warning",
+            "--enable-debug-command",
+            "local",
+            *self.extra,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         async with asyncio.timeout(10000 * MS):
             while True:
@@ -134,3 +149,83 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+class RedisCluster:
+    """Three cluster-enabled redis-servers on loopback, joined with ``redis-cli --cluster
+    create`` (no replicas)."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.servers: list[RedisServer] = []
+        for _ in range(masters):
+            port = free_port()
+            while port > 55535 or not _port_free(port + 10000):  # the cluster bus port
+                port = free_port()
+            self.servers.append(
+                RedisServer(
+                    port, extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+                )
+            )
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    async def start(self) -> None:
+        for server in self.servers:
+            server.extra.extend(["--cluster-config-file", f"{server._dir}/nodes.conf"])
+            await server.start()
+        cli = shutil.which("redis-cli") or "redis-cli"
+        proc = await asyncio.create_subprocess_exec(
+            cli,
+            "--cluster",
+            "create",
+            *[f"127.0.0.1:{s.port}" for s in self.servers],
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 30000 * MS)
+        if proc.returncode != 0:
+            raise RuntimeError("redis-cli --cluster create failed: " + out.decode()[-500:])
+        async with asyncio.timeout(20000 * MS):
+            for server in self.servers:
+                while b"cluster_state:ok" not in await _command(server.port, b"CLUSTER INFO"):
+                    await asyncio.sleep(0.05)  # the cluster has no event to await
+
+    async def close(self) -> None:
+        for server in self.servers:
+            await server.close()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def _command(port: int, line: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(line + b"\r\n")
+        header = await reader.readline()
+        if header.startswith(b"$"):
+            return await reader.readexactly(int(header[1:]) + 2)
+        return header
+    finally:
+        writer.close()
+
+
+@asynccontextmanager
+async def redis_cluster() -> AsyncIterator[RedisCluster]:
+    cluster = RedisCluster()
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.close()

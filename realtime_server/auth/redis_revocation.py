@@ -36,9 +36,14 @@ class RedisRevocationStore:
         keys = [self.names.revoked_user(user)]
         if jti is not None:
             keys.append(self.names.revoked_jti(jti))
-        values: list[bytes | None] = await self.commands.run(
-            lambda: self.commands.client.mget(keys)  # type: ignore[arg-type,return-value]
-        )
+        client = self.commands.client
+
+        async def read() -> list[bytes | None]:
+            if self.commands.cluster:  # the keys live on different shards
+                return list(await client.mget_nonatomic(keys))
+            return list(await client.mget(keys))
+
+        values = await self.commands.run(read)
         return _revoked(values, jti, iat)
 
     async def revoked_many(self, tokens: list[tuple[str | None, str, float | None]]) -> list[bool]:
@@ -49,13 +54,11 @@ class RedisRevocationStore:
 
         async def go() -> list[list[bytes | None]]:
             async with client.pipeline(transaction=False) as pipe:
-                for jti, user, _ in tokens:
-                    keys = [self.names.revoked_user(user)]
-                    if jti is not None:
-                        keys.append(self.names.revoked_jti(jti))
-                    pipe.mget(keys)
-                result: list[list[bytes | None]] = await pipe.execute()
-                return result
+                for jti, user, _ in tokens:  # GETs: each routed to its shard on a cluster
+                    pipe.get(self.names.revoked_user(user))
+                    pipe.get(self.names.revoked_jti(jti) if jti is not None else "")
+                flat: list[bytes | None] = await pipe.execute()
+            return [[flat[i], flat[i + 1]] for i in range(0, len(flat), 2)]
 
         results = await self.commands.run(go)
         return [_revoked(v, t[0], t[2]) for v, t in zip(results, tokens, strict=True)]
@@ -87,7 +90,7 @@ class RedisRevocationStore:
                 },
             }
         )
-        control = self.names.control
+        control = self.names.control  # classic pub/sub: reaches every node of a cluster
         await self.commands.run(lambda: self.commands.client.publish(control, payload))
 
     async def close(self) -> None:

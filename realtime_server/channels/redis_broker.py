@@ -61,21 +61,30 @@ class RedisBroker:
         self._positions: dict[str, StreamPosition] = {}
         self._subscribed: set[str] = set()
         self._history_options: dict[str, HistoryOptions] = {}
-        node_id = uuid.uuid4().hex[:12]
-        self._shards = PubSubShards(
-            [
-                PubSubShard(
-                    commands.url,
-                    i,
-                    self.names.control if i == 0 else f"{self.names.prefix}node:{node_id}:{i}",
-                    self._on_message,
-                    self._on_up,
-                    commands.timeout,
-                )
-                for i in range(max(1, shards))
-            ]
-        )
+        self._node_id = uuid.uuid4().hex[:12]
+        self._shard_count = max(1, shards)
+        self._shards = PubSubShards([])
         self._started = False
+
+    def _build_shards(self) -> PubSubShards:
+        """Standalone: a few connections to the one Redis. Cluster: one connection per
+        primary, holding (SSUBSCRIBE) the channels whose slot that primary owns."""
+        commands = self.commands
+
+        def shard(i: int, url: str, sharded: bool) -> PubSubShard:
+            anchor = (
+                self.names.control if i == 0 else f"{self.names.prefix}node:{self._node_id}:{i}"
+            )
+            return PubSubShard(
+                url, i, anchor, self._on_message, self._on_up, commands.timeout, sharded=sharded
+            )
+
+        if not commands.cluster:
+            return PubSubShards([shard(i, commands.url, False) for i in range(self._shard_count)])
+        primaries = commands.primaries()
+        index = {name: i for i, (name, _) in enumerate(primaries)}
+        shards = [shard(i, url, True) for i, (_, url) in enumerate(primaries)]
+        return PubSubShards(shards, lambda name: index[commands.primary_of(name)])
 
     def set_handler(self, handler: BrokerEventHandler) -> None:
         self._handler = handler
@@ -83,6 +92,13 @@ class RedisBroker:
     async def start(self) -> None:
         if not self._started:
             self._started = True
+            try:
+                await self.commands.run(self.commands.detect)
+            except BackendUnavailable:
+                logger.warning(
+                    "redis unreachable at start; assuming a single Redis (not a cluster)"
+                )
+            self._shards = self._build_shards()
             self._shards.start()
             if not await self._shards.wait_ready(self.commands.timeout * 2):
                 logger.warning("redis not reachable yet; serving as not ready and retrying")
@@ -138,10 +154,10 @@ class RedisBroker:
         if history is None or history.size <= 0:
             pub = Publication(data, 0, info, tags)
             payload = encode_publication(pub) if (info or tags) else data
-            await self.commands.run(
-                lambda: self.commands.client.publish(names.channel(channel), payload)
-            )
+            await self.commands.publish(names.channel(channel), payload)
             return None
+        if not self.commands.cluster:
+            await self.commands.run(self.commands.detect)
         args: list[bytes | str | int] = [
             names.channel(channel),
             data,
@@ -152,7 +168,7 @@ class RedisBroker:
             int(max(history.meta_ttl, history.ttl) * 1000),
             new_epoch(),
             int(time.time() * 1000),
-            "0",
+            "1" if self.commands.cluster else "0",
         ]
         script = self.commands.publish_script
         result = await self.commands.run(
@@ -162,16 +178,10 @@ class RedisBroker:
         return StreamPosition(int(offset), epoch.decode() if isinstance(epoch, bytes) else epoch)
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        payload = encode_join_leave("join", info)
-        await self.commands.run(
-            lambda: self.commands.client.publish(self.names.channel(channel), payload)
-        )
+        await self.commands.publish(self.names.channel(channel), encode_join_leave("join", info))
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        payload = encode_join_leave("leave", info)
-        await self.commands.run(
-            lambda: self.commands.client.publish(self.names.channel(channel), payload)
-        )
+        await self.commands.publish(self.names.channel(channel), encode_join_leave("leave", info))
 
     async def publish_control(self, message: ControlMessage) -> None:
         payload = orjson.dumps({"kind": message.kind, "params": message.params})

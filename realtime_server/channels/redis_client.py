@@ -48,13 +48,25 @@ def connect_redis(url: str, timeout: float, retries: int = 0, **kwargs: Any) -> 
 
 class RedisCommands:
     """The command side of the Redis engine (shared by broker, presence, revocation and
-    the standalone publisher)."""
+    the standalone publisher).
+
+    On first use it asks the server whether it is a Redis Cluster node
+    (``INFO cluster``); if so it switches to a cluster client, so that scripts run on the
+    shard owning their channel's hash tag, and publications use sharded pub/sub
+    (``SPUBLISH``).
+    """
 
     def __init__(self, url: str, names: RedisNames, timeout: float = 2.0) -> None:
         self.url = url
         self.names = names
         self.timeout = timeout
-        self.client = connect_redis(url, timeout, retries=1)
+        self.cluster = False
+        self._detected = False
+        self._detect_lock = asyncio.Lock()
+        self.client: Any = connect_redis(url, timeout, retries=1)
+        self._register_scripts()
+
+    def _register_scripts(self) -> None:
         pkg = "realtime_server.channels"
         self.publish_script = load_script(self.client, pkg, "publish.lua")
         self.history_script = load_script(self.client, pkg, "history.lua")
@@ -65,10 +77,59 @@ class RedisCommands:
             self.client, "realtime_server.auth", "revoke_user.lua"
         )
 
+    async def detect(self) -> None:
+        """Switch to a cluster client when the URL points at a Redis Cluster."""
+        if self._detected:
+            return
+        async with self._detect_lock:
+            if self._detected:
+                return
+            info = await self.client.info("cluster")
+            if int(info.get("cluster_enabled", 0)) == 1:
+                from redis.asyncio.cluster import RedisCluster
+
+                await self.client.aclose()
+                self.client = RedisCluster.from_url(
+                    self.url,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                )
+                await self.client.initialize()
+                self.cluster = True
+                self._register_scripts()
+            self._detected = True
+
+    def primaries(self) -> list[tuple[str, str]]:
+        """(name, URL) of the cluster's primary nodes (credentials kept from the URL)."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(self.url)
+        auth = parts.netloc.rpartition("@")[0]
+        urls = []
+        for node in self.client.get_primaries():
+            netloc = f"{auth}@{node.host}:{node.port}" if auth else f"{node.host}:{node.port}"
+            url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+            urls.append((f"{node.host}:{node.port}", url))
+        return urls
+
+    def primary_of(self, key: str) -> str:
+        """Name (host:port) of the primary owning ``key``'s slot."""
+        node = self.client.get_node_from_key(key)
+        return f"{node.host}:{node.port}"
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        """PUBLISH, or SPUBLISH on a cluster (the channel's shard)."""
+        if self.cluster:
+            await self.run(lambda: self.client.spublish(channel, payload))
+        else:
+            await self.run(lambda: self.client.publish(channel, payload))
+
     async def run(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis call with the timeout; failures become BackendUnavailable."""
         try:
             async with asyncio.timeout(self.timeout):
+                if not self._detected:
+                    await self.detect()
                 return await call()
         except (RedisError, OSError, TimeoutError) as exc:
             raise BackendUnavailable(f"redis: {type(exc).__name__}") from None

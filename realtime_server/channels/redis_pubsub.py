@@ -149,12 +149,13 @@ class PubSubShard:
 
     async def _connect(self) -> PubSub:
         pubsub = self._client.pubsub()
-        names = [self._anchor, *sorted(self.channels)]
-        expected = len(names)
+        names = sorted(self.channels)
+        expected = len(names) + 1
         async with asyncio.timeout(self._timeout * 2):
+            await pubsub.subscribe(self._anchor)
             for i in range(0, len(names), _SUBSCRIBE_CHUNK):
                 chunk = names[i : i + _SUBSCRIBE_CHUNK]
-                if self._sharded and i > 0:
+                if self._sharded:
                     await pubsub.ssubscribe(*chunk)
                 else:
                     await pubsub.subscribe(*chunk)
@@ -235,15 +236,18 @@ class PubSubShard:
 class PubSubShards:
     """A fixed number of shards; a channel always maps to the same one."""
 
-    def __init__(self, shards: list[PubSubShard]) -> None:
+    def __init__(self, shards: list[PubSubShard], pick: Callable[[str], int] | None = None) -> None:
         self.shards = shards
+        self._pick = pick
 
     def for_channel(self, name: str) -> PubSubShard:
+        if self._pick is not None:
+            return self.shards[self._pick(name)]
         return self.shards[zlib.crc32(name.encode()) % len(self.shards)]
 
     @property
     def ready(self) -> bool:
-        return all(s.ready for s in self.shards)
+        return bool(self.shards) and all(s.ready for s in self.shards)
 
     def start(self) -> None:
         for shard in self.shards:

@@ -1,0 +1,71 @@
+"""Redis Cluster (three masters on loopback): sharded pub/sub, scripts on the right shard."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from realtime_server.app import Running
+
+from .conftest import StartServer, ws_url
+from .helpers import RawClient, sub_token, token
+from .redis_server import RedisCluster, redis_cluster
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[RedisCluster]:
+    async with redis_cluster() as c:
+        yield c
+
+
+async def connected(server: Running, user: str, **claims: object) -> RawClient:
+    client = await RawClient.open(ws_url(server))
+    reply = await client.connect(token(user, **claims))
+    assert "connect" in reply, reply
+    return client
+
+
+async def test_cluster_delivery_revocation_presence_recovery(
+    start_server: StartServer, cluster: RedisCluster
+) -> None:
+    a = await start_server(REDIS_URL=cluster.url)
+    b = await start_server(REDIS_URL=cluster.url)
+    assert a.node.engine.commands.cluster  # type: ignore[attr-defined]
+    channels = [f"document:{i}" for i in range(12)]  # spread over the three shards
+    on_a = await connected(a, "1", channels=channels)
+    on_b = await connected(b, "2", channels=channels, jti="cluster-jti")
+    for i, channel in enumerate(channels):
+        position = await a.node.publish(channel, b"%d" % i)
+        assert position is not None and position.offset == 1
+    for client in (on_a, on_b):
+        got = {}
+        for _ in channels:
+            push = await client.push("pub")
+            got[push["channel"]] = push["pub"]["data"]
+        assert got == {c: i for i, c in enumerate(channels)}
+
+    # a plain SPUBLISH from any program reaches subscribers
+    plain = aioredis.RedisCluster.from_url(cluster.url)
+    try:
+        await plain.spublish("rt:{document:3}", b'{"status":"viewed"}')
+    finally:
+        await plain.aclose()
+    assert (await on_a.push("pub"))["pub"]["data"] == {"status": "viewed"}
+
+    # presence and join on a document channel across nodes
+    await on_a.call("subscribe", {"channel": "document:p", "token": sub_token("1", "document:p")})
+    await on_b.call("subscribe", {"channel": "document:p", "token": sub_token("2", "document:p")})
+    stats = await b.node.presence_stats("document:p")
+    assert (stats.num_clients, stats.num_users) == (2, 2)
+
+    # recovery from the sharded history
+    history = await b.node.broker.history("document:5", limit=-1)
+    assert [p.data for p in history.publications] == [b"5"]
+
+    # revocation announced on the control channel reaches the other node
+    await a.node.revocations.revoke_token("cluster-jti", time.time() + 60)
+    assert (await on_b.closed())[0] == 4501
+    assert await a.node.revocations.is_revoked("cluster-jti", "2", None)
