@@ -82,6 +82,37 @@ def _remote(conn: ServerConnection) -> str:
 class Session:
     """A connected client. Created by the server for each WebSocket connection."""
 
+    # Slots: one of these per connection; keeps idle connections small.
+    __slots__ = (
+        "_debug",
+        "_expiry_timer",
+        "_outbox_limit",
+        "_protocol",
+        "_refilled",
+        "_strikes",
+        "_tokens",
+        "_transport",
+        "awaiting_pong",
+        "client_id",
+        "close_code",
+        "conn",
+        "conn_info",
+        "connected_at",
+        "expires_at",
+        "name",
+        "node",
+        "pending",
+        "ping_bucket",
+        "rejection_logged",
+        "remote",
+        "state",
+        "subs",
+        "token_iat",
+        "token_jti",
+        "user",
+        "version",
+    )
+
     def __init__(self, node: Node, conn: ServerConnection) -> None:
         self.node = node
         self.conn = conn
