@@ -45,6 +45,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if level.upper() != "DEBUG":  # one line per connection and HTTP request is noise
+        logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -75,12 +77,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(settings.log_level)
     from .app import build_verifier, run
 
+    demo = None
+    if getattr(args, "demo", False):  # one process, embedded engine, generated secret
+        from .demo import prepare_demo
+
+        if not 0 < args.demo_step <= 600:
+            raise ConfigError("--demo-step must be between 0 and 600 seconds")
+        settings, demo = prepare_demo(settings, step=args.demo_step)
     build_verifier(settings)  # refuse to start without a usable key
     if settings.workers > 1 and WORKER_ENV not in os.environ:
         from .workers import run_workers
 
         return run_workers(settings.workers)
-    return _run(run(settings, reuse_port=WORKER_ENV in os.environ))
+    return _run(run(settings, reuse_port=WORKER_ENV in os.environ, demo=demo))
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -203,6 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server (the default command)")
     _add_serve_options(serve)
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve a live demo page at / with a simulated signing flow (embedded engine, "
+        "generated JWT secret unless REALTIME_JWT_SECRET is set; for trying it out only)",
+    )
+    serve.add_argument(
+        "--demo-step",
+        type=float,
+        default=2.5,
+        metavar="SECONDS",
+        help="seconds between the demo's simulated steps (2.5)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="mint a token with the configured HMAC secret")

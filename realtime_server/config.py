@@ -273,6 +273,18 @@ _CONVERTERS: Final[dict[str, Callable[[str, str], Any]]] = {
     "events_timeout": lambda n, v: _float(n, v, 0.05),
 }
 
+def _normalize_origin(origin: str) -> str:
+    """An allow-list entry as browsers send it: lower case, no default port, no path."""
+    scheme, sep, rest = origin.partition("://")
+    if not sep or not scheme or not rest or "/" in rest or "@" in rest or "?" in rest:
+        raise ConfigError("REALTIME_ALLOWED_ORIGINS: each origin is scheme://host[:port]")
+    scheme, rest = scheme.lower(), rest.lower()
+    default = {"https": ":443", "http": ":80"}.get(scheme)
+    if default and rest.endswith(default):
+        rest = rest[: -len(default)]
+    return f"{scheme}://{rest}"
+
+
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -380,11 +392,7 @@ class Settings:
     def origins(self) -> list[str] | None:
         if not self.allowed_origins:
             return None
-        origins = [o.strip() for o in self.allowed_origins.split(",") if o.strip()]
-        for origin in origins:
-            if "://" not in origin or origin.endswith("/"):
-                raise ConfigError("REALTIME_ALLOWED_ORIGINS: each origin is scheme://host[:port]")
-        return origins
+        return [_normalize_origin(o.strip()) for o in self.allowed_origins.split(",") if o.strip()]
 
     def api_base_url(self) -> str:
         if self.api_url:

@@ -28,6 +28,7 @@ from .config import Settings
 from .errors import BackendUnavailable, CommandError
 from .events import Event, EventRecorder, EventType, NullRecorder
 from .hub import Hub
+from .index import MultiIndex
 from .keepalive import Keepalive
 from .metrics import Metrics
 from .protocol import (
@@ -83,8 +84,8 @@ class Node:
         self.keepalive = Keepalive(settings.ping_interval, settings.pong_timeout)
         self.commands = COMMANDS
         self.sessions: dict[str, Session] = {}
-        self.by_user: dict[str, set[Session]] = {}
-        self.by_jti: dict[str, set[Session]] = {}
+        self.by_user: MultiIndex[Session] = MultiIndex()
+        self.by_jti: MultiIndex[Session] = MultiIndex()
         self.draining = False
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
         self._broker_channels: set[str] = set()
@@ -200,7 +201,7 @@ class Node:
 
     def register(self, s: Session) -> None:
         self.sessions[s.client_id] = s
-        self.by_user.setdefault(s.user, set()).add(s)
+        self.by_user.add(s.user, s)
         self.index_jti(s, s.token_jti)
         self.keepalive.add(s)
         self.metrics.connections_total += 1
@@ -212,29 +213,21 @@ class Node:
             self.hub.remove(name, s)
         if self.sessions.pop(s.client_id, None) is None:
             return
-        users = self.by_user.get(s.user)
-        if users is not None:
-            users.discard(s)
-            if not users:
-                del self.by_user[s.user]
+        self.by_user.remove(s.user, s)
         self.unindex_jti(s, s.token_jti)
         for sub in s.subs.values():
             self.unindex_jti(s, sub.token_jti)
 
     def user_connections(self, user: str) -> int:
-        return len(self.by_user.get(user, ()))
+        return self.by_user.count(user)
 
     def index_jti(self, s: Session, jti: str | None) -> None:
         if jti is not None:
-            self.by_jti.setdefault(jti, set()).add(s)
+            self.by_jti.add(jti, s)
 
     def unindex_jti(self, s: Session, jti: str | None) -> None:
         if jti is not None:
-            holders = self.by_jti.get(jti)
-            if holders is not None:
-                holders.discard(s)
-                if not holders:
-                    del self.by_jti[jti]
+            self.by_jti.remove(jti, s)
 
     def reindex_jti(self, s: Session, old: str | None, new: str | None) -> None:
         self.unindex_jti(s, old)
@@ -444,12 +437,12 @@ class Node:
                 str(params.get("reason") or "disconnect"),
                 reconnect=True,
             )
-            for s in list(self.by_user.get(user, ())):
+            for s in self.by_user.get(user):
                 if not params.get("client") or params["client"] == s.client_id:
                     s.close(code)
         elif message.kind == "unsubscribe":
             channel = str(params.get("channel") or "")
-            for s in list(self.by_user.get(user, ())):
+            for s in self.by_user.get(user):
                 if channel in s.subs:
                     push_code, push_reason = codes.UNSUBSCRIBE_SERVER
                     s.send(encode_unsubscribe_push(channel, push_code, push_reason))
@@ -459,10 +452,10 @@ class Node:
         """Close every local session holding a token the revocation covers."""
         self.metrics.revocations_total += 1
         if revocation.kind == "jti":
-            targets = set(self.by_jti.get(revocation.jti or "", ()))
+            targets = set(self.by_jti.get(revocation.jti or ""))
         else:
             targets = set()
-            for s in self.by_user.get(revocation.user or "", ()):
+            for s in self.by_user.get(revocation.user or ""):
                 if revocation.matches(s.token_jti, s.user, s.token_iat) or any(
                     sub.token_jti is not None
                     and revocation.matches(sub.token_jti, s.user, sub.token_iat)

@@ -229,3 +229,14 @@ async def test_non_websocket_subprotocol_offer_refused(server: Running) -> None:
         await RawClient.open(ws_url(server), subprotocols=["centrifuge-protobuf"])
     ok = await RawClient.open(ws_url(server), subprotocols=["centrifuge-json"])
     assert ok.ws.subprotocol == "centrifuge-json"
+
+
+async def test_failed_connect_in_a_batch_skips_the_rest_without_closing(server: Running) -> None:
+    client = await RawClient.open(ws_url(server))
+    connect_id, _ = await client.send(
+        {"connect": {"token": token("42", ttl=-60)}},
+        {"subscribe": {"channel": "document:1", "token": sub_token("42", "document:1")}},
+    )
+    assert (await client.reply(connect_id))["error"]["code"] == 109
+    reply = await client.connect(token("42"))
+    assert "connect" in reply
