@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import Server
 
@@ -27,6 +28,9 @@ from .channels.memory import MemoryEngine
 from .config import Settings
 from .node import Node
 from .server import WEBSOCKET_PATH, start_websocket_server
+
+if TYPE_CHECKING:
+    from .demo import Demo
 
 __all__ = ["Running", "build_node", "build_verifier", "run", "running"]
 
@@ -113,11 +117,14 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, reuse_port: bool = False) -> AsyncIterator[Running]:
-    """Start a whole server (for ``serve`` and for tests), stop it on exit."""
+async def running(
+    settings: Settings, reuse_port: bool = False, demo: Demo | None = None
+) -> AsyncIterator[Running]:
+    """Start a whole server (for ``serve`` and for tests), stop it on exit. ``demo``
+    (``serve --demo``) adds the demo page and runs its simulation while serving."""
     node = build_node(settings)
     await node.start()
-    ws = await start_websocket_server(node, reuse_port=reuse_port)
+    ws = await start_websocket_server(node, demo=demo, reuse_port=reuse_port)
     api = None
     if settings.api_key:
         from .api import start_api
@@ -125,12 +132,16 @@ async def running(settings: Settings, reuse_port: bool = False) -> AsyncIterator
         api = await start_api(node, settings, reuse_port=reuse_port)
     server = Running(node, ws, api)
     try:
+        if demo is not None:
+            await demo.start(node, server.port)
         yield server
     finally:
+        if demo is not None:
+            await demo.stop()
         await server.stop(settings.shutdown_timeout)
 
 
-async def run(settings: Settings, reuse_port: bool = False) -> int:
+async def run(settings: Settings, reuse_port: bool = False, demo: Demo | None = None) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code. ``reuse_port``: share
     the ports with sibling worker processes (SO_REUSEPORT)."""
     loop = asyncio.get_running_loop()
@@ -140,7 +151,7 @@ async def run(settings: Settings, reuse_port: bool = False) -> int:
     watchdog = None
     if reuse_port:  # a worker: stop if the supervising parent dies without telling us
         watchdog = loop.create_task(_watch_parent(os.getppid(), stop))
-    async with running(settings, reuse_port=reuse_port) as server:
+    async with running(settings, reuse_port=reuse_port, demo=demo) as server:
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         logger.info(
             "realtime-server %s listening on ws://%s:%d%s (engine %s, node %s)",

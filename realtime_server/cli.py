@@ -197,6 +197,19 @@ def cmd_check(args: argparse.Namespace) -> int:
             await commands.close()
             print(f"redis: {'ok' if ok else 'unreachable'}")
             failures += not ok
+        if settings.events_enabled:
+            from .events.factory import build_store
+
+            store = build_store(settings)
+            kind = "postgres" if settings.database_url else f"sqlite {settings.sqlite_path}"
+            try:
+                await store.connect()
+                print(f"event log ({kind}): ok")
+            except Exception as exc:  # report any failure as one line
+                print(f"event log ({kind}): unreachable ({type(exc).__name__})")
+                failures += 1
+            finally:
+                await store.close()
         return EXIT_OK if not failures else EXIT_FAILURE
 
     return _run(reach())

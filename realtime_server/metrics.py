@@ -29,9 +29,14 @@ class Metrics:
         self.rate_limited_total = 0
         self.revocations_total = 0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, read)
+
+    def counter(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """A monotonic count read at scrape time (exposed as ``realtime_<name>_total``)."""
+        self.counters[name] = (help_text, read)
 
     def render(self) -> bytes:
         lines: list[str] = []
@@ -44,6 +49,8 @@ class Metrics:
 
         for name, (help_text, read) in sorted(self.gauges.items()):
             metric(name, "gauge", help_text, [("", read())])
+        for name, (help_text, read) in sorted(self.counters.items()):
+            metric(f"{name}_total", "counter", help_text, [("", read())])
         metric(
             "connections_total",
             "counter",

@@ -73,6 +73,7 @@ class Node:
     ) -> None:
         self.settings = settings
         self.events: EventRecorder = events if events is not None else NullRecorder()
+        self._events_off = isinstance(self.events, NullRecorder)
         self.name = settings.node_name or socket.gethostname()
         self.engine = engine
         self.broker = engine.broker
@@ -177,6 +178,8 @@ class Node:
         **details: Any,
     ) -> None:
         """Record an event (never blocks). ``details`` must hold no token or payload."""
+        if self._events_off:
+            return
         self.events.record(
             Event(
                 kind,

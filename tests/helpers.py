@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -33,9 +34,22 @@ BASE_ENV = {
 }
 
 
+_EVENTS_DIR = tempfile.mkdtemp(prefix="rt-test-events-")
+
+
+def event_log_env() -> dict[str, str]:
+    """A fresh SQLite event log and spill file, never in the working directory."""
+    name = uuid.uuid4().hex[:12]
+    return {
+        "REALTIME_SQLITE_PATH": os.path.join(_EVENTS_DIR, f"{name}.db"),
+        "REALTIME_EVENTS_SPILL_PATH": os.path.join(_EVENTS_DIR, f"{name}.spill.jsonl"),
+    }
+
+
 def make_settings(**env: object) -> Settings:
     """Test settings; keyword names are REALTIME_* variable suffixes (``PING_INTERVAL=1``)."""
     merged = dict(BASE_ENV)
+    merged.update(event_log_env())
     for key, value in env.items():
         name = key if key.startswith("REALTIME_") else f"REALTIME_{key.upper()}"
         if value is None:

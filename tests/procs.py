@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from .helpers import BASE_ENV, MS
+from .helpers import BASE_ENV, MS, event_log_env
 
 CLI = [sys.executable, "-m", "realtime_server"]
 _WS_RE = re.compile(r"listening on ws://[^:]+:(\d+)/")
@@ -21,6 +21,7 @@ _API_RE = re.compile(r"HTTP server API on http://[^:]+:(\d+)/api")
 def cli_env(**env: str | None) -> dict[str, str]:
     merged = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
     merged.update(BASE_ENV)
+    merged.update(event_log_env())
     for key, value in env.items():
         name = key if key.startswith("REALTIME_") else f"REALTIME_{key.upper()}"
         if value is None:

@@ -32,7 +32,7 @@ async def test_two_workers_share_port_and_channels(redis_url: str, redis_prefix:
     try:
         assert proc.stderr is not None
         listening = 0
-        async with asyncio.timeout(20000 * MS):
+        async with asyncio.timeout(40000 * MS):
             while listening < 2:
                 line = await proc.stderr.readline()
                 assert line, "workers exited early"

@@ -9,12 +9,14 @@ No token, secret or payload body is ever part of an event.
 from __future__ import annotations
 
 import enum
+import itertools
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Event", "EventRecorder", "EventType", "NullRecorder", "document_id"]
+__all__ = ["Event", "EventRecorder", "EventType", "NullRecorder", "document_id", "new_event_id"]
 
 
 class EventType(enum.StrEnum):
@@ -29,6 +31,18 @@ class EventType(enum.StrEnum):
     TOKEN_REVOKED = "token_revoked"  # noqa: S105 - an event name
     RATE_LIMITED = "rate_limited"
     SLOW_CONSUMER = "slow_consumer"
+
+
+_ID_PREFIX = int.from_bytes(os.urandom(8), "big") << 64
+_ID_COUNTER = itertools.count(1)
+
+
+def new_event_id() -> uuid.UUID:
+    """A unique event id: 64 random bits per process, then a counter. Several times
+    cheaper than ``uuid4()`` (which reads the OS random source every time), and as
+    unique for idempotent writes: two processes collide only if their random halves do.
+    """
+    return uuid.UUID(int=_ID_PREFIX | next(_ID_COUNTER))
 
 
 def document_id(channel: str | None) -> str | None:
@@ -51,7 +65,7 @@ class Event:
     code: int | None = None
     details: dict[str, Any] | None = None
     time: float = field(default_factory=time.time)
-    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    id: uuid.UUID = field(default_factory=lambda: new_event_id())
 
     @property
     def document(self) -> str | None:

@@ -1,0 +1,899 @@
+"""Fan-out benchmark: our server against the floor, on the same workload, in one run.
+
+For each subscriber count and each server (one after the other, each a fresh process):
+open N idle authenticated subscribed WebSocket connections from several generator
+processes, measure the server's RSS before and after, then publish M messages through
+the server's HTTP publish API (``burst``: back to back; ``spread``: ``--rate`` per
+second) and measure the server's CPU time over the delivery phase, the deliveries, the
+publish-to-receive latency and the losses. Prints one table. See bench/README.md.
+
+    .venv/bin/python bench/fanout.py [--subscribers 1000,10000] [--messages N]
+        [--mode burst|spread|both] [--servers ours,floor] [--json]
+
+Only 127.0.0.1 is used; every step has a time bound; every child process is stopped
+at the end, on failure and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import contextlib
+import ctypes
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, Final
+
+import loadgen
+import orjson
+from common import (
+    API_KEY,
+    HOST,
+    JWT_SECRET,
+    free_port,
+    machine_busy_s,
+    raise_nofile,
+    read_proc,
+    wait_port,
+)
+
+__all__ = ["main"]
+
+BENCH_DIR: Final = Path(__file__).resolve().parent
+SERVERS: Final = ("ours", "floor", "floor-bcast")
+DEFAULT_MESSAGES: Final = {"burst": 100, "spread": 40}
+DEFAULT_RATE: Final = 20.0
+SPREAD_MAX_LOAD: Final = 50_000.0
+"""Deliveries/s offered in default spread mode: well under what 2 cores deliver, so that
+each publication finds an idle server (its own wake-up) rather than a queue."""
+
+
+class BenchError(RuntimeError):
+    """A step of the benchmark failed or ran out of time."""
+
+
+# --- progress --------------------------------------------------------------------------
+
+
+class Progress:
+    """One status line on stderr (rewritten in place on a terminal, throttled if not)."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._last = 0.0
+        self._width = 0
+
+    def __call__(self, text: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < (0.2 if self._tty else 5.0):
+            return
+        self._last = now
+        if self._tty:
+            sys.stderr.write("\r" + text.ljust(self._width))
+            self._width = len(text)
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def done(self, text: str) -> None:
+        self(text, force=True)
+        if self._tty:
+            sys.stderr.write("\n")
+            self._width = 0
+
+
+# --- server processes --------------------------------------------------------------------
+
+
+def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
+    def setup() -> None:
+        """In the server child before exec: SIGTERM when the orchestrator dies, whatever
+        the cause; pinned to ``cpus`` (inherited by every thread it starts)."""
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PDEATHSIG
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
+@dataclass
+class ServerProc:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    api_port: int
+    log: Path
+
+    def warnings(self, most: int = 3) -> list[str]:
+        """The server's first warnings and errors (it logs at WARNING level here)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return []
+        found = [
+            line.strip()[:200]
+            for line in text.splitlines()
+            if " WARNING " in line or " ERROR " in line or "Traceback" in line
+        ]
+        return found[:most]
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_server(name: str, workdir: Path, cpus: set[int] | None) -> ServerProc:
+    port, api_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    if name == "ours":
+        cmd = [str(Path(sys.executable).with_name("realtime-server")), "serve"]
+        env.update(
+            {
+                "REALTIME_HOST": HOST,
+                "REALTIME_PORT": str(port),
+                "REALTIME_API_HOST": HOST,
+                "REALTIME_API_PORT": str(api_port),
+                "REALTIME_JWT_SECRET": JWT_SECRET,
+                "REALTIME_API_KEY": API_KEY,
+                "REALTIME_LOG_LEVEL": "WARNING",
+                "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
+                "REALTIME_RATE_LIMIT": "100000",
+                "REALTIME_RATE_BURST": "100000",
+                "REALTIME_PING_INTERVAL": "0",
+                "REALTIME_CONNECT_TIMEOUT": "30",
+                "REALTIME_SHUTDOWN_TIMEOUT": "2",
+                # Join/leave pushes would make opening N connections cost N^2/2 frames.
+                "REALTIME_NAMESPACES": '{"document": {"join_leave": false}}',
+                "REALTIME_SQLITE_PATH": str(workdir / "events.db"),
+                "REALTIME_EVENTS_SPILL_PATH": str(workdir / "events.spill.jsonl"),
+                "REALTIME_WORKERS": "1",
+            }
+        )
+    else:
+        fanout = "broadcast" if name == "floor-bcast" else "write"
+        cmd = [
+            sys.executable,
+            str(BENCH_DIR / "floor_server.py"),
+            "--port",
+            str(port),
+            "--api-port",
+            str(api_port),
+            "--fanout",
+            fanout,
+        ]
+    log = workdir / f"{name}-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=_child_setup(cpus),
+        )
+    server = ServerProc(name, proc, port, api_port, log)
+    for p in (port, api_port):
+        if not wait_port(p, 20.0) or proc.poll() is not None:
+            stop_server(server)
+            raise BenchError(f"{name} did not start:\n{server.tail()}")
+    return server
+
+
+def stop_server(server: ServerProc) -> None:
+    proc = server.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# --- generator processes -------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    proc: BaseProcess
+    conn: Connection
+
+
+class Children:
+    """The multiprocessing children of one server case; all stopped by :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.ctx = multiprocessing.get_context("spawn")
+        self.subscribers: list[Child] = []
+        self.publisher: Child | None = None
+
+    def start_subscribers(
+        self, procs: int, port: int, concurrency: int, cpus: set[int] | None
+    ) -> None:
+        for index in range(procs):
+            parent, child = self.ctx.Pipe()
+            cfg = {
+                "index": index,
+                "port": port,
+                "concurrency": concurrency,
+                "open_timeout": 30.0,
+                "cpus": cpus,
+            }
+            proc = self.ctx.Process(
+                target=loadgen.subscriber_main,
+                args=(child, cfg),
+                daemon=True,
+                name=f"bench-sub-{index}",
+            )
+            proc.start()
+            child.close()
+            self.subscribers.append(Child(proc, parent))
+
+    def start_publisher(self, api_port: int, cpus: set[int] | None) -> None:
+        parent, child = self.ctx.Pipe()
+        url = f"http://{HOST}:{api_port}/api/publish"
+        proc = self.ctx.Process(
+            target=loadgen.publisher_main, args=(child, url, cpus), daemon=True, name="bench-pub"
+        )
+        proc.start()
+        child.close()
+        self.publisher = Child(proc, parent)
+
+    def close(self) -> None:
+        children = [*self.subscribers, *([self.publisher] if self.publisher else [])]
+        for c in children:
+            with contextlib.suppress(OSError, ValueError):
+                c.conn.send(("exit",))
+        deadline = time.monotonic() + 5.0
+        for c in children:
+            c.proc.join(max(0.1, deadline - time.monotonic()))
+            if c.proc.is_alive():
+                c.proc.terminate()
+                c.proc.join(2.0)
+            if c.proc.is_alive():
+                c.proc.kill()
+                c.proc.join(2.0)
+            with contextlib.suppress(OSError):
+                c.conn.close()
+        self.subscribers.clear()
+        self.publisher = None
+
+
+def gather(
+    children: list[Child],
+    kind: str,
+    timeout: float,
+    on_message: Callable[[int, tuple[Any, ...]], None] | None = None,
+) -> dict[int, tuple[Any, ...]]:
+    """Wait for one ``kind`` message from each child; other messages go to ``on_message``.
+
+    Raises:
+        BenchError: when the time runs out or a child dies.
+    """
+    by_conn = {id(c.conn): i for i, c in enumerate(children)}
+    got: dict[int, tuple[Any, ...]] = {}
+    deadline = time.monotonic() + timeout
+    while len(got) < len(children):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BenchError(f"timed out waiting for {kind!r} ({len(got)}/{len(children)})")
+        waiting = [c.conn for i, c in enumerate(children) if i not in got]
+        for conn in multiprocessing.connection.wait(waiting, min(remaining, 0.25)):
+            assert isinstance(conn, Connection)
+            index = by_conn[id(conn)]
+            try:
+                message = conn.recv()
+            except EOFError:
+                raise BenchError(f"a load generator process died waiting for {kind!r}") from None
+            if message[0] == kind:
+                got[index] = message
+            elif on_message is not None:
+                on_message(index, message)
+        if on_message is not None:
+            on_message(-1, ("tick",))
+    return got
+
+
+# --- one server case ---------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the result table."""
+
+    server: str
+    subscribers: int
+    mode: str
+    messages: int
+    rate: float = 0.0
+    repeats: int = 0
+    published: int = 0
+    publish_errors: int = 0
+    deliveries: int = 0
+    expected: int = 0
+    lost: int = 0
+    closed: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    deliveries_per_s: float = 0.0
+    cpu_us_per_delivery: float = 0.0
+    cpu_us_per_delivery_runs: list[float] = field(default_factory=list)
+    user_us_per_delivery: float = 0.0
+    sys_us_per_delivery: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    rss_kib_per_conn: float = 0.0
+    rss_before_kib: int = 0
+    rss_after_kib: int = 0
+    connected: int = 0
+    connect_failed: int = 0
+    publisher_behind_s: float = 0.0
+    other_load: float = 0.0
+    subscriber_cpu_us_per_delivery: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """One delivery phase."""
+
+    published: int = 0
+    publish_errors: int = 0
+    expected: int = 0
+    deliveries: int = 0
+    lost: int = 0
+    closed: int = 0
+    cpu_s: float = 0.0
+    user_s: float = 0.0
+    wall_s: float = 0.0
+    cpu_us_per_delivery: float = 0.0
+    user_us_per_delivery: float = 0.0
+    deliveries_per_s: float = 0.0
+    behind_s: float = 0.0
+    other_cpu_s: float = 0.0
+    load_cpu_s: float = 0.0
+    phase_s: float = 0.0
+    latencies_us: array.array[int] = field(default_factory=lambda: array.array("q"))
+    notes: list[str] = field(default_factory=list)
+
+
+def _percentile(values: list[int], q: float) -> float:
+    if not values:
+        return 0.0
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))] / 1000.0
+
+
+@dataclass
+class Options:
+    subscribers: list[int]
+    modes: list[str]
+    messages: dict[str, int]
+    rate: float | None
+    servers: list[str]
+    procs: int
+    concurrency: int
+    repeat: int
+    pin: bool = True
+    json: bool = False
+
+    def cpu_sets(self) -> tuple[set[int] | None, set[int] | None]:
+        """(server CPUs, load generator CPUs): the first CPU for the server, the others
+        for the load, so that the server never waits for its own load generators."""
+        cpus = sorted(os.sched_getaffinity(0))
+        if not self.pin or len(cpus) < 2:
+            return None, None
+        return {cpus[0]}, set(cpus[1:])
+
+    def spread_rate(self, n: int) -> float:
+        """Publications per second in spread mode: ``--rate``, or by default 20/s capped
+        so that N subscribers get at most SPREAD_MAX_LOAD deliveries per second."""
+        if self.rate is not None:
+            return self.rate
+        return min(DEFAULT_RATE, SPREAD_MAX_LOAD / n)
+
+
+class Bench:
+    def __init__(self, opts: Options, workdir: Path) -> None:
+        self.opts = opts
+        self.workdir = workdir
+        self.progress = Progress()
+        self.phase = 0
+        self.log_notes: dict[tuple[str, int], list[str]] = {}
+
+    def run(self) -> list[Row]:
+        rows: list[Row] = []
+        for n in self.opts.subscribers:
+            for name in self.opts.servers:
+                case = self.case(name, n)
+                for line in self.log_notes.get((name, n), []):
+                    case[0].notes.append(f"server log: {line}")
+                rows.extend(case)
+        return rows
+
+    def case(self, name: str, n: int) -> list[Row]:
+        label = f"[{name} n={n}]"
+        self.progress(f"{label} starting server", force=True)
+        server_cpus, load_cpus = self.opts.cpu_sets()
+        server = start_server(name, self.workdir, server_cpus)
+        children = Children()
+        try:
+            children.start_subscribers(
+                self.opts.procs, server.port, self.opts.concurrency, load_cpus
+            )
+            children.start_publisher(server.api_port, load_cpus)
+            return self._measure(label, server, children, n)
+        except BenchError as exc:
+            raise BenchError(f"{label} {exc}\n--- server log tail ---\n{server.tail()}") from None
+        finally:
+            children.close()
+            stop_server(server)
+            self.log_notes[(name, n)] = server.warnings()
+
+    def _open(
+        self, label: str, children: Children, counts: list[int], total: int, already: int
+    ) -> tuple[int, int, dict[str, int]]:
+        subs = children.subscribers
+        state = {i: (0, 0) for i in range(len(subs))}
+
+        def show(index: int, message: tuple[Any, ...]) -> None:
+            if message[0] == "progress":
+                state[index] = (message[1], message[2])
+            opened = sum(s[0] for s in state.values())
+            failed = sum(s[1] for s in state.values())
+            self.progress(f"{label} connecting {opened}/{total} ({failed} failed)")
+
+        for child, count in zip(subs, counts, strict=True):
+            child.conn.send(("open", count))
+        timeout = 60.0 + total * 0.02
+        results = gather(subs, "opened", timeout, show)
+        errors: dict[str, int] = {}
+        for r in results.values():
+            for key, count in r[3].items():
+                errors[key] = errors.get(key, 0) + count
+        opened = sum(r[1] for r in results.values()) - already
+        failed = sum(r[2] for r in results.values())
+        return opened, failed, errors
+
+    def _measure(self, label: str, server: ServerProc, children: Children, n: int) -> list[Row]:
+        procs = len(children.subscribers)
+        shares = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+        warm = [min(s, max(1, n // (20 * procs)), 50) for s in shares]
+        # Warm-up connections go first so that one-off costs (imports on first use,
+        # first allocations of every structure) stay out of the per-connection memory.
+        opened_warm, failed, errors = self._open(label, children, warm, sum(warm), 0)
+        time.sleep(0.5)
+        before = read_proc(server.proc.pid)
+        rest = [s - w for s, w in zip(shares, warm, strict=True)]
+        opened_rest, failed_rest, errors_rest = self._open(label, children, rest, n, opened_warm)
+        failed += failed_rest
+        for key, count in errors_rest.items():
+            errors[key] = errors.get(key, 0) + count
+        time.sleep(1.0)  # let the server finish the tail of connect work (presence...)
+        after = read_proc(server.proc.pid)
+        connected = opened_warm + opened_rest
+        per_conn = (after.rss_kib - before.rss_kib) / max(1, opened_rest)
+        self.progress(
+            f"{label} {connected} connected ({failed} failed), {per_conn:.1f} KiB/conn",
+            force=True,
+        )
+        rows = []
+        for mode in self.opts.modes:
+            row = self._phase(label, server, children, n, mode)
+            row.connected, row.connect_failed = connected, failed
+            row.rss_before_kib, row.rss_after_kib = before.rss_kib, after.rss_kib
+            row.rss_kib_per_conn = per_conn
+            if errors:
+                row.notes.append(f"connect errors: {errors}")
+            rows.append(row)
+            time.sleep(0.5)
+        return rows
+
+    def _phase(self, label: str, server: ServerProc, children: Children, n: int, mode: str) -> Row:
+        """Run ``--repeat`` delivery phases of ``mode``; one row of medians and totals."""
+        messages = self.opts.messages[mode]
+        rate = self.opts.spread_rate(n) if mode == "spread" else 0.0
+        row = Row(server.name, n, mode, messages, rate=rate)
+        runs: list[Run] = []
+        latencies: array.array[int] = array.array("q")
+        for repeat in range(self.opts.repeat):
+            what = f"{label} {mode} {repeat + 1}/{self.opts.repeat}: {messages} msgs"
+            run = self._run_once(what, server, children, n, mode, messages, rate)
+            runs.append(run)
+            latencies.extend(run.latencies_us)
+            self.progress.done(
+                f"{what}: {run.deliveries_per_s:,.0f} deliveries/s, "
+                f"{run.cpu_us_per_delivery:.2f} us CPU/delivery, lost {run.lost}"
+            )
+            time.sleep(0.5)
+        row.repeats = len(runs)
+        row.published = sum(r.published for r in runs)
+        row.publish_errors = sum(r.publish_errors for r in runs)
+        row.expected = sum(r.expected for r in runs)
+        row.deliveries = sum(r.deliveries for r in runs)
+        row.lost = sum(r.lost for r in runs)
+        row.closed = sum(r.closed for r in runs)
+        row.cpu_s = sum(r.cpu_s for r in runs)
+        row.wall_s = sum(r.wall_s for r in runs)
+        row.cpu_us_per_delivery = statistics.median(r.cpu_us_per_delivery for r in runs)
+        row.cpu_us_per_delivery_runs = [round(r.cpu_us_per_delivery, 3) for r in runs]
+        row.deliveries_per_s = statistics.median(r.deliveries_per_s for r in runs)
+        if row.deliveries:
+            # The user/system split over all runs together (the tick is 10 ms: too coarse
+            # to split one short run).
+            row.user_us_per_delivery = sum(r.user_s for r in runs) / row.deliveries * 1e6
+            row.sys_us_per_delivery = row.cpu_s / row.deliveries * 1e6 - row.user_us_per_delivery
+        row.publisher_behind_s = max(r.behind_s for r in runs)
+        row.subscriber_cpu_us_per_delivery = (
+            sum(r.load_cpu_s for r in runs) / max(1, row.deliveries) * 1e6
+        )
+        row.other_load = sum(r.other_cpu_s for r in runs) / max(1e-9, sum(r.phase_s for r in runs))
+        if row.other_load > 0.15:
+            row.notes.append(
+                f"other work on the machine took {row.other_load:.0%} of a CPU "
+                "during the measurement (noise)"
+            )
+        for r in runs:
+            row.notes.extend(note for note in r.notes if note not in row.notes)
+        ordered = sorted(latencies)
+        row.p50_ms = _percentile(ordered, 0.50)
+        row.p99_ms = _percentile(ordered, 0.99)
+        row.max_ms = ordered[-1] / 1000.0 if ordered else 0.0
+        if mode == "spread" and row.publisher_behind_s > 2.0 / rate:
+            row.notes.append(
+                f"publisher fell {row.publisher_behind_s:.2f}s behind schedule: "
+                "the server could not keep up with the rate"
+            )
+        return row
+
+    def _run_once(
+        self,
+        what: str,
+        server: ServerProc,
+        children: Children,
+        n: int,
+        mode: str,
+        messages: int,
+        rate: float,
+    ) -> Run:
+        """One delivery phase: arm the subscribers, publish, wait for every delivery."""
+        self.phase += 1
+        subs = children.subscribers
+        publisher = children.publisher
+        assert publisher is not None
+        for child in subs:
+            child.conn.send(("arm", self.phase, messages))
+        run = Run()
+        run.expected = messages * sum(m[1] for m in gather(subs, "armed", 10.0).values())
+
+        publish_time = messages / rate if mode == "spread" else 0.0
+        deadline = time.monotonic() + 30.0 + publish_time + messages * n * 60e-6
+        everyone = [publisher, *subs]
+        by_conn = {id(c.conn): i for i, c in enumerate(everyone)}
+        results: dict[int, tuple[Any, ...]] = {}
+        published: tuple[Any, ...] | None = None
+        received = [0] * len(everyone)
+        started = last_poll = time.monotonic()
+        collecting = False
+
+        ours = [server.proc.pid, *(c.proc.pid for c in everyone if c.proc.pid)]
+        busy0, ours0 = machine_busy_s(), sum(read_proc(pid).cpu_s for pid in ours)
+        load0 = sum(read_proc(c.proc.pid).cpu_s for c in subs if c.proc.pid)
+        cpu0 = read_proc(server.proc.pid)
+        publisher.conn.send(("run", self.phase, mode, messages, rate))
+        while published is None or len(results) < len(subs):
+            now = time.monotonic()
+            if now > deadline:
+                if collecting:
+                    raise BenchError(f"{what}: no results from the load generators")
+                # Whatever did not arrive by now is lost: ask for the counts as they are.
+                for i, child in enumerate(subs, 1):
+                    if i not in results:
+                        child.conn.send(("collect",))
+                collecting = True
+                deadline = now + 30.0
+                run.notes.append("not every message arrived before the deadline")
+            if now - last_poll > 0.5:
+                last_poll = now
+                for child in subs:
+                    child.conn.send(("progress",))
+            self.progress(f"{what}, {sum(received)}/{run.expected} delivered, {now - started:.1f}s")
+            for conn in multiprocessing.connection.wait([c.conn for c in everyone], 0.25):
+                assert isinstance(conn, Connection)
+                index = by_conn[id(conn)]
+                try:
+                    message = conn.recv()
+                except EOFError:
+                    raise BenchError(f"{what}: a load generator process died") from None
+                if message[0] == "published":
+                    published = message
+                elif message[0] == "result":
+                    results[index] = message
+                elif message[0] == "phase-progress":
+                    received[index] = message[1]
+        cpu1 = read_proc(server.proc.pid)
+        busy1, ours1 = machine_busy_s(), sum(read_proc(pid).cpu_s for pid in ours)
+        run.load_cpu_s = sum(read_proc(c.proc.pid).cpu_s for c in subs if c.proc.pid) - load0
+        # Busy time that is neither the server's nor its load's: other work on the
+        # machine, which skews everything measured here (interrupts and softirqs too).
+        run.other_cpu_s = max(0.0, (busy1 - busy0) - (ours1 - ours0))
+        run.phase_s = cpu1.at - cpu0.at
+
+        _, run.published, run.publish_errors, first_ns, _last_ns, run.behind_s = published
+        last_ns = 0
+        for _, got, _target, last, closed, codes, lat in results.values():
+            run.deliveries += got
+            run.closed += closed
+            last_ns = max(last_ns, last)
+            run.latencies_us.frombytes(lat)
+            if codes:
+                run.notes.append(f"closes: {codes}")
+        run.lost = run.expected - run.deliveries
+        run.cpu_s = cpu1.cpu_s - cpu0.cpu_s
+        run.user_s = cpu1.user_s - cpu0.user_s
+        run.wall_s = (last_ns - first_ns) / 1e9 if last_ns > first_ns else 0.0
+        if run.deliveries:
+            run.cpu_us_per_delivery = run.cpu_s / run.deliveries * 1e6
+            run.user_us_per_delivery = run.user_s / run.deliveries * 1e6
+        if run.wall_s:
+            run.deliveries_per_s = run.deliveries / run.wall_s
+        if run.publish_errors:
+            run.notes.append(f"{run.publish_errors} publish requests failed")
+        return run
+
+
+def machine_info(opts: Options) -> dict[str, Any]:
+    """What the numbers depend on: the server's code revision, the machine, the options."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args],
+                cwd=BENCH_DIR.parent,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    dirty = git("status", "--porcelain", "--", "realtime_server")
+    server_cpus, load_cpus = opts.cpu_sets()
+    return {
+        "revision": git("rev-parse", "--short", "HEAD") or "unknown",
+        "server_code_modified": bool(dirty),
+        "cpus": os.cpu_count(),
+        "server_cpus": sorted(server_cpus) if server_cpus else "any",
+        "load_cpus": sorted(load_cpus) if load_cpus else "any",
+        "python": sys.version.split()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "-"
+
+
+def table(rows: list[Row]) -> str:
+    floors = {(r.subscribers, r.mode): r for r in rows if r.server == "floor"}
+    lines = [
+        "| server | subs | mode | msgs x runs | deliveries/s | CPU us/delivery (user+sys) "
+        "| p50 ms | p99 ms | lost | RSS KiB/conn | CPU ours/floor | mem ours/floor |",
+        "|" + "---|" * 12,
+    ]
+    for r in rows:
+        floor = floors.get((r.subscribers, r.mode))
+        cpu_ratio = mem_ratio = ""
+        if r.server == "ours" and floor is not None:
+            cpu_ratio = _ratio(r.cpu_us_per_delivery, floor.cpu_us_per_delivery)
+            mem_ratio = _ratio(r.rss_kib_per_conn, floor.rss_kib_per_conn)
+        mode = f"{r.mode} {r.rate:g}/s" if r.mode == "spread" else r.mode
+        lines.append(
+            f"| {r.server} | {r.subscribers:,} | {mode} | {r.messages}x{r.repeats} "
+            f"| {r.deliveries_per_s:,.0f} | {r.cpu_us_per_delivery:.2f} "
+            f"({r.user_us_per_delivery:.2f}+{r.sys_us_per_delivery:.2f}) "
+            f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.lost} | {r.rss_kib_per_conn:.1f} "
+            f"| {cpu_ratio} | {mem_ratio} |"
+        )
+    notes = [
+        f"- {r.server} n={r.subscribers} {r.mode}: {'; '.join(r.notes)}" for r in rows if r.notes
+    ]
+    if notes:
+        lines += ["", "Notes:", *notes]
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[Row]) -> str:
+    floors = {(r.subscribers, r.mode): r for r in rows if r.server == "floor"}
+    out = []
+    for r in rows:
+        floor = floors.get((r.subscribers, r.mode))
+        if r.server != "ours" or floor is None or not floor.cpu_us_per_delivery:
+            continue
+        ratio = r.cpu_us_per_delivery / floor.cpu_us_per_delivery
+        out.append(
+            f"- CPU/delivery n={r.subscribers} {r.mode}: {ratio:.2f}x floor "
+            f"(target <= 1.5x): {'met' if ratio <= 1.5 else 'MISSED'}"
+        )
+    seen: set[int] = set()
+    for r in rows:
+        if r.server == "ours" and r.subscribers not in seen:
+            seen.add(r.subscribers)
+            out.append(
+                f"- memory n={r.subscribers}: {r.rss_kib_per_conn:.1f} KiB per idle "
+                f"connection (target < 20): "
+                f"{'met' if r.rss_kib_per_conn < 20 else 'MISSED'}"
+            )
+    return "\n".join(out)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        description="Fan-out benchmark: our server against a bare websockets broadcast "
+        "server, same workload, one table.",
+    )
+    parser.add_argument(
+        "--subscribers",
+        default="1000,10000",
+        help="comma-separated subscriber counts (default 1000,10000)",
+    )
+    parser.add_argument(
+        "--messages",
+        type=int,
+        default=None,
+        help="publications per phase (default: burst 100, spread 60)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("burst", "spread", "both"),
+        default="both",
+        help="burst: back to back; spread: --rate per second (default both)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="publications per second in spread mode (default 20, capped "
+        f"at {SPREAD_MAX_LOAD:,.0f}/N so that the server is never saturated)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="delivery phases per mode on the same connections; the table "
+        "shows medians (default 3)",
+    )
+    parser.add_argument(
+        "--servers",
+        default="ours,floor",
+        help=f"comma-separated, from {', '.join(SERVERS)} (default ours,floor)",
+    )
+    parser.add_argument(
+        "--procs", type=int, default=2, help="subscriber generator processes (default 2)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=24,
+        help="connections being opened at once per generator (default 24)",
+    )
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin the server to the first CPU and the load generators to the others",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the results as JSON on stdout instead of the table",
+    )
+    args = parser.parse_args(argv)
+    try:
+        subscribers = [int(x) for x in args.subscribers.split(",") if x.strip()]
+    except ValueError:
+        parser.error("--subscribers: comma-separated integers")
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if not subscribers or any(n < 1 or n > 50_000 for n in subscribers):
+        parser.error("--subscribers: each between 1 and 50000")
+    if not servers or any(s not in SERVERS for s in servers):
+        parser.error(f"--servers: from {', '.join(SERVERS)}")
+    if args.messages is not None and not 1 <= args.messages <= 10_000:
+        parser.error("--messages: between 1 and 10000")
+    if args.rate is not None and not 0.1 <= args.rate <= 10_000:
+        parser.error("--rate: between 0.1 and 10000")
+    if not 1 <= args.procs <= 16 or not 1 <= args.repeat <= 20:
+        parser.error("--procs: between 1 and 16; --repeat: between 1 and 20")
+    modes = ["burst", "spread"] if args.mode == "both" else [args.mode]
+    messages = {m: args.messages or DEFAULT_MESSAGES[m] for m in modes}
+    return Options(
+        subscribers,
+        modes,
+        messages,
+        args.rate,
+        servers,
+        args.procs,
+        max(1, args.concurrency),
+        args.repeat,
+        args.pin,
+        args.json,
+    )
+
+
+@contextlib.contextmanager
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGINT raise KeyboardInterrupt, so that cleanup runs. (SIGINT too:
+    a shell starts background jobs with SIGINT ignored, and Python keeps it so.)"""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, action in previous.items():
+            signal.signal(sig, action)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    limit = raise_nofile()
+    needed = max(opts.subscribers) + 256
+    if limit < needed:
+        print(f"fanout: open-file limit {limit} < {needed}; raise the hard limit", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="fanout-") as tmp, _signals_as_interrupt():
+        bench = Bench(opts, Path(tmp))
+        info = machine_info(opts)
+        try:
+            rows = bench.run()
+        except KeyboardInterrupt:
+            print("\nfanout: interrupted; every process stopped", file=sys.stderr)
+            return 130
+        except BenchError as exc:
+            print(f"\nfanout: {exc}", file=sys.stderr)
+            return 1
+    if opts.json:
+        out = {"machine": info, "rows": [asdict(r) for r in rows]}
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    else:
+        modified = " + uncommitted changes" if info["server_code_modified"] else ""
+        print(
+            f"server code {info['revision']}{modified}"
+            f", {info['cpus']} CPUs (server on {info['server_cpus']}, load on "
+            f"{info['load_cpus']}), Python {info['python']}, {info['date']}"
+        )
+        print()
+        print(table(rows))
+        print()
+        print(verdicts(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""The batching writer: events from the hot path to the store, nothing lost on the way.
+
+``record`` (called on the event loop by connect, subscribe, publish...) appends to a
+bounded in-memory deque and returns; it never awaits, blocks or raises. One writer task
+takes events out in batches of ``batch_size``: as soon as a batch is full, or
+``flush_interval`` after the first event of a partial one.
+
+When the store fails (unreachable, too slow: every call is bounded by the store's
+timeout), the events stay in memory and the writer retries with capped exponential
+backoff. Once ``spill_at`` events (half the capacity) wait, they are appended to the
+spill file (JSON lines, fsync'd, see :mod:`.spill`) and leave memory. When the store
+answers again, the spill file is written first, then the buffer; the store skips ids it
+already holds, so a batch whose acknowledgement was lost is written once. ``close``
+writes what is buffered, or spills it when the store is down; ``start`` replays a spill
+file left by the previous run. An event is dropped (and counted) only when the buffer
+is full and spilling fails or cannot keep up, or when the store refuses its content.
+
+Counters: ``written`` (handed to the store), ``spilled`` (appended to the spill file),
+``dropped``; gauges: buffered (in memory), spill pending (on disk). See
+:meth:`BufferedRecorder.bind_metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..metrics import Metrics
+from .model import Event
+from .spill import SpillFile
+from .store import EventsRejected, EventStore, StoreUnavailable
+
+__all__ = ["BufferedRecorder"]
+
+logger = logging.getLogger("realtime_server.events")
+
+_RETRY_BASE = 0.1
+_SPILL_RETRY = 1.0
+
+
+class BufferedRecorder:
+    """An :class:`~realtime_server.events.model.EventRecorder` writing to ``store``."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        spill_path: str | Path,
+        *,
+        capacity: int = 100_000,
+        batch_size: int = 1000,
+        flush_interval: float = 0.2,
+        timeout: float = 5.0,
+        migrate: bool = True,
+        retry_max: float = 2.0,
+    ) -> None:
+        if capacity < 2:
+            raise ValueError("capacity must be at least 2")
+        self.store = store
+        self.capacity = capacity
+        self.batch_size = max(1, min(batch_size, capacity // 2))
+        self.spill_at = max(self.batch_size, capacity // 2)
+        self.flush_interval = flush_interval
+        self.timeout = timeout
+        self.migrate = migrate
+        self.retry_max = retry_max
+        self.spill = SpillFile(spill_path)
+        self.written = 0
+        self.spilled = 0
+        self.dropped = 0
+        self._buffer: deque[Event] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._opened = False
+        self._closing = False
+        self._closed = False
+        self._degraded = False
+        self._failures = 0
+        self._retry_at = 0.0
+        self._error = ""
+        self._full_logged = False
+        self._spill_retry_at = 0.0
+
+    # --- EventRecorder ---------------------------------------------------------------------
+
+    def record(self, event: Event) -> None:
+        """Buffer ``event`` (never blocks nor raises)."""
+        buffer = self._buffer
+        n = len(buffer)
+        if n >= self.capacity or self._closed:
+            self.dropped += 1
+            if not self._full_logged:
+                self._full_logged = True
+                logger.error(
+                    "event log: buffer %s, dropping events",
+                    "closed" if self._closed else f"full ({n})",
+                )
+            return
+        buffer.append(event)
+        n += 1
+        if n == 1 or n == self.batch_size or n >= self.spill_at:
+            self._wake.set()
+
+    async def start(self) -> None:
+        """Count a spill file left by the previous run (replayed in the background),
+        open the store (applying migrations if configured), start the writer. A store
+        that cannot be opened does not fail the start: the log is degraded and the
+        writer keeps trying."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                pending = await asyncio.to_thread(self.spill.count)
+            if pending:
+                logger.info("event log: %d spilled events to replay", pending)
+        except (OSError, TimeoutError) as exc:
+            logger.error("event log: cannot read the spill file: %s", _text(exc))
+        try:
+            await self._open()
+        except StoreUnavailable as exc:
+            self._failed(exc)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="event-log-writer")
+
+    async def close(self) -> None:
+        """Write what is buffered, or spill it if the store is down (bounded)."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wake.set()
+        task = self._task
+        if task is not None:
+            try:
+                async with asyncio.timeout(2 * self.timeout + 1):
+                    await asyncio.shield(task)
+            except TimeoutError:
+                logger.warning("event log: writer did not finish in time; spilling")
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            except Exception:
+                logger.exception("event log: writer failed")
+        if self._buffer:
+            await self._spill_buffer()
+        self._closed = True
+        if self._buffer:
+            self.dropped += len(self._buffer)
+            logger.error("event log: %d events lost at shutdown", len(self._buffer))
+            self._buffer.clear()
+        await self.store.close()
+
+    def problem(self) -> str | None:
+        if not self._degraded:
+            return None
+        return (
+            f"degraded: {self.store.name} store unreachable, {len(self._buffer)} events"
+            f" buffered, {self.spill.pending} spilled"
+        )
+
+    # --- metrics ---------------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded
+
+    def bind_metrics(self, metrics: Metrics) -> None:
+        """Expose the counters on ``/metrics`` (as ``realtime_event_log_*``)."""
+        gauges: list[tuple[str, str, Any]] = [
+            ("buffered", "Events in memory waiting for the event store.", lambda: self.buffered),
+            (
+                "spill_pending",
+                "Events in the local spill file waiting for the event store.",
+                lambda: self.spill.pending,
+            ),
+            ("written", "Events written to the event store since start.", lambda: self.written),
+            ("spilled", "Events spilled to the local file since start.", lambda: self.spilled),
+            (
+                "dropped",
+                "Events lost: buffer full and spilling failed, or refused by the store.",
+                lambda: self.dropped,
+            ),
+            ("degraded", "1 while the event store is unreachable.", lambda: int(self.degraded)),
+        ]
+        for name, help_text, read in gauges:
+            if name in ("written", "spilled", "dropped"):
+                metrics.counter(f"event_log_{name}", help_text, read)
+            else:
+                metrics.gauge(f"event_log_{name}", help_text, read)
+
+    # --- the writer task ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wait_for_work()
+            if self._closing:
+                break
+            try:
+                await self._cycle()
+            except Exception as exc:  # a bug: keep the writer alive, log loudly
+                logger.exception("event log: writer error")
+                self._failed(exc)
+        await self._final()
+
+    async def _wait_for_work(self) -> None:
+        """Return when a batch is full, ``flush_interval`` after the first event of a
+        partial one, when a retry is due, when the buffer needs spilling, or on close.
+        The idle wait (nothing buffered) ends with ``record`` or ``close``."""
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            self._wake.clear()
+            if self._degraded:
+                now = loop.time()
+                if len(self._buffer) >= self.spill_at and now >= self._spill_retry_at:
+                    return
+                remaining = self._retry_at - now
+                if remaining <= 0:
+                    if self._buffer or self.spill.pending or not self._opened:
+                        return
+                    self._recovered()  # nothing at risk any more
+                    continue
+                await self._sleep(remaining)
+            elif not self._opened or self.spill.pending:
+                return
+            elif not self._buffer:
+                await self._wake.wait()
+            else:
+                if len(self._buffer) < self.batch_size:
+                    await self._sleep(self.flush_interval)
+                return
+
+    async def _sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or less if ``record``/``close`` wakes the writer."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+
+    async def _cycle(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._degraded and loop.time() < self._retry_at:
+            await self._spill_buffer()  # woken by pressure before the retry is due
+            return
+        try:
+            if not self._opened:
+                await self._open()
+            await self._replay()
+            await self._drain()
+        except (StoreUnavailable, OSError) as exc:  # OSError: reading the spill file
+            self._failed(exc)
+            if len(self._buffer) >= self.spill_at:
+                await self._spill_buffer()
+            return
+        self._recovered()
+
+    async def _final(self) -> None:
+        """On close: write the buffer (if the store is up), spill the rest."""
+        if not self._degraded:
+            try:
+                if not self._opened:
+                    await self._open()
+                await self._drain(everything=True)
+            except StoreUnavailable as exc:
+                self._failed(exc)
+        if self._buffer:
+            await self._spill_buffer()
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self) -> AsyncIterator[None]:
+        """Bound a store call even if the store failed to bound it itself."""
+        try:
+            async with asyncio.timeout(self.timeout * 1.5):
+                yield
+        except TimeoutError:
+            raise StoreUnavailable(f"{self.store.name} store did not answer in time") from None
+
+    async def _open(self) -> None:
+        async with self._deadline():
+            await self.store.connect()
+        if self.migrate:
+            async with self._deadline():
+                applied = await self.store.migrate()
+            if applied:
+                logger.info("event log: applied migrations %s", ", ".join(applied))
+        self._opened = True
+
+    async def _drain(self, *, everything: bool = False) -> None:
+        """Write what the buffer held when called, then as many full batches as there
+        are. A partial batch that came in meanwhile waits for its own flush interval
+        (writing it at once would turn a busy log into many tiny batches, each paying
+        a transaction's round trips). ``everything``: down to the last event (close)."""
+        buffer = self._buffer
+        due = len(buffer)
+        while buffer and (due > 0 or everything or len(buffer) >= self.batch_size):
+            batch = list(itertools.islice(buffer, self.batch_size))
+            await self._store(batch)
+            for _ in range(len(batch)):
+                buffer.popleft()
+            due -= len(batch)
+            if len(buffer) >= self.spill_at and not self._closing:
+                await self._spill_buffer()  # the store is slower than the events come
+
+    async def _replay(self) -> None:
+        """Write the spill file(s), oldest first, chunk by chunk."""
+        spill = self.spill
+        while not self._closing and await asyncio.to_thread(spill.begin_replay):
+            while not self._closing:
+                events, offset, bad = await asyncio.to_thread(spill.read_chunk, self.batch_size)
+                if not events and not bad:
+                    await asyncio.to_thread(spill.finish_replay)
+                    break
+                await self._store(events)
+                spill.advance(offset, len(events) + bad)
+                self.dropped += bad
+                if len(self._buffer) >= self.spill_at:
+                    await self._spill_buffer()
+
+    async def _store(self, batch: Sequence[Event]) -> None:
+        """Write ``batch``; events the store refuses for their content are dropped, one
+        by one, so that one bad event never blocks the others."""
+        try:
+            async with self._deadline():
+                await self.store.write_batch(batch)
+        except EventsRejected as exc:
+            logger.error("event log: batch refused (%s); writing its events one by one", exc)
+            for event in batch:
+                try:
+                    async with self._deadline():
+                        await self.store.write_batch([event])
+                except EventsRejected:
+                    self.dropped += 1
+                    logger.error("event log: dropped event %s (%s)", event.id, event.type.value)
+        self.written += len(batch)
+
+    async def _spill_buffer(self) -> None:
+        """Move everything buffered to the spill file (fsync'd before it leaves memory)."""
+        events = list(self._buffer)
+        if not events:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.to_thread(self.spill.append, events)
+        except (OSError, TimeoutError) as exc:
+            # Kept in memory; if the buffer fills up, record() drops and counts.
+            logger.error("event log: cannot spill to %s: %s", self.spill.path, _text(exc))
+            self._spill_retry_at = asyncio.get_running_loop().time() + _SPILL_RETRY
+            return
+        for _ in range(len(events)):
+            self._buffer.popleft()
+        self.spilled += len(events)
+        self._full_logged = False
+
+    # --- health --------------------------------------------------------------------------
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        delay = min(self.retry_max, _RETRY_BASE * 2 ** min(self._failures - 1, 16))
+        self._retry_at = asyncio.get_running_loop().time() + delay * random.uniform(0.5, 1.0)
+        error = _text(exc)
+        if not self._degraded or error != self._error:
+            logger.warning(
+                "event log degraded: %s (buffering up to %d events, then spilling to %s)",
+                error,
+                self.spill_at,
+                self.spill.path,
+            )
+        self._degraded = True
+        self._error = error
+
+    def _recovered(self) -> None:
+        if self._degraded:
+            logger.info("event log: %s store reachable again", self.store.name)
+        self._degraded = False
+        self._failures = 0
+        self._error = ""
+
+
+def _text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
