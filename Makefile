@@ -43,7 +43,7 @@ typecheck: $(BIN)/.test-installed
 	$(BIN)/mypy
 
 pytest: $(BIN)/.test-installed
-	PYTHONASYNCIODEBUG=0 $(BIN)/pytest -q
+	$(BIN)/pytest -q
 
 ## Fan-out benchmark: our server vs a bare websockets broadcast server (prints a table).
 bench: $(BIN)/.test-installed

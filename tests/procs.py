@@ -19,7 +19,11 @@ _API_RE = re.compile(r"HTTP server API on http://[^:]+:(\d+)/api")
 
 
 def cli_env(**env: str | None) -> dict[str, str]:
-    merged = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    merged = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("REALTIME_") and k != "PYTHONASYNCIODEBUG"
+    }
     merged.update(BASE_ENV)
     merged.update(event_log_env())
     for key, value in env.items():
