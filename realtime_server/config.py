@@ -92,6 +92,12 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     _v("REALTIME_REDIS_TIMEOUT", "redis_timeout", "2", "seconds any Redis call may take"),
     _v("REALTIME_REDIS_SHARDS", "redis_shards", "2", "Redis pub/sub connections per node"),
     _v(
+        "REALTIME_PRESENCE_TTL",
+        "presence_ttl",
+        "60",
+        "seconds a crashed node's clients stay in shared presence",
+    ),
+    _v(
         "REALTIME_DATABASE_URL",
         "database_url",
         None,
@@ -248,6 +254,7 @@ _CONVERTERS: Final[dict[str, Callable[[str, str], Any]]] = {
     "port": _port,
     "redis_timeout": lambda n, v: _float(n, v, 0.05),
     "redis_shards": lambda n, v: _int(n, v, 1),
+    "presence_ttl": lambda n, v: _float(n, v, 1.0),
     "api_port": _port,
     "jwt_leeway": _float,
     "jwt_max_lifetime": lambda n, v: _float(n, v, 1.0),
@@ -272,6 +279,7 @@ _CONVERTERS: Final[dict[str, Callable[[str, str], Any]]] = {
     "events_flush_interval": lambda n, v: _float(n, v, 0.001),
     "events_timeout": lambda n, v: _float(n, v, 0.05),
 }
+
 
 def _normalize_origin(origin: str) -> str:
     """An allow-list entry as browsers send it: lower case, no default port, no path."""
@@ -310,6 +318,7 @@ class Settings:
     redis_prefix: str = "rt:"
     redis_timeout: float = 2.0
     redis_shards: int = 2
+    presence_ttl: float = 60.0
     database_url: str | None = field(default=None, repr=False)
     sqlite_path: str = "./realtime-events.db"
     events_enabled: bool = True

@@ -49,7 +49,6 @@ __all__ = ["Node"]
 logger = logging.getLogger("realtime_server.node")
 
 _LOCK_STRIPES = 1024
-PRESENCE_TTL = 60.0
 
 
 def history_options(options: NamespaceOptions) -> HistoryOptions | None:
@@ -115,12 +114,14 @@ class Node:
         """Re-add local clients' presence before it expires (shared engines expire
         entries so that a crashed node's clients disappear)."""
         while True:
-            await asyncio.sleep(PRESENCE_TTL / 3)
+            await asyncio.sleep(self.settings.presence_ttl / 3)
             for s in list(self.sessions.values()):
                 for sub in list(s.subs.values()):
                     if sub.options.presence and s.state is SessionState.CONNECTED:
                         try:
-                            await self.engine.presence.add(sub.channel, sub.info, PRESENCE_TTL)
+                            await self.engine.presence.add(
+                                sub.channel, sub.info, self.settings.presence_ttl
+                            )
                         except Exception:  # retried on the next round
                             logger.debug("presence refresh failed", exc_info=True)
 
@@ -309,7 +310,7 @@ class Node:
     async def joined(self, s: Session, sub: Subscription) -> None:
         """Presence and join for a new subscription (when the namespace has them)."""
         if sub.options.presence:
-            await self.engine.presence.add(sub.channel, sub.info, PRESENCE_TTL)
+            await self.engine.presence.add(sub.channel, sub.info, self.settings.presence_ttl)
         if sub.options.join_leave:
             await self.broker.publish_join(sub.channel, sub.info)
 

@@ -173,9 +173,7 @@ class Session:
         transport = self._transport
         if transport.get_write_buffer_size() > self._outbox_limit:
             self.node.metrics.slow_disconnects_total += 1
-            self.node.log(
-                EventType.SLOW_CONSUMER, self, buffered=transport.get_write_buffer_size()
-            )
+            self.node.log(EventType.SLOW_CONSUMER, self, buffered=transport.get_write_buffer_size())
             self.close(codes.CLOSE_SLOW)
             return False
         transport.write(frame)

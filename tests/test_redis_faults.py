@@ -28,9 +28,10 @@ async def connected(server: Running, user: str, **claims: object) -> RawClient:
 
 
 async def readyz(server: Running) -> int:
-    async with aiohttp.ClientSession() as http, http.get(
-        f"http://127.0.0.1:{server.port}/readyz"
-    ) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{server.port}/readyz") as resp,
+    ):
         return resp.status
 
 
@@ -68,8 +69,9 @@ async def test_redis_restart_readiness_temporary_errors_and_recovery(
         server = await start_server(REDIS_URL=redis_proc.url, REDIS_TIMEOUT=0.5)
         user_sub = await connected(server, "42")
         doc_sub = await connected(server, "43")
-        await doc_sub.call("subscribe", {"channel": "document:1",
-                                         "token": sub_token("43", "document:1")})
+        await doc_sub.call(
+            "subscribe", {"channel": "document:1", "token": sub_token("43", "document:1")}
+        )
         await server.node.publish("user:42", b"1")
         await user_sub.push("pub")
         await server.node.publish("document:1", b"1")
@@ -81,8 +83,11 @@ async def test_redis_restart_readiness_temporary_errors_and_recovery(
         assert await readyz(server) == 503
         attempt = await RawClient.open(ws_url(server))
         reply = await attempt.connect(token("44"))
-        assert reply["error"] == {"code": 100, "message": "internal server error",
-                                  "temporary": True}
+        assert reply["error"] == {
+            "code": 100,
+            "message": "internal server error",
+            "temporary": True,
+        }
 
         await redis_proc.start()
         restarted = time.monotonic()
@@ -94,8 +99,9 @@ async def test_redis_restart_readiness_temporary_errors_and_recovery(
         # subscription may get its unsubscribe push 2500 before that.
         assert (await user_sub.closed())[0] == 3010
         assert (await doc_sub.closed())[0] == 3010
-        pushes = [m["push"]["unsubscribe"] for m in doc_sub.skipped
-                  if "unsubscribe" in m.get("push", {})]
+        pushes = [
+            m["push"]["unsubscribe"] for m in doc_sub.skipped if "unsubscribe" in m.get("push", {})
+        ]
         assert all(p["code"] == 2500 for p in pushes)
         # and the node works again
         fresh = await connected(server, "45")

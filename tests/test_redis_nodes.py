@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import redis.asyncio as aioredis
@@ -13,7 +14,7 @@ from realtime_server.publisher import Publisher
 
 from .conftest import StartServer, ws_url
 from .helpers import MS, RawClient, make_settings, sub_token, token
-from .procs import cli_env, run_cli
+from .procs import cli_env, run_cli, server_process
 
 
 async def two_nodes(start_server: StartServer, redis_url: str, prefix: str) -> list[Running]:
@@ -67,8 +68,9 @@ async def test_presence_join_leave_and_disconnect_across_nodes(
 ) -> None:
     a, b = await two_nodes(start_server, redis_url, redis_prefix)
     alice = await connected(a, "alice")
-    await alice.call("subscribe", {"channel": "document:1",
-                                    "token": sub_token("alice", "document:1")})
+    await alice.call(
+        "subscribe", {"channel": "document:1", "token": sub_token("alice", "document:1")}
+    )
     bob = await connected(b, "bob")
     await bob.call("subscribe", {"channel": "document:1", "token": sub_token("bob", "document:1")})
     while (await alice.push("join"))["join"]["info"]["user"] != "bob":
@@ -183,3 +185,24 @@ async def test_recovery_survives_node_restart(
 
 def test_settings_choose_redis(redis_url: str) -> None:
     assert Settings.from_env(env={"REALTIME_REDIS_URL": redis_url}).redis_url == redis_url
+
+
+async def test_crashed_node_clients_leave_presence(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
+    observer = await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    async with server_process(
+        REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, PRESENCE_TTL="2"
+    ) as doomed:
+        client = await RawClient.open(doomed.ws_url)
+        await client.connect(token("ghost"))
+        await client.call(
+            "subscribe", {"channel": "document:c", "token": sub_token("ghost", "document:c")}
+        )
+        assert (await observer.node.presence_stats("document:c")).num_clients == 1
+        await doomed.stop(signal.SIGKILL)  # no cleanup: a crash
+    started = time.monotonic()
+    async with asyncio.timeout(6000 * MS):
+        while (await observer.node.presence_stats("document:c")).num_clients:
+            await asyncio.sleep(0.1)  # expiry has no event to await
+    assert time.monotonic() - started < 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 from .helpers import MS, RawClient, token
 from .procs import CLI, cli_env, run_cli
@@ -26,7 +27,12 @@ async def test_two_workers_share_port_and_channels(redis_url: str, redis_prefix:
         LOG_LEVEL="INFO",
     )
     proc = await asyncio.create_subprocess_exec(
-        *CLI, "serve", "--workers", "2", env=env, stderr=asyncio.subprocess.PIPE,
+        *CLI,
+        "serve",
+        "--workers",
+        "2",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
     try:
@@ -47,6 +53,16 @@ async def test_two_workers_share_port_and_channels(redis_url: str, redis_prefix:
         assert code == 0, err
         for client in clients:
             assert (await client.push("pub"))["pub"]["data"] == {"n": 1}
+        # a user's tokens revoked through Redis: closed on whichever worker holds them
+        doomed = []
+        for _ in range(6):
+            client = await RawClient.open(url)
+            assert "connect" in await client.connect(token("doomed", iat=int(time.time()) - 5))
+            doomed.append(client)
+        code, _, err = await run_cli("revoke", "--user", "doomed", env=env)
+        assert code == 0, err
+        for client in doomed:
+            assert (await client.closed())[0] == 4501
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15000 * MS) == 0
         for client in clients:
