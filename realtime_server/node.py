@@ -308,13 +308,26 @@ class Node:
         return result, top.offset
 
     async def joined(self, s: Session, sub: Subscription) -> None:
-        """Presence and join for a new subscription (when the namespace has them)."""
-        if sub.options.presence:
-            await self.engine.presence.add(sub.channel, sub.info, self.settings.presence_ttl)
-        if sub.options.join_leave:
-            await self.broker.publish_join(sub.channel, sub.info)
+        """Presence and join for a new subscription (when the namespace has them).
+
+        Best effort: the subscribe reply is already out, so a backend failure here is
+        logged, never answered (the presence refresher adds the entry again later)."""
+        try:
+            if sub.options.presence:
+                await self.engine.presence.add(sub.channel, sub.info, self.settings.presence_ttl)
+            if sub.options.join_leave:
+                await self.broker.publish_join(sub.channel, sub.info)
+        except BackendUnavailable:
+            logger.warning("presence/join for %s not recorded: backend unavailable", sub.channel)
 
     async def _left(self, sub: Subscription) -> None:
+        """Presence removal and leave; best effort (shared presence entries expire)."""
+        try:
+            await self._leave(sub)
+        except BackendUnavailable:
+            logger.warning("presence/leave for %s not recorded: backend unavailable", sub.channel)
+
+    async def _leave(self, sub: Subscription) -> None:
         if sub.options.presence:
             await self.engine.presence.remove(sub.channel, sub.info.client)
         if sub.options.join_leave:
