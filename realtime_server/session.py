@@ -309,17 +309,22 @@ class Session:
 
     # --- expiry ----------------------------------------------------------------------
 
+    def _grace_timer(
+        self, old: asyncio.TimerHandle | None, expires_at: float | None, *callback: Any
+    ) -> asyncio.TimerHandle | None:
+        """Cancel ``old``; call ``callback`` once ``expires_at`` plus the grace period
+        has passed (None: the token never expires)."""
+        if old is not None:
+            old.cancel()
+        if expires_at is None:
+            return None
+        delay = expires_at - time.time() + self.node.settings.expiry_grace
+        return asyncio.get_running_loop().call_later(max(0.0, delay), *callback)
+
     def schedule_expiry(self, expires_at: float | None) -> None:
         """Close with 3005 when the connection token is not refreshed in time."""
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
-            self._expiry_timer = None
         self.expires_at = expires_at
-        if expires_at is None:
-            return
-        delay = expires_at - time.time() + self.node.settings.expiry_grace
-        loop = asyncio.get_running_loop()
-        self._expiry_timer = loop.call_later(max(0.0, delay), self._expired)
+        self._expiry_timer = self._grace_timer(self._expiry_timer, expires_at, self._expired)
 
     def _expired(self) -> None:
         self._expiry_timer = None
@@ -329,15 +334,8 @@ class Session:
 
     def schedule_sub_expiry(self, sub: Subscription, expires_at: float | None) -> None:
         """Unsubscribe (push 2501) when the subscription token is not refreshed."""
-        if sub.timer is not None:
-            sub.timer.cancel()
-            sub.timer = None
         sub.expires_at = expires_at
-        if expires_at is None:
-            return
-        delay = expires_at - time.time() + self.node.settings.expiry_grace
-        loop = asyncio.get_running_loop()
-        sub.timer = loop.call_later(max(0.0, delay), self._sub_expired, sub)
+        sub.timer = self._grace_timer(sub.timer, expires_at, self._sub_expired, sub)
 
     def _sub_expired(self, sub: Subscription) -> None:
         sub.timer = None
