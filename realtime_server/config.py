@@ -185,7 +185,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     _v(
         "REALTIME_MAX_CONNECTIONS_PER_USER",
         "max_connections_per_user",
-        "100",
+        "0",
         "connections per user on one node (close 3504); 0 means unlimited",
     ),
     _v(
@@ -338,7 +338,7 @@ class Settings:
     pong_timeout: float = 8.0
     expiry_grace: float = 10.0
     max_channels: int = 128
-    max_connections_per_user: int = 100
+    max_connections_per_user: int = 0
     outbox_bytes: int = 1048576
     rate_limit: float = 50.0
     rate_burst: float = 100.0
