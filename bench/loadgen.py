@@ -3,10 +3,11 @@
 Both run as ``multiprocessing`` children of ``fanout.py`` and take orders over a pipe
 (tuples, see :func:`subscriber_main` and :func:`publisher_main`).
 
-The subscriber client is hand-rolled on ``asyncio.Protocol`` (uvloop): an HTTP/1.1
-upgrade request, one masked ``connect`` frame, then a frame parser that touches only
-what it needs. A full client library costs several times what the server spends per
-delivery, and on a 2-core machine the generator shares the CPU with the server, so it
+The subscriber client is the installed load test's hand-rolled client
+(``realtime_server.loadtest.wsclient.FrameClient`` on ``asyncio.Protocol`` under uvloop):
+an HTTP/1.1 upgrade request, one masked ``connect`` frame, then a frame parser that
+touches only what it needs. A full client library costs several times what the server
+spends per delivery, and on a 2-core machine the generator shares the CPU with the server, so it
 must stay cheap. Per received publication it does one ``orjson.loads``, one counter
 increment and one latency sample; ``time.time_ns()`` is read once per socket read.
 """
@@ -15,31 +16,30 @@ from __future__ import annotations
 
 import array
 import asyncio
-import base64
 import contextlib
-import hashlib
 import os
-import socket
-import struct
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, Final, cast
+from typing import Any
 
 import aiohttp
 import jwt
 import orjson
 import uvloop
 from common import API_KEY, CHANNEL, HOST, JWT_SECRET, WS_PATH, ignore_sigint, raise_nofile
-from websockets.frames import Frame, Opcode
+
+from realtime_server.loadtest.wsclient import (
+    CONNECTING,
+    OPEN,
+    FrameClient,
+    client_frame,
+    upgrade_request,
+)
 
 __all__ = ["publisher_main", "subscriber_main"]
-
-_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_LINGER_RST: Final = struct.pack("ii", 1, 0)
-_HANDSHAKING, _CONNECTING, _OPEN, _CLOSED = 0, 1, 2, 3
 
 
 class Tally:
@@ -67,19 +67,14 @@ class Tally:
         self.on_target: Callable[[], None] | None = None
 
 
-class Subscriber(asyncio.Protocol):
-    """One client connection: handshake, connect, then count publications."""
+class Subscriber(FrameClient):
+    """One client connection: handshake, connect, then count publications.
 
-    __slots__ = (
-        "_accept",
-        "_buf",
-        "_connect_frame",
-        "_request",
-        "ready",
-        "state",
-        "tally",
-        "transport",
-    )
+    The handshake and the frame parser are the installed load test's
+    (:class:`realtime_server.loadtest.wsclient.FrameClient`); this only counts.
+    """
+
+    __slots__ = ("_connect_frame", "ready", "tally")
 
     def __init__(
         self,
@@ -89,125 +84,49 @@ class Subscriber(asyncio.Protocol):
         connect_frame: bytes,
         ready: asyncio.Future[None],
     ) -> None:
+        super().__init__(request, accept)
         self.tally = tally
         self.ready = ready
-        self.state = _HANDSHAKING
-        self.transport: asyncio.Transport | None = None
-        self._buf = b""
-        self._request = request
-        self._accept = accept
         self._connect_frame = connect_frame
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        self.transport.write(self._request)
+    def on_upgraded(self) -> None:
+        self.transport_write(self._connect_frame)
 
-    def _fail(self, reason: str) -> None:
+    def on_fail(self, reason: str) -> None:
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(reason))
-        if self.transport is not None:
-            self.transport.abort()
 
-    def _handshake(self, data: bytes) -> bytes | None:
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            if len(data) > 16384:
-                self._fail("oversized handshake response")
+    def on_text(self, payload: bytes, now: int) -> None:
+        if payload.startswith(b'{"push"'):
+            pub = orjson.loads(payload)["push"].get("pub")
+            if pub is not None:
+                tally = self.tally
+                body = pub["data"]
+                if body["p"] == tally.phase:
+                    tally.latencies_us.append((now - body["t"]) // 1000)
+                    tally.received += 1
+                    tally.last_ns = now
+                    if tally.received == tally.target and tally.on_target:
+                        tally.on_target()
+        elif self.state == CONNECTING:
+            reply = orjson.loads(payload)
+            if isinstance(reply, dict) and reply.get("id") == 1 and "connect" in reply:
+                self.state = OPEN
+                if not self.ready.done():
+                    self.ready.set_result(None)
             else:
-                self._buf = data
-            return None
-        head = data[:end]
-        if not head.startswith(b"HTTP/1.1 101") or self._accept not in head:
-            self._fail(head.split(b"\r\n", 1)[0].decode("latin-1"))
-            return None
-        self.state = _CONNECTING
-        assert self.transport is not None
-        self.transport.write(self._connect_frame)
-        return data[end + 4 :]
+                self.fail(f"connect refused: {reply!r:.200}")
 
-    def data_received(self, data: bytes) -> None:
-        if self._buf:
-            data = self._buf + data
-            self._buf = b""
-        if self.state != _OPEN:
-            if self.state == _HANDSHAKING:
-                rest = self._handshake(data)
-                if not rest:
-                    return
-                data = rest
-            elif self.state == _CLOSED:
-                return
-        tally = self.tally
-        now = time.time_ns()
-        loads = orjson.loads
-        pos, end = 0, len(data)
-        while end - pos >= 2:
-            size = data[pos + 1] & 0x7F
-            head = 2
-            if size == 126:
-                if end - pos < 4:
-                    break
-                size = (data[pos + 2] << 8) | data[pos + 3]
-                head = 4
-            elif size == 127:
-                if end - pos < 10:
-                    break
-                size = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                head = 10
-            stop = pos + head + size
-            if stop > end:
-                break
-            opcode = data[pos] & 0x0F
-            if opcode == 1:
-                payload = data[pos + head : stop]
-                if payload.startswith(b'{"push"'):
-                    pub = loads(payload)["push"].get("pub")
-                    if pub is not None:
-                        body = pub["data"]
-                        if body["p"] == tally.phase:
-                            tally.latencies_us.append((now - body["t"]) // 1000)
-                            tally.received += 1
-                            tally.last_ns = now
-                            if tally.received == tally.target and tally.on_target:
-                                tally.on_target()
-                elif self.state == _CONNECTING:
-                    self._connected(loads(payload))
-            elif opcode == 8:
-                code = (data[pos + head] << 8) | data[pos + head + 1] if size >= 2 else 1005
-                self._closed(code)
-                return
-            pos = stop
-        if pos < end:
-            self._buf = data[pos:]
-
-    def _connected(self, reply: Any) -> None:
-        if isinstance(reply, dict) and reply.get("id") == 1 and "connect" in reply:
-            self.state = _OPEN
-            if not self.ready.done():
-                self.ready.set_result(None)
-        else:
-            self._fail(f"connect refused: {reply!r:.200}")
-
-    def _closed(self, code: int) -> None:
-        if self.state == _OPEN:
-            self.tally.closed += 1
-            self.tally.close_codes[code] = self.tally.close_codes.get(code, 0) + 1
-        self.state = _CLOSED
-        self._fail(f"closed with {code}")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.state != _CLOSED:
-            self._closed(1006)
+    def on_close(self, code: int) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed with {code}"))
+            return
+        self.tally.closed += 1
+        self.tally.close_codes[code] = self.tally.close_codes.get(code, 0) + 1
 
     def abort(self) -> None:
         """Close at once, with a reset: no TIME_WAIT left on either side."""
-        self.state = _CLOSED
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-            transport.close()
+        self.close_now()
 
 
 class Generator:
@@ -242,15 +161,9 @@ class Generator:
         return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 
     async def _open_one(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
-        key = base64.b64encode(os.urandom(16))
-        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())  # noqa: S324 (RFC 6455)
-        request = (
-            f"GET {WS_PATH} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
+        request, accept = upgrade_request(HOST, self.port, WS_PATH)
         command = orjson.dumps({"id": 1, "connect": {"token": self._token(n)}})
-        frame = Frame(Opcode.TEXT, command).serialize(mask=True, extensions=[])
+        frame = client_frame(command)
         ready: asyncio.Future[None] = loop.create_future()
         _, proto = await loop.create_connection(
             lambda: Subscriber(self.tally, request, accept, frame, ready), HOST, self.port
@@ -303,7 +216,7 @@ class Generator:
         tally.received = 0
         tally.last_ns = 0
         tally.latencies_us = array.array("q")
-        live = sum(1 for s in self.subs if s.state == _OPEN)
+        live = sum(1 for s in self.subs if s.state == OPEN)
         tally.target = messages * live
         self._reported = False
         tally.on_target = self.report

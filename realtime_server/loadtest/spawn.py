@@ -1,0 +1,203 @@
+"""Processes a load test starts for itself: ``realtime-server serve`` and a private
+``redis-server``, both on free loopback ports, both stopped at the end (and sent
+SIGTERM by the kernel if the load test dies: ``PR_SET_PDEATHSIG``)."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .procfs import free_port, wait_port
+
+__all__ = ["RedisProcess", "ServerProcess", "SpawnError"]
+
+HOST = "127.0.0.1"
+
+
+class SpawnError(RuntimeError):
+    """A process the load test needed did not start."""
+
+
+def _child_setup(cpus: list[int] | None) -> Callable[[], None]:
+    def setup() -> None:
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PDEATHSIG
+        if cpus:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+class RedisProcess:
+    """A throwaway ``redis-server`` (no persistence) on a free loopback port."""
+
+    def __init__(self, workdir: Path, binary: str | None = None) -> None:
+        self.binary = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.port = free_port()
+        self.dir = workdir / f"redis-{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self) -> None:
+        if not os.path.exists(self.binary):
+            raise SpawnError(f"redis-server not found ({self.binary})")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(  # noqa: S603 - a fixed command line
+            [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--loglevel", "warning"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_child_setup(None),
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((HOST, self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        self.stop()
+        raise SpawnError("redis-server did not start")
+
+    def stop(self) -> None:
+        _stop(self.proc, 5.0)
+        self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ServerProcess:
+    """``realtime-server serve`` with the given environment, on fixed free ports (so
+    that a restart comes back on the same ones)."""
+
+    def __init__(
+        self, workdir: Path, env: dict[str, str], workers: int, cpus: list[int] | None
+    ) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.api_port = free_port()
+        while self.api_port == self.port:
+            self.api_port = free_port()
+        self.workers = workers
+        self.cpus = cpus
+        base = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+        base.update(
+            {
+                "REALTIME_HOST": HOST,
+                "REALTIME_PORT": str(self.port),
+                "REALTIME_API_HOST": HOST,
+                "REALTIME_API_PORT": str(self.api_port),
+                "REALTIME_LOG_LEVEL": "INFO",
+                "REALTIME_SHUTDOWN_TIMEOUT": "3",
+                "REALTIME_SQLITE_PATH": str(workdir / "events.db"),
+                "REALTIME_EVENTS_SPILL_PATH": str(workdir / "events.spill.jsonl"),
+                "REALTIME_WORKERS": str(workers),
+            }
+        )
+        base.update(env)
+        self.env = base
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / f"server-{self.port}.log"
+        self.starts = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{HOST}:{self.port}/connection/websocket"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.api_port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.starts += 1
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "realtime_server", "serve"],
+                env=self.env,
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                preexec_fn=_child_setup(self.cpus),
+            )
+        deadline = time.monotonic() + timeout
+        want = self.workers * self.starts
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if (
+                self._count("listening on") >= want
+                and self._count("HTTP server API") >= want
+                and wait_port(HOST, self.port, 5)
+                and wait_port(HOST, self.api_port, 5)
+            ):
+                return
+            time.sleep(0.05)
+        tail = self.tail()
+        self.stop()
+        raise SpawnError(f"realtime-server did not start:\n{tail}")
+
+    def _count(self, text: str) -> int:
+        try:
+            return self.log.read_text(errors="replace").count(text)
+        except OSError:
+            return 0
+
+    def stop(self) -> None:
+        _stop(self.proc, 15.0)
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def problems(self, most: int = 5) -> list[str]:
+        """The server's first warnings and errors."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return []
+        found = [
+            line.strip()[:200]
+            for line in text.splitlines()
+            if " WARNING " in line or " ERROR " in line or "Traceback" in line
+        ]
+        return found[:most]
