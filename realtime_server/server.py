@@ -97,21 +97,28 @@ class _Routes:
         return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
 
 
+def _stale(session: Session) -> None:
+    """No successful connect within the connect timeout: close with 3502."""
+    if session.state is SessionState.CONNECTING:
+        session.node.connect_rejected(session, codes.CLOSE_STALE.code, codes.CLOSE_STALE.reason)
+        session.close(codes.CLOSE_STALE)
+
+
 async def _serve_session(session: Session, connect_timeout: float) -> None:
     conn = session.conn
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + connect_timeout
-    while session.state is SessionState.CONNECTING:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise ProtocolViolation(codes.CLOSE_STALE)
-        try:
-            message = await asyncio.wait_for(conn.recv(), remaining)
-        except TimeoutError:
-            raise ProtocolViolation(codes.CLOSE_STALE) from None
-        await session.feed(message)
-    async for message in conn:
-        await session.feed(message)
+    # One timer handle per connection (not a task and a timeout per recv: profiled).
+    stale: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+        connect_timeout, _stale, session
+    )
+    try:
+        async for message in conn:
+            await session.feed(message)
+            if stale is not None and session.state is not SessionState.CONNECTING:
+                stale.cancel()
+                stale = None
+    finally:
+        if stale is not None:
+            stale.cancel()
 
 
 _NO_HEADERS = Headers()

@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -36,14 +37,24 @@ def connect_redis(url: str, timeout: float, retries: int = 0, **kwargs: Any) -> 
     """A client with bounded connect/read timeouts. ``retries`` immediate retries on a
     connection error let a command survive a pooled connection that died with a
     restart (callers bound the whole call with a timeout anyway)."""
-    return aioredis.Redis.from_url(
+    # A blocking pool: under a connect or disconnect storm, callers wait (within their
+    # timeout) for one of a bounded set of connections instead of failing at once
+    # (redis-py's default pool raises MaxConnectionsError past 100).
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), retries),
         health_check_interval=0,
         **kwargs,
     )
+    return aioredis.Redis(connection_pool=pool)
+
+
+POOL_SIZE = 64
+"""Command connections per process (pub/sub links are separate)."""
 
 
 class RedisCommands:
