@@ -108,11 +108,9 @@ async def connect(s: Session, cmd: Command) -> None:
     result["ttl"] = _ttl(claims.exp, now)
     s.schedule_expiry(claims.exp)
     s.reply(cmd, result)
-    own = user_channel(s.user)
     for name, _ in resolved:
         node.hub.activate(name, s, delivered[name])
-        if name != own:  # the user's own channel is implied by the connect event
-            _log_subscribe(s, name, results[name], server_side=True)
+        _log_subscribe(s, name, results[name], server_side=True)
     for sub in list(s.subs.values()):
         await node.joined(s, sub)
 
