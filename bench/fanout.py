@@ -49,6 +49,7 @@ from common import (
     wait_port,
 )
 
+from realtime_server.loadtest.children import log_problems, stop_children
 from realtime_server.loadtest.spawn import RedisProcess
 
 __all__ = ["main"]
@@ -124,16 +125,7 @@ class ServerProc:
 
     def warnings(self, most: int = 3) -> list[str]:
         """The server's first warnings and errors (it logs at WARNING level here)."""
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return []
-        found = [
-            line.strip()[:200]
-            for line in text.splitlines()
-            if " WARNING " in line or " ERROR " in line or "Traceback" in line
-        ]
-        return found[:most]
+        return log_problems(self.log, most)
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -288,21 +280,7 @@ class Children:
         self.publisher = Child(proc, parent)
 
     def close(self) -> None:
-        children = [*self.subscribers, *([self.publisher] if self.publisher else [])]
-        for c in children:
-            with contextlib.suppress(OSError, ValueError):
-                c.conn.send(("exit",))
-        deadline = time.monotonic() + 5.0
-        for c in children:
-            c.proc.join(max(0.1, deadline - time.monotonic()))
-            if c.proc.is_alive():
-                c.proc.terminate()
-                c.proc.join(2.0)
-            if c.proc.is_alive():
-                c.proc.kill()
-                c.proc.join(2.0)
-            with contextlib.suppress(OSError):
-                c.conn.close()
+        stop_children([*self.subscribers, *([self.publisher] if self.publisher else [])])
         self.subscribers.clear()
         self.publisher = None
 

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from .children import stop_children
 from .generator import generator_main
 from .procfs import machine_busy_s, raise_nofile, read_proc, read_tree
 from .publisher import publisher_main
@@ -355,21 +356,7 @@ class LoadTest:
         self.pub = Child("publisher", proc, parent)
 
     def _stop_children(self) -> None:
-        children = [*self.gens, *([self.pub] if self.pub else [])]
-        for c in children:
-            with contextlib.suppress(OSError, ValueError):
-                c.conn.send(("exit",))
-        deadline = time.monotonic() + 5.0
-        for c in children:
-            c.proc.join(max(0.1, deadline - time.monotonic()))
-            if c.proc.is_alive():
-                c.proc.terminate()
-                c.proc.join(2.0)
-            if c.proc.is_alive():
-                c.proc.kill()
-                c.proc.join(2.0)
-            with contextlib.suppress(OSError):
-                c.conn.close()
+        stop_children([*self.gens, *([self.pub] if self.pub else [])])
         self.gens.clear()
         self.pub = None
 

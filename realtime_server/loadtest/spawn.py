@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .children import log_problems
 from .procfs import free_port, wait_port
 
 __all__ = ["RedisProcess", "ServerProcess", "SpawnError"]
@@ -191,13 +192,4 @@ class ServerProcess:
 
     def problems(self, most: int = 5) -> list[str]:
         """The server's first warnings and errors."""
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return []
-        found = [
-            line.strip()[:200]
-            for line in text.splitlines()
-            if " WARNING " in line or " ERROR " in line or "Traceback" in line
-        ]
-        return found[:most]
+        return log_problems(self.log, most)
