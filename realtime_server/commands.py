@@ -36,8 +36,15 @@ __all__ = ["COMMANDS"]
 Handler = Callable[[Session, Command], Awaitable[None]]
 
 
+REFRESH_AHEAD = 5.0
+"""Seconds before a token's expiry the SDKs are asked to refresh it (they refresh when
+``ttl`` elapses), so that an expired, unrefreshed token can be dropped right after its
+``exp`` (plus ``REALTIME_EXPIRY_GRACE``) without racing well-behaved clients."""
+
+
 def _ttl(expires_at: float, now: float) -> int:
-    return max(1, int(expires_at - now))
+    remaining = expires_at - now
+    return max(1, int(remaining - min(REFRESH_AHEAD, remaining * 0.2)))
 
 
 async def _check_revoked(node: Node, jti: str | None, user: str, iat: float | None) -> None:

@@ -173,7 +173,7 @@ VARIABLES: Final[tuple[Variable, ...]] = (
     _v(
         "REALTIME_EXPIRY_GRACE",
         "expiry_grace",
-        "10",
+        "2",
         "seconds after token expiry before close 3005 / unsubscribe 2501",
     ),
     _v(
@@ -336,7 +336,7 @@ class Settings:
     connect_timeout: float = 10.0
     ping_interval: float = 25.0
     pong_timeout: float = 8.0
-    expiry_grace: float = 10.0
+    expiry_grace: float = 2.0
     max_channels: int = 128
     max_connections_per_user: int = 0
     outbox_bytes: int = 1048576

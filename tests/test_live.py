@@ -43,7 +43,7 @@ async def test_unrefreshed_token_closes_3005_refresh_keeps_alive(start_server: S
     refreshing = await RawClient.open(ws_url(server))
     await refreshing.connect(token("2", ttl=1))
     refreshed = await refreshing.call("refresh", {"token": token("2", ttl=60)})
-    assert refreshed["refresh"]["expires"] is True and refreshed["refresh"]["ttl"] >= 59
+    assert refreshed["refresh"]["expires"] is True and 50 <= refreshed["refresh"]["ttl"] < 60
     assert await lapsing.closed(timeout=3000 * MS) == (3005, "connection expired")
     await server.node.publish("user:2", b"1")
     assert (await refreshing.push("pub"))["pub"]["data"] == 1
@@ -77,7 +77,7 @@ async def test_sub_refresh_extends_subscription(server: Running) -> None:
     reply = await client.call(
         "sub_refresh", {"channel": "document:1", "token": sub_token("42", "document:1", ttl=60)}
     )
-    assert reply["sub_refresh"]["expires"] is True and reply["sub_refresh"]["ttl"] >= 59
+    assert reply["sub_refresh"]["expires"] is True and 50 <= reply["sub_refresh"]["ttl"] < 60
 
 
 async def test_revoke_jti_closes_4501_promptly_and_blocks_reconnect(server: Running) -> None:
