@@ -18,7 +18,6 @@ import array
 import asyncio
 import contextlib
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import orjson
 import uvloop
 from common import API_KEY, CHANNEL, HOST, JWT_SECRET, WS_PATH, ignore_sigint, raise_nofile
 
+from realtime_server.loadtest.children import forward_orders
 from realtime_server.loadtest.wsclient import (
     CONNECTING,
     OPEN,
@@ -243,21 +243,9 @@ class Generator:
 
     # --- control loop -------------------------------------------------------------------
 
-    def _read_ctrl(self, loop: asyncio.AbstractEventLoop) -> None:
-        """In a thread: orders from the pipe into the loop's queue. (Not ``add_reader``:
-        libuv would make the pipe non-blocking, and a large ``send`` would then fail.)"""
-        while True:
-            try:
-                order = self.ctrl.recv()
-            except (EOFError, OSError):
-                order = ("exit",)
-            loop.call_soon_threadsafe(self._queue.put_nowait, order)
-            if order[0] == "exit":
-                return
-
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read_ctrl, args=(loop,), daemon=True).start()
+        forward_orders(self.ctrl, loop, self._queue)
         try:
             while True:
                 order = await self._queue.get()

@@ -9,11 +9,13 @@ import time
 import uuid
 from typing import Any
 
+import aiohttp
 import jwt
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from realtime_server.app import Running
 from realtime_server.config import Settings
 
 SECRET = "test-secret-for-hs256-0123456789abcdef"
@@ -161,3 +163,36 @@ class RawClient:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+QUIET = 500 * MS
+"""A window in which nothing may happen, for negative checks."""
+
+
+async def quiet_period() -> None:
+    """Let a short window pass in which nothing may happen (a negative check, not a
+    synchronisation: every positive step awaits an event)."""
+    await asyncio.sleep(QUIET)
+
+
+async def api(server: Running, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Call the server's HTTP API (which must answer 200 without error); its ``result``."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{server.api_port}/api/{method}",
+            json=params,
+            headers={"X-API-Key": API_KEY},
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+        body = await response.json()
+    assert "error" not in body, body
+    result: dict[str, Any] = body["result"]
+    return result
+
+
+def claims(tok: str) -> dict[str, Any]:
+    """A token's claims, unverified (to compare with what the server saw)."""
+    decoded: dict[str, Any] = jwt.decode(tok, options={"verify_signature": False})
+    return decoded

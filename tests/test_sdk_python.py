@@ -15,8 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-import jwt
 from centrifuge import (
     Client,
     ClientEventHandler,
@@ -46,13 +44,12 @@ from centrifuge.exceptions import ReplyError
 
 from realtime_server.app import Running
 
-from .conftest import StartServer, api_url, ws_url
-from .helpers import API_KEY, MS, sub_token, token
+from .conftest import StartServer, ws_url
+from .helpers import MS, QUIET, api, claims, quiet_period, sub_token, token
 
 FORGED_SECRET = "not-the-server-secret-0123456789abcdef"
 WAIT = 3000 * MS
 """Default bound for one expected event."""
-QUIET = 500 * MS
 """Observation window for "nothing more happens" (no reconnect after a terminal close)."""
 
 
@@ -270,32 +267,6 @@ async def sdk_client(
         pending = [t for t in client._background_tasks if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=2000 * MS)
-
-
-async def api(server: Running, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Call the HTTP server API; returns the ``result`` object."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{api_url(server)}/api/{method}", json=params, headers={"X-API-Key": API_KEY}
-        ) as response,
-    ):
-        assert response.status == 200, await response.text()
-        body = await response.json()
-    assert "error" not in body, body
-    result: dict[str, Any] = body["result"]
-    return result
-
-
-def claims(tok: str) -> dict[str, Any]:
-    decoded: dict[str, Any] = jwt.decode(tok, options={"verify_signature": False})
-    return decoded
-
-
-async def quiet_period() -> None:
-    """A short window in which nothing may happen (a negative check, not a
-    synchronisation: every positive step in these tests awaits an event)."""
-    await asyncio.sleep(QUIET)
 
 
 # --- 1. connect, server-side user channel ------------------------------------------------

@@ -3,15 +3,17 @@ test and the benchmarks in bench/)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["log_problems", "stop_children"]
+__all__ = ["forward_orders", "log_problems", "stop_children"]
 
 
 class _Child(Protocol):
@@ -53,3 +55,25 @@ def log_problems(log: Path, most: int) -> list[str]:
         if " WARNING " in line or " ERROR " in line or "Traceback" in line
     ]
     return found[:most]
+
+
+def forward_orders(
+    conn: Connection, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]
+) -> threading.Thread:
+    """Start a thread that moves orders from a parent's pipe into ``queue`` on ``loop``,
+    ending with ``("exit",)`` (also when the pipe breaks). A thread, not ``add_reader``:
+    libuv would make the pipe non-blocking, and a large ``send`` would then fail."""
+
+    def read() -> None:
+        while True:
+            try:
+                order = conn.recv()
+            except (EOFError, OSError):
+                order = ("exit",)
+            loop.call_soon_threadsafe(queue.put_nowait, order)
+            if order[0] == "exit":
+                return
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread

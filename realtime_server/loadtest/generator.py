@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import os
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from typing import Any, Final
 import jwt
 import orjson
 
+from .children import forward_orders
 from .procfs import raise_nofile
 from .stats import Histogram
 from .wsclient import CLOSED, OPEN, FrameClient, abort_with_reset, client_frame, upgrade_request
@@ -517,25 +517,13 @@ class Generator:
 
     # --- control -------------------------------------------------------------------------
 
-    def _read_ctrl(self, loop: asyncio.AbstractEventLoop) -> None:
-        """In a thread: orders from the pipe into the loop's queue (not ``add_reader``:
-        libuv would make the pipe non-blocking, and a large ``send`` would then fail)."""
-        while True:
-            try:
-                order = self.ctrl.recv()
-            except (EOFError, OSError):
-                order = ("exit",)
-            loop.call_soon_threadsafe(self._queue.put_nowait, order)
-            if order[0] == "exit":
-                return
-
     def send(self, *message: Any) -> None:
         with contextlib.suppress(OSError, ValueError):
             self.ctrl.send(message)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read_ctrl, args=(loop,), daemon=True).start()
+        forward_orders(self.ctrl, loop, self._queue)
         try:
             while True:
                 order = await self._queue.get()

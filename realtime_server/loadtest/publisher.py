@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any, Final
@@ -31,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from .children import forward_orders
 from .stats import Histogram
 
 __all__ = ["publisher_main"]
@@ -299,19 +299,9 @@ class Publisher:
             },
         )
 
-    def _read_ctrl(self, loop: asyncio.AbstractEventLoop) -> None:
-        while True:
-            try:
-                order = self.ctrl.recv()
-            except (EOFError, OSError):
-                order = ("exit",)
-            loop.call_soon_threadsafe(self._queue.put_nowait, order)
-            if order[0] == "exit":
-                return
-
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read_ctrl, args=(loop,), daemon=True).start()
+        forward_orders(self.ctrl, loop, self._queue)
         running: asyncio.Task[None] | None = None
         try:
             while True:
