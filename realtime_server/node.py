@@ -20,7 +20,7 @@ from typing import Any
 from . import __version__, codes
 from .auth.revocation import Revocation, RevocationStore
 from .auth.tokens import TokenVerifier
-from .channels.engine import ControlMessage, Engine, HistoryOptions, PresenceStats
+from .channels.engine import ControlMessage, Engine, PresenceStats
 from .channels.namespaces import NamespaceOptions, Namespaces
 from .codes import CloseCode
 from .commands import COMMANDS
@@ -49,12 +49,6 @@ __all__ = ["Node"]
 logger = logging.getLogger("realtime_server.node")
 
 _LOCK_STRIPES = 1024
-
-
-def history_options(options: NamespaceOptions) -> HistoryOptions | None:
-    if not options.history:
-        return None
-    return HistoryOptions(options.history_size, options.history_ttl)
 
 
 class Node:
@@ -271,7 +265,7 @@ class Node:
         self.hub.add_pending(channel, s)
         try:
             await self._acquire(channel)
-            hopts = history_options(options)
+            hopts = options.history_options()
             if hopts is None:
                 return {}, 0
             if req.recover:
@@ -508,7 +502,7 @@ class Node:
         when the channel keeps history. Raises :class:`CommandError` (107/102)."""
         options = self.channel_options(channel)
         position = await self.broker.publish(
-            channel, data, info=info, tags=tags, history=history_options(options)
+            channel, data, info=info, tags=tags, history=options.history_options()
         )
         self.log(
             EventType.PUBLICATION,
@@ -546,7 +540,7 @@ class Node:
     async def history(self, req: HistoryRequest) -> dict[str, Any]:
         """The history reply body: ``publications``, ``epoch``, ``offset``."""
         options = self.channel_options(req.channel)
-        hopts = history_options(options)
+        hopts = options.history_options()
         if hopts is None:
             raise CommandError(codes.NOT_AVAILABLE)
         if req.reverse and req.since is not None and req.since.offset == 0:

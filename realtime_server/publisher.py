@@ -145,14 +145,12 @@ class _RedisBackend:
         self.namespaces: Namespaces = settings.namespaces()
 
     async def publish(self, channel: str, data: Any) -> StreamPosition | None:
-        from .node import history_options
-
         try:
             _, options = self.namespaces.resolve(channel)
         except CommandError as exc:
             raise PublishError(exc.error.code, exc.error.message) from None
         return await self.broker.publish(
-            channel, orjson.dumps(data), history=history_options(options)
+            channel, orjson.dumps(data), history=options.history_options()
         )
 
     async def close(self) -> None:

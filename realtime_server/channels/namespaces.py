@@ -15,6 +15,7 @@ from typing import Any, Final, Literal
 
 from ..codes import UNKNOWN_CHANNEL
 from ..errors import CommandError, ConfigError
+from .engine import HistoryOptions
 from .names import ChannelName, parse_channel
 
 __all__ = ["DEFAULT_NAMESPACES", "NamespaceOptions", "Namespaces"]
@@ -37,6 +38,12 @@ class NamespaceOptions:
     @property
     def history(self) -> bool:
         return self.history_size > 0 and self.history_ttl > 0
+
+    def history_options(self) -> HistoryOptions | None:
+        """What the engine keeps for a channel of this namespace (None: no history)."""
+        if not self.history:
+            return None
+        return HistoryOptions(self.history_size, self.history_ttl)
 
 
 DEFAULT_NAMESPACES: Final[Mapping[str, NamespaceOptions]] = {
