@@ -22,6 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from realtime_server.auth import tokens
 from realtime_server.auth.keys import KeySet, load_keys
 from realtime_server.auth.tokens import (
     ConnectionClaims,
@@ -551,6 +552,8 @@ def test_length_cap_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(jwt, "get_unverified_header", must_not_decode)
     monkeypatch.setattr(jwt, "decode", must_not_decode)
+    monkeypatch.setattr(jwt, "decode_complete", must_not_decode)
+    monkeypatch.setattr(tokens, "decode_hmac_jws", must_not_decode)
     with pytest.raises(TokenInvalid, match="too long"):
         verifier.verify_connection(token, NOW)
     with pytest.raises(TokenInvalid, match="too long"):

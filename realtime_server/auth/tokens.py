@@ -7,11 +7,14 @@ Subscription token: ``sub`` and ``channel`` required; optional ``exp``, ``iat``,
 
 Outcomes: :class:`TokenInvalid` (bad signature, algorithm, claims, audience, issuer,
 lifetime, length, ``crit`` header) or :class:`TokenExpired` (expired or not yet valid).
-The messages of both are safe to log: they never include the token.
+The messages of both are safe to log: they never include the token. HMAC tokens are
+checked by :mod:`.hmac_jws` (strict compact JWS, constant-time compare), public-key
+tokens by PyJWT.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -20,6 +23,7 @@ import orjson
 
 from ..errors import RealtimeError
 from ..protocol import RawJSON
+from .hmac_jws import HMAC_DIGESTS, MalformedToken, decode_hmac_jws
 from .keys import KeySet
 
 __all__ = [
@@ -69,7 +73,10 @@ def _number(payload: dict[str, Any], name: str, *, required: bool = False) -> fl
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenInvalid(f"malformed {name} claim")
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise TokenInvalid(f"malformed {name} claim")
+    return number
 
 
 def _string(payload: dict[str, Any], name: str, *, required: bool = False) -> str | None:
@@ -105,6 +112,10 @@ class TokenVerifier:
         self._max_lifetime = max_lifetime
         self._max_length = max_length
         self._algorithms = list(keys.algorithms)
+        # HMAC keys: our own compact-JWS check (hmac_jws); public keys: PyJWT.
+        self._hmac_digests: dict[str, str] | None = (
+            {alg: HMAC_DIGESTS[alg] for alg in keys.algorithms} if keys.is_hmac else None
+        )
         self._options: Any = {
             "verify_signature": True,
             "verify_exp": False,  # checked below against the injected time
@@ -122,6 +133,13 @@ class TokenVerifier:
             raise TokenInvalid("missing token")
         if len(raw) > self._max_length:
             raise TokenInvalid("token too long")
+        if self._hmac_digests is not None:
+            try:
+                _header, payload = decode_hmac_jws(raw, self._keys.key, self._hmac_digests)
+            except MalformedToken as exc:
+                raise TokenInvalid(exc.args[0]) from None
+            self._check_audience_and_issuer(payload)
+            return payload
         try:
             # One parse: the signature is checked with the pinned algorithms only (PyJWT
             # refuses any other "alg", "none" included); the header is then checked
@@ -152,6 +170,25 @@ class TokenVerifier:
         if not isinstance(payload, dict):
             raise TokenInvalid("malformed claims")
         return payload
+
+    def _check_audience_and_issuer(self, payload: dict[str, Any]) -> None:
+        """What PyJWT checks for ``aud`` and ``iss`` when they are configured."""
+        audience = self._audience
+        if audience is not None:
+            claimed = payload.get("aud")
+            if not claimed:
+                raise TokenInvalid("missing aud claim")
+            if isinstance(claimed, str):
+                claimed = [claimed]
+            if not isinstance(claimed, list) or not all(isinstance(a, str) for a in claimed):
+                raise TokenInvalid("wrong audience")
+            if audience not in claimed:
+                raise TokenInvalid("wrong audience")
+        if self._issuer is not None:
+            if "iss" not in payload:
+                raise TokenInvalid("missing iss claim")
+            if payload["iss"] != self._issuer:
+                raise TokenInvalid("wrong issuer")
 
     def _check_time(
         self, exp: float | None, iat: float | None, nbf: float | None, now: float
