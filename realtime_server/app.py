@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import Server
 
-from . import codes
+from . import codes, gcpolicy
 from .auth.keys import load_keys
 from .auth.revocation import MemoryRevocationStore, RevocationStore
 from .auth.tokens import TokenVerifier
@@ -153,9 +152,8 @@ async def run(settings: Settings, reuse_port: bool = False, demo: Demo | None = 
     if reuse_port:  # a worker: stop if the supervising parent dies without telling us
         watchdog = loop.create_task(_watch_parent(os.getppid(), stop))
     async with running(settings, reuse_port=reuse_port, demo=demo) as server:
-        # Everything allocated so far (modules, settings, the node) lives as long as the
-        # process: keep it out of the collector's full passes (GC pauses showed in p99).
-        gc.freeze()
+        gcpolicy.tune()
+        gcpolicy.freeze_startup()
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         logger.info(
             "realtime-server %s listening on ws://%s:%d%s (engine %s, node %s)",

@@ -39,6 +39,7 @@ from typing import Any, Final
 import jwt
 import orjson
 
+from .. import gcpolicy
 from .children import forward_orders
 from .procfs import raise_nofile
 from .stats import Histogram
@@ -600,6 +601,7 @@ def generator_main(ctrl: Connection, cpus: list[int] | None = None) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner stops us in order
     raise_nofile()
+    gcpolicy.tune()  # thousands of long-lived client objects, as in the server
     if cpus:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, cpus)

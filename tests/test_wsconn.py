@@ -1,0 +1,113 @@
+"""A closed connection is freed by reference counting, without the garbage collector.
+
+websockets 17 leaves every closed connection in reference cycles; realtime_server.wsconn
+breaks them (see its docstring for why that matters at 10,000 connections). These tests
+run with the collector disabled and check, through weak references, that the server's
+connection objects are gone once their connections are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection
+
+from realtime_server import codes
+from realtime_server.app import Running
+from realtime_server.gcpolicy import THRESHOLDS, tune
+
+from .conftest import ws_url
+from .helpers import MS, RawClient, token
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+async def _open(server: Running, user: str) -> tuple[RawClient, weakref.ref[ServerConnection]]:
+    before = set(server.ws.all_connections)
+    client = await RawClient.open(ws_url(server))
+    reply = await client.reply((await client.send({"connect": {"token": token(user)}}))[0])
+    assert "connect" in reply
+    (conn,) = set(server.ws.all_connections) - before
+    return client, weakref.ref(conn)
+
+
+async def _lost(ref: weakref.ref[ServerConnection]) -> None:
+    """Wait until the server saw the connection go (and its handler returned)."""
+    conn = ref()
+    if conn is None:
+        return
+    waiter = conn.connection_lost_waiter
+    del conn
+    await asyncio.wait_for(asyncio.shield(waiter), 2000 * MS)
+
+
+async def _handlers_done(server: Running) -> None:
+    tasks = set(server.ws.handler_tasks)
+    if tasks:
+        done, _ = await asyncio.wait(tasks, timeout=2000 * MS)
+        assert done == tasks
+    await asyncio.sleep(0)  # one loop turn: connection_lost's done callbacks run
+
+
+@pytest.mark.usefixtures("no_collector")
+async def test_closed_connections_leave_no_cycles(server: Running) -> None:
+    refs: list[weakref.ref[Any]] = []
+    # The client closes cleanly.
+    client, ref = await _open(server, "clean")
+    refs.append(ref)
+    await client.ws.close()
+    await _lost(ref)
+    # The client vanishes (TCP reset, no close frame).
+    client, ref = await _open(server, "abort")
+    refs.append(ref)
+    client.ws.transport.abort()
+    await _lost(ref)
+    # The server closes it (API disconnect of the user: close code 3000-range).
+    client, ref = await _open(server, "kicked")
+    refs.append(ref)
+    # (a Session holds its connection: a Session left in a cycle would keep it alive)
+    session = next(iter(server.node.sessions.values()))
+    session.close(codes.CLOSE_SHUTDOWN)
+    del session
+    await _lost(ref)
+    await client.ws.wait_closed()
+    await _handlers_done(server)
+    alive = [r() for r in refs if r() is not None]
+    assert not alive, f"still alive without a collection: {[type(o).__name__ for o in alive]}"
+
+
+@pytest.mark.usefixtures("no_collector")
+async def test_refused_token_leaves_no_cycles(server: Running) -> None:
+    before = set(server.ws.all_connections)
+    client = await RawClient.open(ws_url(server))
+    (conn,) = set(server.ws.all_connections) - before
+    ref = weakref.ref(conn)
+    del conn
+    await client.send({"connect": {"token": "not-a-token"}})
+    await client.ws.wait_closed()
+    assert client.ws.close_code == 3500
+    await _lost(ref)
+    await _handlers_done(server)
+    assert ref() is None
+
+
+def test_tune_sets_the_thresholds() -> None:
+    saved = gc.get_threshold()
+    try:
+        tune()
+        assert gc.get_threshold() == THRESHOLDS
+    finally:
+        gc.set_threshold(*saved)
