@@ -23,9 +23,10 @@ from websockets.typing import Origin, Subprotocol
 
 from . import codes
 from .errors import ProtocolViolation
+from .events import EventType
 from .node import Node
 from .session import Session, SessionState
-from .wsconn import release_after_handshake, release_headers
+from .wsconn import GuardedConnection, guarded_connection, release_after_handshake, release_headers
 
 if TYPE_CHECKING:
     from .demo import Demo
@@ -122,10 +123,24 @@ async def _serve_session(session: Session, connect_timeout: float) -> None:
             stale.cancel()
 
 
+def _flooded(conn: GuardedConnection) -> None:
+    """The client sent frames (pings) whose automatic replies it does not read."""
+    session: Session | None = conn.session
+    if session is None or session.state is SessionState.CLOSED:
+        conn.transport.abort()
+        return
+    node = session.node
+    node.metrics.slow_disconnects_total += 1
+    node.log(EventType.SLOW_CONSUMER, session, buffered=conn.transport.get_write_buffer_size())
+    session.close(codes.CLOSE_SLOW)
+
+
 def make_handler(node: Node) -> Any:
     async def handler(conn: ServerConnection) -> None:
         release_headers(conn)
         session = Session(node, conn)
+        if isinstance(conn, GuardedConnection):
+            conn.session = session  # cleared when the connection is lost
         try:
             await _serve_session(session, node.settings.connect_timeout)
         except ProtocolViolation as exc:
@@ -158,6 +173,7 @@ async def start_websocket_server(node: Node, demo: Demo | None = None, **kwargs:
         "port": settings.port,
         "process_request": _Routes(node, demo),
         "process_response": release_after_handshake,
+        "create_connection": guarded_connection(settings.outbox_bytes, _flooded),
         "select_subprotocol": _select_subprotocol,
         "origins": origins,
         "compression": None,

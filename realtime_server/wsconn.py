@@ -1,6 +1,14 @@
-"""What websockets keeps per connection that we do not need, released early.
+"""Our adjustments to websockets' server connection: bounded buffering, early release.
 
-Two jobs, both about memory and the garbage collector, not behaviour:
+:class:`GuardedConnection` bounds what a client that does not read can make the server
+buffer through websockets' automatic replies: every ping frame is answered with a pong
+written by websockets itself (our own writes are bounded in :mod:`.session`), so a
+client sending pings without reading grew the server by about what it sent (52 MB of
+pings: +71 MB of RSS). Past ``REALTIME_OUTBOX_BYTES`` of unsent data the connection
+stops being read and is closed like any slow consumer (3008); if it overflows again
+before the close completes, it is dropped.
+
+Two more jobs, both about memory and the garbage collector, not behaviour:
 
 - After the handshake, the request and response headers (about 2 KiB per idle
   connection) are dropped.
@@ -20,12 +28,14 @@ attribute being gone, so a websockets change costs memory, never correctness.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-__all__ = ["release_after_handshake", "release_headers"]
+__all__ = ["GuardedConnection", "guarded_connection", "release_after_handshake", "release_headers"]
 
 _NO_HEADERS = Headers()
 
@@ -34,7 +44,44 @@ def _noop() -> None:
     return None
 
 
+class GuardedConnection(ServerConnection):
+    """A ``ServerConnection`` that refuses to buffer more than ``write_cap`` bytes for a
+    client that does not read (see the module docstring)."""
+
+    write_cap: ClassVar[int] = 1 << 20
+    on_flood: ClassVar[Callable[[GuardedConnection], None] | None] = None
+    session: Any = None  # set by the server's handler for the connection's life
+    flooded = False
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        transport = self.transport
+        if transport.get_write_buffer_size() <= self.write_cap:
+            return
+        if self.flooded:  # still flooding after the close was started
+            transport.abort()
+            return
+        self.flooded = True
+        transport.pause_reading()
+        handler = type(self).on_flood
+        if handler is None:
+            transport.abort()
+        else:
+            handler(self)
+
+
+def guarded_connection(
+    write_cap: int, on_flood: Callable[[GuardedConnection], None]
+) -> type[GuardedConnection]:
+    """The connection class of one server: its cap and what to do on overflow."""
+    return type(
+        "GuardedConnection", (GuardedConnection,), {"write_cap": write_cap, "on_flood": on_flood}
+    )
+
+
 def _break_cycles(conn: ServerConnection) -> None:
+    if isinstance(conn, GuardedConnection):
+        conn.session = None
     protocol = conn.protocol
     vars(protocol).pop("select_subprotocol", None)  # closure over the connection
     exc = getattr(protocol, "parser_exc", None)

@@ -141,6 +141,36 @@ async def test_slow_reader_closed_3008_others_served(start_server: StartServer) 
     assert await slow.closed(timeout=10000 * MS) == (3008, "slow")
 
 
+async def test_ping_flood_without_reading_closed_3008_others_served(
+    start_server: StartServer,
+) -> None:
+    """websockets answers every ping by itself: a client sending pings and never
+    reading must not make the server buffer the pongs without bound."""
+    server = await start_server(OUTBOX_BYTES=65536)
+    flooder_ws = await connect(ws_url(server), max_queue=1, max_size=None, ping_interval=None)
+    flooder = RawClient(flooder_ws)
+    await flooder.connect(token("flooder"))
+    bystander = await connected(server, "bystander", channels=["document:1"])
+    transport = flooder_ws.transport
+    transport.pause_reading()  # never read again: pongs pile up on the server
+    # A masked ping frame with 125 bytes of payload (mask of zeros: payload as is).
+    ping = bytes([0x89, 0x80 | 125]) + b"\x00\x00\x00\x00" + b"p" * 125
+    burst = ping * 1000
+    sent = 0
+    while not server.node.metrics.slow_disconnects_total and sent < 256 * 2**20:
+        transport.write(burst)
+        sent += len(burst)
+        if transport.get_write_buffer_size() > 2**20:  # the server stopped reading us
+            await asyncio.sleep(10 * MS)
+        else:
+            await asyncio.sleep(0)
+    assert server.node.metrics.slow_disconnects_total == 1, f"no close after {sent} bytes"
+    assert "flooder" not in {s.user for s in server.node.sessions.values()}
+    await server.node.publish("document:1", b'{"still":"served"}')
+    assert (await bystander.push("pub"))["pub"]["data"] == {"still": "served"}
+    transport.abort()
+
+
 async def test_recovery_on_resubscribe(server: Running) -> None:
     client = await connected(server)
     tok = sub_token("42", "document:1")
