@@ -52,9 +52,13 @@ def document_id(channel: str | None) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
-    """One row of the event log. ``id`` is unique: writes are idempotent on it."""
+    """One row of the event log. ``id`` is unique: writes are idempotent on it.
+
+    Not frozen: a frozen dataclass sets each field through ``object.__setattr__``,
+    which made creating one (several per connect) twice as slow. Treat as read-only.
+    """
 
     type: EventType
     node: str
@@ -65,7 +69,7 @@ class Event:
     code: int | None = None
     details: dict[str, Any] | None = None
     time: float = field(default_factory=time.time)
-    id: uuid.UUID = field(default_factory=lambda: new_event_id())
+    id: uuid.UUID = field(default_factory=new_event_id)
 
     @property
     def document(self) -> str | None:
