@@ -86,10 +86,17 @@ async def connect(s: Session, cmd: Command) -> None:
     results: dict[str, Any] = {}
     delivered: dict[str, int] = {}
     try:
-        for name, options in resolved:
+        for name, _ in resolved:
             s.pending.add(name)
-            sub_req = req.subs.get(name) or SubscribeRequest(name)
-            results[name], delivered[name] = await node.attach(s, name, options, sub_req)
+        attached = await node.attach_many(
+            s,
+            [
+                (name, options, req.subs.get(name) or SubscribeRequest(name))
+                for name, options in resolved
+            ],
+        )
+        for (name, _), (sub_result, offset) in zip(resolved, attached, strict=True):
+            results[name], delivered[name] = sub_result, offset
     except BaseException:
         for name in s.pending:
             node.hub.remove(name, s)
@@ -118,8 +125,7 @@ async def connect(s: Session, cmd: Command) -> None:
     for name, _ in resolved:
         node.hub.activate(name, s, delivered[name])
         _log_subscribe(s, name, results[name], server_side=True)
-    for sub in list(s.subs.values()):
-        await node.joined(s, sub)
+    await node.joined_many(s, list(s.subs.values()))
 
 
 def _log_subscribe(s: Session, name: str, result: dict[str, Any], *, server_side: bool) -> None:

@@ -14,13 +14,21 @@ import logging
 import socket
 import time
 import zlib
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from . import __version__, codes
 from .auth.revocation import Revocation, RevocationStore
 from .auth.tokens import TokenVerifier
-from .channels.engine import ControlMessage, Engine, PresenceStats
+from .channels.engine import (
+    ControlMessage,
+    Engine,
+    HistoryOptions,
+    HistoryQuery,
+    HistoryResult,
+    Joined,
+    PresenceStats,
+)
 from .channels.namespaces import NamespaceOptions, Namespaces
 from .codes import CloseCode
 from .commands import COMMANDS
@@ -49,6 +57,42 @@ __all__ = ["Node"]
 logger = logging.getLogger("realtime_server.node")
 
 _LOCK_STRIPES = 1024
+
+
+def _history_query(channel: str, hopts: HistoryOptions, req: SubscribeRequest) -> HistoryQuery:
+    """The history read of a subscribe: the top, or what was missed when recovering."""
+    if req.recover:
+        since = StreamPosition(req.offset, req.epoch)
+        return HistoryQuery(channel, since=since, limit=-1, options=hopts)
+    return HistoryQuery(channel, limit=0, options=hopts)
+
+
+def _subscribe_result(req: SubscribeRequest, found: HistoryResult) -> tuple[dict[str, Any], int]:
+    """The subscribe result of a positioned channel, and the offset the client is at
+    once it is delivered."""
+    top = found.top
+    result: dict[str, Any] = {
+        "recoverable": True,
+        "positioned": True,
+        "epoch": top.epoch,
+        "offset": top.offset,
+    }
+    if not req.recover:
+        return result, top.offset
+    pubs = found.publications
+    recovered = (
+        (not req.epoch or req.epoch == top.epoch)
+        and req.offset <= top.offset
+        and len(pubs) == top.offset - req.offset
+    )
+    result["was_recovering"] = True
+    result["recovered"] = recovered
+    if not recovered:
+        return result, top.offset
+    result["offset"] = req.offset
+    if pubs:
+        result["publications"] = [p.to_json() for p in pubs]
+    return result, top.offset
 
 
 class Node:
@@ -253,6 +297,22 @@ class Node:
         for channel in channels:
             await self.release(channel)
 
+    async def _acquire_many(self, channels: list[str]) -> None:
+        """:meth:`_acquire` for several channels; the broker subscriptions they need
+        run concurrently (each confirmed when this returns). On a failure the channels
+        that did get subscribed stay counted: the caller releases them all."""
+        # Held channels need nothing: the caller's pending entry (added before this)
+        # keeps ``release`` from dropping them meanwhile.
+        new = [c for c in channels if c not in self._broker_channels]
+        if len(new) <= 1:
+            for channel in new:
+                await self._acquire(channel)
+            return
+        outcomes = await asyncio.gather(*(self._acquire(c) for c in new), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
     async def attach(
         self, s: Session, channel: str, options: NamespaceOptions, req: SubscribeRequest
     ) -> tuple[dict[str, Any], int]:
@@ -262,57 +322,62 @@ class Node:
         Returns the subscribe result and the offset the client is at once the result is
         delivered. The caller writes the reply, then calls ``hub.activate``.
         """
-        self.hub.add_pending(channel, s)
+        return (await self.attach_many(s, [(channel, options, req)]))[0]
+
+    async def attach_many(
+        self, s: Session, subs: Sequence[tuple[str, NamespaceOptions, SubscribeRequest]]
+    ) -> list[tuple[dict[str, Any], int]]:
+        """:meth:`attach` for several channels at once (a connect's): the broker
+        subscriptions run concurrently and are all confirmed before one history read
+        for every channel (one round trip on Redis), so that read misses nothing.
+
+        All or nothing: on a failure every channel is removed for ``s`` and released.
+        """
+        channels = [channel for channel, _, _ in subs]
+        for channel in channels:
+            self.hub.add_pending(channel, s)
+        hopts = [options.history_options() for _, options, _ in subs]
         try:
-            await self._acquire(channel)
-            hopts = options.history_options()
-            if hopts is None:
-                return {}, 0
-            if req.recover:
-                since = StreamPosition(req.offset, req.epoch)
-                found = await self.broker.history(channel, since=since, limit=-1, options=hopts)
-            else:
-                found = await self.broker.history(channel, limit=0, options=hopts)
+            await self._acquire_many(channels)
+            queries = [
+                _history_query(channel, h, req)
+                for (channel, _, req), h in zip(subs, hopts, strict=True)
+                if h is not None
+            ]
+            found = iter(await self.broker.history_many(queries) if queries else ())
         except BaseException:
-            self.hub.remove(channel, s)
-            await self.release(channel)
+            for channel in channels:
+                self.hub.remove(channel, s)
+            await self.release_all(channels)
             raise
-        top = found.top
-        result: dict[str, Any] = {
-            "recoverable": True,
-            "positioned": True,
-            "epoch": top.epoch,
-            "offset": top.offset,
-        }
-        if not req.recover:
-            return result, top.offset
-        pubs = found.publications
-        recovered = (
-            (not req.epoch or req.epoch == top.epoch)
-            and req.offset <= top.offset
-            and len(pubs) == top.offset - req.offset
-        )
-        result["was_recovering"] = True
-        result["recovered"] = recovered
-        if not recovered:
-            return result, top.offset
-        result["offset"] = req.offset
-        if pubs:
-            result["publications"] = [p.to_json() for p in pubs]
-        return result, top.offset
+        return [
+            _subscribe_result(req, next(found)) if h is not None else ({}, 0)
+            for (_, _, req), h in zip(subs, hopts, strict=True)
+        ]
 
     async def joined(self, s: Session, sub: Subscription) -> None:
         """Presence and join for a new subscription (when the namespace has them).
 
         Best effort: the subscribe reply is already out, so a backend failure here is
         logged, never answered (the presence refresher adds the entry again later)."""
+        await self.joined_many(s, [sub])
+
+    async def joined_many(self, s: Session, subs: Sequence[Subscription]) -> None:
+        """:meth:`joined` for several subscriptions (one round trip on Redis)."""
+        joins = [
+            Joined(sub.channel, sub.info, sub.options.presence, sub.options.join_leave)
+            for sub in subs
+            if sub.options.presence or sub.options.join_leave
+        ]
+        if not joins:
+            return
         try:
-            if sub.options.presence:
-                await self.engine.presence.add(sub.channel, sub.info, self.settings.presence_ttl)
-            if sub.options.join_leave:
-                await self.broker.publish_join(sub.channel, sub.info)
+            await self.engine.joined(joins, self.settings.presence_ttl)
         except BackendUnavailable:
-            logger.warning("presence/join for %s not recorded: backend unavailable", sub.channel)
+            logger.warning(
+                "presence/join for %s not recorded: backend unavailable",
+                ", ".join(j.channel for j in joins),
+            )
 
     async def _left(self, sub: Subscription) -> None:
         """Presence removal and leave; best effort (shared presence entries expire)."""

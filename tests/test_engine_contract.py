@@ -39,6 +39,8 @@ from realtime_server.channels.engine import (
     ControlMessage,
     Engine,
     HistoryOptions,
+    HistoryQuery,
+    Joined,
     PresenceManager,
     PresenceStats,
 )
@@ -493,6 +495,51 @@ async def test_stream_position_expires_after_meta_ttl(engine: Harness) -> None:
     assert again == StreamPosition(1, result.top.epoch)
 
 
+async def test_history_many_answers_like_history(engine: Harness) -> None:
+    positions = await engine.publish_n(CH, 4, HISTORY)
+    top = positions[-1]
+    assert top is not None
+    queries = [
+        HistoryQuery(CH, options=HISTORY),
+        HistoryQuery(OTHER, options=HISTORY),  # no stream yet: created, top (0, epoch)
+        HistoryQuery(CH, since=StreamPosition(2, top.epoch), limit=-1, options=HISTORY),
+        HistoryQuery(CH, since=StreamPosition(4, top.epoch), limit=2, reverse=True),
+        HistoryQuery(CH, since=StreamPosition(1, top.epoch + "-old"), limit=-1),
+    ]
+    results = await engine.broker.history_many(queries)
+    one_by_one = [
+        await engine.broker.history(
+            q.channel, since=q.since, limit=q.limit, reverse=q.reverse, options=q.options
+        )
+        for q in queries
+    ]
+    assert results == one_by_one
+    assert [r.top for r in results] == [top, results[1].top, top, top, top]
+    assert results[1].top.offset == 0 and results[1].top.epoch not in ("", top.epoch)
+    assert [offsets(r.publications) for r in results] == [[], [], [3, 4], [3, 2], []]
+    assert await engine.broker.history_many([]) == []
+
+
+async def test_history_many_positions_a_new_subscription(engine: Harness) -> None:
+    """The read after subscribing tells where the stream is; what follows is delivered."""
+    await engine.publish_n(CH, 2, HISTORY)
+    await engine.broker.subscribe(CH)
+    await engine.broker.subscribe(OTHER)
+    tops = [
+        r.top
+        for r in await engine.broker.history_many(
+            [HistoryQuery(CH, options=HISTORY), HistoryQuery(OTHER, options=HISTORY)]
+        )
+    ]
+    assert [t.offset for t in tops] == [2, 0]
+    after = [await engine.broker.publish(c, b"1", history=HISTORY) for c in (CH, OTHER)]
+    await engine.events.wait_for(lambda: len(engine.events.of("pub")) == 2)
+    await engine.barrier()
+    assert offsets(engine.events.pubs(CH)) == [3] and offsets(engine.events.pubs(OTHER)) == [1]
+    assert [p.epoch for p in after if p] == [t.epoch for t in tops]
+    assert engine.events.of("insufficient") == []
+
+
 # --- presence ---------------------------------------------------------------------------
 
 
@@ -540,6 +587,34 @@ async def test_presence_is_per_channel(engine: Harness) -> None:
     assert list(await engine.presence.presence(CH)) == ["c1"]
     assert list(await engine.presence.presence(OTHER)) == ["c2"]
     assert await engine.presence.stats(CH) == PresenceStats(1, 1)
+
+
+async def test_joined_adds_presence_and_announces_joins(engine: Harness) -> None:
+    third = "document:3"
+    for channel in (CH, OTHER, third):
+        await engine.broker.subscribe(channel)
+    ann = info("42", "c1", b'{"name":"Ann"}')
+    bob = info("43", "c2")
+    carl = info("44", "c3")
+    await engine.engine.joined(
+        [
+            Joined(CH, ann, presence=True, join=True),
+            Joined(OTHER, bob, presence=False, join=True),
+            Joined(third, carl, presence=True, join=False),
+            Joined(third, bob, presence=False, join=False),  # nothing to do
+        ],
+        60.0,
+    )
+    assert await engine.presence.presence(CH) == {"c1": ann}
+    assert await engine.presence.presence(OTHER) == {}
+    assert await engine.presence.presence(third) == {"c3": carl}
+    await engine.events.wait_for(lambda: len(engine.events.of("join")) == 2)
+    await engine.barrier()
+    joins = [(c, p) for k, c, p in engine.events.events if k == "join"]
+    assert sorted(joins, key=lambda j: j[0]) == [(CH, ann), (OTHER, bob)]
+    await engine.engine.joined([], 60.0)
+    await engine.presence.remove(CH, "c1")
+    assert await engine.presence.presence(CH) == {}
 
 
 async def test_presence_result_is_a_copy(engine: Harness) -> None:

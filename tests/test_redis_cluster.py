@@ -58,6 +58,9 @@ async def test_cluster_delivery_revocation_presence_recovery(
     # presence and join on a document channel across nodes
     await on_a.call("subscribe", {"channel": "document:p", "token": sub_token("1", "document:p")})
     await on_b.call("subscribe", {"channel": "document:p", "token": sub_token("2", "document:p")})
+    joined: set[str] = set()  # each join is published right after its presence entry
+    while joined != {"1", "2"}:
+        joined.add((await on_a.push("join"))["join"]["info"]["user"])
     stats = await b.node.presence_stats("document:p")
     assert (stats.num_clients, stats.num_users) == (2, 2)
 

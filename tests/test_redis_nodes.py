@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -199,6 +200,8 @@ async def test_crashed_node_clients_leave_presence(
         await client.call(
             "subscribe", {"channel": "document:c", "token": sub_token("ghost", "document:c")}
         )
+        # presence is added after the reply, in one step with the join publication
+        assert (await client.push("join"))["join"]["info"]["user"] == "ghost"
         assert (await observer.node.presence_stats("document:c")).num_clients == 1
         await doomed.stop(signal.SIGKILL)  # no cleanup: a crash
     started = time.monotonic()
@@ -206,3 +209,30 @@ async def test_crashed_node_clients_leave_presence(
         while (await observer.node.presence_stats("document:c")).num_clients:
             await asyncio.sleep(0.1)  # expiry has no event to await
     assert time.monotonic() - started < 4
+
+
+async def test_connect_round_trips(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
+    """A connect with its user channel and a document channel another client of the
+    node already holds: one MGET (revocation), one SUBSCRIBE (the new user channel),
+    one script call reading both streams, one adding presence and publishing the join."""
+    server = await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    watcher = await connected(server, "w", channels=["document:rt"])
+    assert (await watcher.push("join"))["join"]["info"]["user"] == "w"  # its own, done
+    admin = aioredis.Redis.from_url(redis_url)
+    commands = ("evalsha", "mget", "subscribe", "publish", "get")
+    try:
+        before = await admin.info("commandstats")
+        await connected(server, "n", channels=["document:rt"], jti="rt-jti")
+        assert (await watcher.push("join"))["join"]["info"]["user"] == "n"
+        after = await admin.info("commandstats")
+    finally:
+        await admin.aclose()
+
+    def calls(stats: dict[str, Any], name: str) -> int:
+        return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+    used = {name: calls(after, name) - calls(before, name) for name in commands}
+    # (the PUBLISH of the join runs inside the presence script)
+    assert used == {"evalsha": 2, "mget": 1, "subscribe": 1, "publish": 1, "get": 0}

@@ -75,7 +75,7 @@ class RedisRevocationStore:
         key = self.names.revoked_user(user)
         keep = max(0.0, issued_before - time.time()) + self._max_lifetime + KEEP_MARGIN
         args: list[str | int] = [repr(float(issued_before)), int(keep)]
-        cutoff = await self.commands.run(lambda: script(keys=[key], args=args))
+        cutoff = await self.commands.script(script, [key], args)
         await self._announce(Revocation("user", user=user, issued_before=float(cutoff)))
 
     async def _announce(self, revocation: Revocation) -> None:

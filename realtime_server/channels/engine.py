@@ -20,6 +20,7 @@ Delivery model
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -31,7 +32,9 @@ __all__ = [
     "ControlMessage",
     "Engine",
     "HistoryOptions",
+    "HistoryQuery",
     "HistoryResult",
+    "Joined",
     "PresenceManager",
     "PresenceStats",
 ]
@@ -53,6 +56,28 @@ class HistoryResult:
 
     publications: list[Publication]
     top: StreamPosition
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """One read of :meth:`Broker.history_many`: the arguments of :meth:`Broker.history`."""
+
+    channel: str
+    since: StreamPosition | None = None
+    limit: int = 0
+    reverse: bool = False
+    options: HistoryOptions | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """A new subscription to announce (:meth:`Engine.joined`): add ``info`` to the
+    channel's presence when ``presence``, publish a join event when ``join``."""
+
+    channel: str
+    info: ClientInfo
+    presence: bool
+    join: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +175,12 @@ class Broker(Protocol):
         stream is ``(0, epoch)``."""
         ...
 
+    async def history_many(self, queries: Sequence[HistoryQuery]) -> list[HistoryResult]:
+        """``history`` for several channels at once (one round trip on a shared
+        backend: what a connect with several channels needs); results in query order.
+        A failure fails the whole call."""
+        ...
+
     @property
     def ready(self) -> bool:
         """Whether the broker's links are up (``/readyz``)."""
@@ -183,3 +214,10 @@ class Engine(Protocol):
 
     @property
     def presence(self) -> PresenceManager: ...
+
+    async def joined(self, joins: Sequence[Joined], presence_ttl: float) -> None:
+        """For each new subscription: ``presence.add(channel, info, presence_ttl)``
+        when ``presence``, then ``broker.publish_join(channel, info)`` when ``join``
+        (one round trip for all on a shared backend). Raises BackendUnavailable; some
+        entries may have been recorded then."""
+        ...

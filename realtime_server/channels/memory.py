@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..protocol import ClientInfo, Publication, RawJSON, StreamPosition
@@ -19,7 +19,9 @@ from .engine import (
     BrokerEventHandler,
     ControlMessage,
     HistoryOptions,
+    HistoryQuery,
     HistoryResult,
+    Joined,
     PresenceStats,
 )
 
@@ -168,6 +170,14 @@ class MemoryBroker:
             pubs = pubs[:limit]
         return HistoryResult(pubs, top)
 
+    async def history_many(self, queries: Sequence[HistoryQuery]) -> list[HistoryResult]:
+        return [
+            await self.history(
+                q.channel, since=q.since, limit=q.limit, reverse=q.reverse, options=q.options
+            )
+            for q in queries
+        ]
+
 
 class MemoryPresence:
     """Presence in process memory (implements :class:`engine.PresenceManager`).
@@ -208,3 +218,10 @@ class MemoryEngine:
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self.broker = MemoryBroker(clock)
         self.presence = MemoryPresence()
+
+    async def joined(self, joins: Sequence[Joined], presence_ttl: float) -> None:
+        for j in joins:
+            if j.presence:
+                await self.presence.add(j.channel, j.info, presence_ttl)
+            if j.join:
+                await self.broker.publish_join(j.channel, j.info)

@@ -4,7 +4,10 @@
   one atomic step returning the offset.
 - Each node keeps one pub/sub subscription per channel that has local subscribers (the
   node reference-counts; the broker subscribes idempotently), spread over a few shards.
-- Per channel with history the broker remembers the last delivered (epoch, offset). A
+- Per channel with history the broker remembers the last delivered (epoch, offset),
+  starting from the stream top of the first history read issued after subscribing
+  (the subscriber's own read, no extra round trip; reads of the channel issued
+  meanwhile wait for it, so that none runs in Redis before it). A
   publication that skips offsets (a message lost on the link) or a link that comes back
   after an outage makes it read the missing publications from the stream and deliver
   them first, in order; when the stream cannot fill the gap (trimmed, or a new epoch
@@ -14,18 +17,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 
 from ..errors import BackendUnavailable
 from ..protocol import ClientInfo, Publication, RawJSON, StreamPosition
-from .engine import BrokerEventHandler, ControlMessage, HistoryOptions, HistoryResult
+from .engine import (
+    BrokerEventHandler,
+    ControlMessage,
+    HistoryOptions,
+    HistoryQuery,
+    HistoryResult,
+)
 from .memory import new_epoch
-from .redis_client import RedisCommands
+from .redis_client import RedisCommands, ScriptCall
 from .redis_names import RedisNames, decode_message, encode_join_leave, encode_publication
 from .redis_pubsub import PubSubShard, PubSubShards
 
@@ -59,6 +70,9 @@ class RedisBroker:
         self.names: RedisNames = commands.names
         self._handler: BrokerEventHandler | None = None
         self._positions: dict[str, StreamPosition] = {}
+        # Subscribed channels whose position the next read is to set: None until a
+        # read claims it, then a future resolved when that read is done.
+        self._unpositioned: dict[str, asyncio.Future[None] | None] = {}
         self._subscribed: set[str] = set()
         self._history_options: dict[str, HistoryOptions] = {}
         self._node_id = uuid.uuid4().hex[:12]
@@ -125,17 +139,50 @@ class RedisBroker:
             return
         await shard.subscribe(name)
         self._subscribed.add(channel)
-        # Remember where the stream is, so a later gap can be detected and filled.
-        top = await self._top(channel)
-        if top is not None:
-            known = self._positions.get(channel)
-            if known is None or known.epoch != top.epoch or known.offset < top.offset:
-                self._positions[channel] = top
+        # The first history read issued from now on (the subscriber's own, right after
+        # this) tells where the stream is, so a later gap can be detected and filled:
+        # everything published after the confirmation above arrives on the link.
+        self._unpositioned[channel] = None
+
+    async def _claim(self, channels: Iterable[str]) -> dict[str, asyncio.Future[None]]:
+        """Before a read: wait while other reads are positioning any of ``channels``,
+        then claim those still unpositioned (this read sets their position). So every
+        read of a channel runs in Redis after its positioning read: no reader's top is
+        below the position, and no publication a reader still needs is skipped as
+        already delivered. Claims are taken at once (no await), so never in a cycle."""
+        wanted = [c for c in dict.fromkeys(channels) if c in self._unpositioned]
+        while True:
+            busy = [f for c in wanted if (f := self._unpositioned.get(c)) is not None]
+            if not busy:
+                break
+            for pending in busy:
+                await asyncio.shield(pending)
+        claims: dict[str, asyncio.Future[None]] = {}
+        loop = asyncio.get_running_loop()
+        for channel in wanted:
+            if channel in self._unpositioned:
+                claims[channel] = self._unpositioned[channel] = loop.create_future()
+        return claims
+
+    def _settle(self, claims: dict[str, asyncio.Future[None]], done: bool) -> None:
+        """After a read: its claims are positioned (``done``) or, when it failed, open
+        to the next read; either way, wake the reads waiting for them."""
+        for channel, claim in claims.items():
+            if self._unpositioned.get(channel) is claim:
+                if done:
+                    del self._unpositioned[channel]
+                else:
+                    self._unpositioned[channel] = None
+            if not claim.done():
+                claim.set_result(None)
 
     async def unsubscribe(self, channel: str) -> None:
         name = self.names.channel(channel)
         self._subscribed.discard(channel)
         self._positions.pop(channel, None)
+        claim = self._unpositioned.pop(channel, None)
+        if claim is not None and not claim.done():
+            claim.set_result(None)
         self._history_options.pop(channel, None)
         await self._shards.for_channel(name).unsubscribe(name)
 
@@ -156,7 +203,7 @@ class RedisBroker:
             payload = encode_publication(pub) if (info or tags) else data
             await self.commands.publish(names.channel(channel), payload)
             return None
-        if not self.commands.cluster:
+        if not self.commands.detected:
             await self.commands.run(self.commands.detect)
         args: list[bytes | str | int] = [
             names.channel(channel),
@@ -170,11 +217,8 @@ class RedisBroker:
             int(time.time() * 1000),
             "1" if self.commands.cluster else "0",
         ]
-        script = self.commands.publish_script
-        result = await self.commands.run(
-            lambda: script(keys=[names.stream(channel), names.meta(channel)], args=args)
-        )
-        offset, epoch = result
+        keys = [names.stream(channel), names.meta(channel)]
+        offset, epoch = await self.commands.script(self.commands.publish_script, keys, args)
         return StreamPosition(int(offset), epoch.decode() if isinstance(epoch, bytes) else epoch)
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
@@ -189,6 +233,42 @@ class RedisBroker:
 
     # --- history ----------------------------------------------------------------------
 
+    def _read_call(
+        self,
+        channel: str,
+        *,
+        since: int,
+        limit: int,
+        reverse: bool,
+        options: HistoryOptions | None,
+        create: bool,
+    ) -> ScriptCall:
+        if options is not None:
+            self._history_options[channel] = options
+        opts = options or self._history_options.get(channel)
+        ttl_ms = int(opts.ttl * 1000) if opts else 0
+        meta_ttl = int(max(opts.meta_ttl, opts.ttl) * 1000) if (opts and create) else 0
+        oldest = int(time.time() * 1000) - ttl_ms if ttl_ms else 0
+        keys = [self.names.stream(channel), self.names.meta(channel)]
+        args: list[str | int] = [
+            new_epoch(),
+            meta_ttl,
+            since,
+            limit,
+            "1" if reverse else "0",
+            oldest,
+        ]
+        return ScriptCall(keys, args)
+
+    @staticmethod
+    def _parse_read(reply: Any) -> tuple[StreamPosition, list[Any]] | None:
+        """One channel's result of ``history.lua``."""
+        top, epoch, entries = reply
+        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+        if not epoch:
+            return None
+        return StreamPosition(int(top), epoch), entries
+
     async def _read(
         self,
         channel: str,
@@ -199,27 +279,11 @@ class RedisBroker:
         options: HistoryOptions | None,
         create: bool,
     ) -> tuple[StreamPosition, list[Any]] | None:
-        if options is not None:
-            self._history_options[channel] = options
-        opts = options or self._history_options.get(channel)
-        ttl_ms = int(opts.ttl * 1000) if opts else 0
-        meta_ttl = int(max(opts.meta_ttl, opts.ttl) * 1000) if (opts and create) else 0
-        oldest = int(time.time() * 1000) - ttl_ms if ttl_ms else 0
-        script = self.commands.history_script
-        keys = [self.names.stream(channel), self.names.meta(channel)]
-        args: list[str | int] = [
-            new_epoch(),
-            meta_ttl,
-            since,
-            limit,
-            "1" if reverse else "0",
-            oldest,
-        ]
-        top, epoch, entries = await self.commands.run(lambda: script(keys=keys, args=args))
-        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
-        if not epoch:
-            return None
-        return StreamPosition(int(top), epoch), entries
+        call = self._read_call(
+            channel, since=since, limit=limit, reverse=reverse, options=options, create=create
+        )
+        (reply,) = await self.commands.script(self.commands.history_script, call.keys, call.args)
+        return self._parse_read(reply)
 
     async def _top(self, channel: str) -> StreamPosition | None:
         found = await self._read(
@@ -236,18 +300,72 @@ class RedisBroker:
         reverse: bool = False,
         options: HistoryOptions | None = None,
     ) -> HistoryResult:
-        found = await self._read(
-            channel,
-            since=since.offset if since is not None else -1,
-            limit=limit,
-            reverse=reverse,
-            options=options,
-            create=True,
-        )
+        claims = await self._claim((channel,))
+        try:
+            found = await self._read(
+                channel,
+                since=since.offset if since is not None else -1,
+                limit=limit,
+                reverse=reverse,
+                options=options,
+                create=True,
+            )
+            result = self._history_result(channel, since, found, claims.get(channel))
+        except BaseException:
+            self._settle(claims, done=False)
+            raise
+        self._settle(claims, done=True)
+        return result
+
+    async def history_many(self, queries: Sequence[HistoryQuery]) -> list[HistoryResult]:
+        """One ``history.lua`` call for every channel (one per channel, concurrently,
+        on a cluster)."""
+        claims = await self._claim(q.channel for q in queries)
+        try:
+            calls = [
+                self._read_call(
+                    q.channel,
+                    since=q.since.offset if q.since is not None else -1,
+                    limit=q.limit,
+                    reverse=q.reverse,
+                    options=q.options,
+                    create=True,
+                )
+                for q in queries
+            ]
+            replies = await self.commands.run_batch(self.commands.history_script, calls)
+            results = [
+                self._history_result(
+                    q.channel, q.since, self._parse_read(reply), claims.get(q.channel)
+                )
+                for q, reply in zip(queries, replies, strict=True)
+            ]
+        except BaseException:
+            self._settle(claims, done=False)
+            raise
+        self._settle(claims, done=True)
+        return results
+
+    def _history_result(
+        self,
+        channel: str,
+        since: StreamPosition | None,
+        found: tuple[StreamPosition, list[Any]] | None,
+        claim: asyncio.Future[None] | None,
+    ) -> HistoryResult:
         if found is None:  # no stream and none created (no options known)
             return HistoryResult([], StreamPosition(0, new_epoch()))
         top, entries = found
-        if channel in self._subscribed and channel not in self._positions:
+        if claim is not None:  # the first read since subscribing: where the stream is
+            if self._unpositioned.get(channel) is claim:
+                known = self._positions.get(channel)
+                if known is None or known.epoch != top.epoch or known.offset < top.offset:
+                    self._positions[channel] = top
+        elif (
+            channel in self._subscribed
+            and channel not in self._positions
+            and channel not in self._unpositioned
+        ):
             self._positions[channel] = top  # where this node's subscribers start
         if since is not None and since.epoch and since.epoch != top.epoch:
             return HistoryResult([], top)

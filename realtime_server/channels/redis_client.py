@@ -8,7 +8,9 @@ never stalls the event loop or lets an unchecked token in.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -16,21 +18,65 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from ..errors import BackendUnavailable
 from .redis_names import RedisNames
 
-__all__ = ["RedisCommands", "connect_redis", "load_script"]
+__all__ = ["LuaScript", "RedisCommands", "ScriptCall", "connect_redis", "load_script"]
 
 T = TypeVar("T")
 
+ScriptArg = bytes | str | int
 
-def load_script(client: aioredis.Redis, package: str, name: str) -> AsyncScript:
-    """Register a ``.lua`` file shipped in ``package`` (loaded once, run by SHA)."""
+
+class LuaScript:
+    """A Lua script run by SHA (``EVALSHA``) and loaded on the first ``NOSCRIPT``.
+
+    Not bound to a client (the command client changes when a cluster is detected), and
+    cheaper per call than redis-py's ``AsyncScript`` (whose ``isinstance`` check against
+    its pipeline class goes through a slow typing-Protocol check on every call).
+    """
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def run(self, client: Any, keys: Sequence[str], args: Sequence[ScriptArg]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    """One call of a batch script (:meth:`RedisCommands.run_batch`): its keys, which
+    share one hash slot on a cluster (a channel's ``{C}`` tag), and its arguments."""
+
+    keys: Sequence[str]
+    args: Sequence[ScriptArg]
+
+
+def load_script(package: str, name: str) -> LuaScript:
+    """A ``.lua`` file shipped in ``package`` (loaded into Redis once, run by SHA)."""
     source = resources.files(package).joinpath("lua", name).read_text(encoding="utf-8")
-    return client.register_script(source)
+    return LuaScript(source)
+
+
+class _Pool(BlockingConnectionPool):
+    """redis-py's blocking pool without the deprecated-arguments check it wraps around
+    ``get_connection`` (it inspects the call's arguments on every command: a few
+    percent of the server's CPU in a connect storm). We never pass those arguments."""
+
+    get_connection = getattr(
+        BlockingConnectionPool.get_connection,
+        "__wrapped__",
+        BlockingConnectionPool.get_connection,
+    )
 
 
 def connect_redis(url: str, timeout: float, retries: int = 0, **kwargs: Any) -> aioredis.Redis:
@@ -40,7 +86,7 @@ def connect_redis(url: str, timeout: float, retries: int = 0, **kwargs: Any) -> 
     # A blocking pool: under a connect or disconnect storm, callers wait (within their
     # timeout) for one of a bounded set of connections instead of failing at once
     # (redis-py's default pool raises MaxConnectionsError past 100).
-    pool = BlockingConnectionPool.from_url(
+    pool = _Pool.from_url(
         url,
         max_connections=POOL_SIZE,
         timeout=timeout,
@@ -75,18 +121,14 @@ class RedisCommands:
         self._detected = False
         self._detect_lock = asyncio.Lock()
         self.client: Any = connect_redis(url, timeout, retries=1)
-        self._register_scripts()
-
-    def _register_scripts(self) -> None:
         pkg = "realtime_server.channels"
-        self.publish_script = load_script(self.client, pkg, "publish.lua")
-        self.history_script = load_script(self.client, pkg, "history.lua")
-        self.presence_add_script = load_script(self.client, pkg, "presence_add.lua")
-        self.presence_get_script = load_script(self.client, pkg, "presence_get.lua")
-        self.presence_remove_script = load_script(self.client, pkg, "presence_remove.lua")
-        self.revoke_user_script = load_script(
-            self.client, "realtime_server.auth", "revoke_user.lua"
-        )
+        self.publish_script = load_script(pkg, "publish.lua")
+        self.history_script = load_script(pkg, "history.lua")
+        self.presence_add_script = load_script(pkg, "presence_add.lua")
+        self.presence_join_script = load_script(pkg, "presence_join.lua")
+        self.presence_get_script = load_script(pkg, "presence_get.lua")
+        self.presence_remove_script = load_script(pkg, "presence_remove.lua")
+        self.revoke_user_script = load_script("realtime_server.auth", "revoke_user.lua")
 
     async def detect(self) -> None:
         """Switch to a cluster client when the URL points at a Redis Cluster."""
@@ -107,8 +149,12 @@ class RedisCommands:
                 )
                 await self.client.initialize()
                 self.cluster = True
-                self._register_scripts()
             self._detected = True
+
+    @property
+    def detected(self) -> bool:
+        """Whether :attr:`cluster` is known (set by the first successful call)."""
+        return self._detected
 
     def primaries(self) -> list[tuple[str, str]]:
         """(name, URL) of the cluster's primary nodes (credentials kept from the URL)."""
@@ -134,6 +180,45 @@ class RedisCommands:
             await self.run(lambda: self.client.spublish(channel, payload))
         else:
             await self.run(lambda: self.client.publish(channel, payload))
+
+    async def script(
+        self, script: LuaScript, keys: Sequence[str], args: Sequence[ScriptArg]
+    ) -> Any:
+        """Run one script (with the timeout; failures become BackendUnavailable)."""
+        return await self.run(lambda: script.run(self.client, keys, args))
+
+    async def run_batch(self, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run a batch script (``history.lua``, ``presence_join.lua``) for several
+        calls in one round trip; one result per call, in order.
+
+        A batch script takes the keys and arguments of any number of calls one after
+        the other (a fixed count of each per call) and returns a list of their results.
+        On a single Redis every call goes into one ``EVALSHA``. On a cluster a script
+        may only touch keys of one hash slot, so each call (one channel's keys, which
+        share its ``{C}`` tag) runs on its own, on the shard of its keys, concurrently.
+        Any failure raises BackendUnavailable (some calls may have run then)."""
+        if not calls:
+            return []
+        if not self._detected:
+            await self.run(self.detect)
+        if len(calls) == 1 or not self.cluster:
+            keys = [key for call in calls for key in call.keys]
+            args = [arg for call in calls for arg in call.args]
+            return list(await self.script(script, keys, args))
+        return await self.run(lambda: self._concurrent(script, calls))
+
+    async def _concurrent(self, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
+        client = self.client
+        replies = await asyncio.gather(
+            *(script.run(client, call.keys, call.args) for call in calls),
+            return_exceptions=True,
+        )
+        results = []
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+            results.append(reply[0])
+        return results
 
     async def run(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one Redis call with the timeout; failures become BackendUnavailable."""

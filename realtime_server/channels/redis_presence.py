@@ -36,17 +36,16 @@ class RedisPresence:
             now_ms + int(ttl * 1000),
             int(ttl * 2000),
         ]
-        script = self.commands.presence_add_script
-        await self.commands.run(lambda: script(keys=self._keys(channel), args=args))
+        await self.commands.script(self.commands.presence_add_script, self._keys(channel), args)
 
     async def remove(self, channel: str, client: str) -> None:
         script = self.commands.presence_remove_script
-        await self.commands.run(lambda: script(keys=self._keys(channel), args=[client]))
+        await self.commands.script(script, self._keys(channel), [client])
 
     async def presence(self, channel: str) -> dict[str, ClientInfo]:
         script = self.commands.presence_get_script
         now_ms = int(time.time() * 1000)
-        flat = await self.commands.run(lambda: script(keys=self._keys(channel), args=[now_ms]))
+        flat = await self.commands.script(script, self._keys(channel), [now_ms])
         clients: dict[str, ClientInfo] = {}
         for i in range(0, len(flat), 2):
             decoded = decode_message(b"~j" + flat[i + 1])
