@@ -8,6 +8,10 @@ outbound buffer is over its bound is closed with 3008 instead of buffering more.
 A subscriber that is being set up (reading history for recovery) is *pending*: frames
 for it are kept, with their offsets, until its subscribe reply is written, then the ones
 it has not already received are flushed in order.
+
+A channel with a single local subscriber (every ``user:<id>`` channel of a user with one
+connection) maps to that session itself, not to a one-entry dict (0.2 KiB per idle
+connection); a second subscriber turns it into a dict, and back when one is left.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Hub", "text_frame"]
 
+_Members = dict["Session", None]
+
 
 def text_frame(payload: bytes) -> bytes:
     """The bytes of one unmasked, uncompressed WebSocket text frame."""
@@ -36,7 +42,7 @@ class Hub:
     """Channel -> local sessions. Sessions write frames through :meth:`Session.write`."""
 
     def __init__(self, metrics: Metrics) -> None:
-        self._subs: dict[str, dict[Session, None]] = {}
+        self._subs: dict[str, Session | _Members] = {}
         self._pending: dict[str, dict[Session, list[tuple[int, bytes]]]] = {}
         self._metrics = metrics
 
@@ -50,7 +56,12 @@ class Hub:
         return self._subs.keys()
 
     def subscribers(self, channel: str) -> list[Session]:
-        return list(self._subs.get(channel, ()))
+        subs = self._subs.get(channel)
+        if subs is None:
+            return []
+        if isinstance(subs, dict):
+            return list(subs)
+        return [subs]
 
     @property
     def num_channels(self) -> int:
@@ -58,7 +69,7 @@ class Hub:
 
     @property
     def num_subscriptions(self) -> int:
-        return sum(len(s) for s in self._subs.values())
+        return sum(len(s) if isinstance(s, dict) else 1 for s in self._subs.values())
 
     def add_pending(self, channel: str, session: Session) -> None:
         self._pending.setdefault(channel, {})[session] = []
@@ -76,15 +87,26 @@ class Hub:
         for offset, frame in buffered or ():
             if offset == 0 or offset > delivered_offset:
                 session.write(frame)
-        self._subs.setdefault(channel, {})[session] = None
+        subs = self._subs.get(channel)
+        if subs is None:
+            self._subs[channel] = session
+        elif isinstance(subs, dict):
+            subs[session] = None
+        elif subs is not session:
+            self._subs[channel] = {subs: None, session: None}
 
     def remove(self, channel: str, session: Session) -> None:
         """Forget the session on the channel (live or pending)."""
         subs = self._subs.get(channel)
-        if subs is not None:
+        if subs is session:
+            del self._subs[channel]
+        elif isinstance(subs, dict):
             subs.pop(session, None)
-            if not subs:
-                del self._subs[channel]
+            if len(subs) <= 1:
+                if subs:
+                    self._subs[channel] = next(iter(subs))
+                else:
+                    del self._subs[channel]
         pending = self._pending.get(channel)
         if pending is not None:
             pending.pop(session, None)
@@ -120,13 +142,19 @@ class Hub:
         if subs is not None:
             self._fan_out(subs, frame)
 
-    def _fan_out(self, subs: dict[Session, None], frame: bytes) -> None:
+    def _fan_out(self, subs: Session | _Members, frame: bytes) -> None:
+        metrics = self._metrics
+        if not isinstance(subs, dict):
+            if subs.write(frame):
+                metrics.deliveries_total += 1
+            else:
+                metrics.drops_total += 1
+            return
         # Copy: a write may close a slow session, which removes it from ``subs``.
         targets = tuple(subs)
         written = 0
         for session in targets:
             if session.write(frame):
                 written += 1
-        metrics = self._metrics
         metrics.deliveries_total += written
         metrics.drops_total += len(targets) - written

@@ -40,7 +40,7 @@ from .protocol import (
 if TYPE_CHECKING:
     from .node import Node
 
-__all__ = ["Session", "SessionState", "Subscription"]
+__all__ = ["Session", "SessionState", "Subscription", "SubscriptionExpiry"]
 
 logger = logging.getLogger("realtime_server.session")
 
@@ -73,11 +73,37 @@ class Subscription:
     token_jti: str | None = None
     token_iat: float | None = None
     expires_at: float | None = None
-    timer: asyncio.TimerHandle | None = None
+    timer: SubscriptionExpiry | None = None
+    """The subscription token's deadline, while it has one: ``timer.cancel()``."""
+
+
+class SubscriptionExpiry:
+    """A subscription token's deadline in the node's expiry wheel (only subscriptions
+    whose token expires have one)."""
+
+    __slots__ = ("expiry_key", "session", "sub")
+
+    def __init__(self, session: Session, sub: Subscription) -> None:
+        self.session = session
+        self.sub = sub
+        self.expiry_key = -1
+
+    def expire(self) -> None:
+        self.session._sub_expired(self.sub)
+
+    def cancel(self) -> None:
+        """Forget the deadline; the subscription no longer refers to this object (no
+        reference cycle is left for the garbage collector)."""
+        self.session.node.keepalive.expiry.cancel(self)
+        if self.sub.timer is self:
+            self.sub.timer = None
 
 
 def _remote(conn: ServerConnection) -> str:
-    address = conn.remote_address
+    try:
+        address = conn.remote_address
+    except Exception:  # uvloop, transport closed before the address was ever read
+        return ""
     if isinstance(address, tuple) and len(address) >= 2:
         return f"{address[0]}:{address[1]}"
     return str(address or "")
@@ -89,8 +115,8 @@ class Session:
     # Slots: one of these per connection; keeps idle connections small.
     __slots__ = (
         "_debug",
-        "_expiry_timer",
         "_outbox_limit",
+        "_pending",
         "_protocol",
         "_refilled",
         "_strikes",
@@ -103,12 +129,11 @@ class Session:
         "conn_info",
         "connected_at",
         "expires_at",
+        "expiry_key",
         "name",
         "node",
-        "pending",
         "ping_bucket",
         "rejection_logged",
-        "remote",
         "state",
         "subs",
         "token_iat",
@@ -128,16 +153,17 @@ class Session:
         self.token_iat: float | None = None
         self.expires_at: float | None = None
         self.subs: dict[str, Subscription] = {}
-        self.pending: set[str] = set()
+        self._pending: set[str] | None = None
         self.name = ""
         self.version = ""
         self.connected_at = 0.0
         self.close_code: CloseCode | None = None
-        self.remote = _remote(conn)
+        # Read now (the loop caches it while the socket is open); formatted on demand.
+        conn.remote_address  # noqa: B018
         self.rejection_logged = False
         self.awaiting_pong = False
         self.ping_bucket = -1
-        self._expiry_timer: asyncio.TimerHandle | None = None
+        self.expiry_key = -1  # the connection token's bucket in node.keepalive.expiry
         self._transport = conn.transport
         self._protocol = conn.protocol
         self._outbox_limit = node.settings.outbox_bytes
@@ -157,10 +183,34 @@ class Session:
         if self._debug:
             logger.debug("session %s: %s -> %s", self.client_id, self.state.name, new.name)
         self.state = new
+        self._drop_empty_pending()
 
     @property
     def info(self) -> ClientInfo:
         return ClientInfo(self.user, self.client_id, self.conn_info)
+
+    @property
+    def remote(self) -> str:
+        """The client's address, ``host:port`` (for the event log; not kept per
+        session)."""
+        return _remote(self.conn)
+
+    @property
+    def pending(self) -> set[str]:
+        """Channels being set up (a connect's server-side channels, a subscribe's
+        channel) whose subscribe reply is not written yet.
+
+        Created on first use and dropped once empty at the connect's completion or the
+        next reply (an idle connection keeps no set: profiled at 0.2 KiB each).
+        """
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = set()
+        return pending
+
+    def _drop_empty_pending(self) -> None:
+        if self._pending is not None and not self._pending:
+            self._pending = None
 
     # --- output (synchronous, never awaits the client) -----------------------------
 
@@ -183,6 +233,7 @@ class Session:
         return self.write(text_frame(payload))
 
     def reply(self, cmd: Command, result: dict[str, Any]) -> None:
+        self._drop_empty_pending()
         self.send(encode_reply(cmd.id, cmd.method, result))
 
     def reply_error(self, cmd: Command, error: ErrorCode) -> None:
@@ -208,8 +259,7 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         self.transition(SessionState.CLOSED)
-        if self._expiry_timer is not None:
-            self._expiry_timer.cancel()
+        self.node.keepalive.expiry.cancel(self)
         for sub in self.subs.values():
             if sub.timer is not None:
                 sub.timer.cancel()
@@ -309,39 +359,50 @@ class Session:
 
     # --- expiry ----------------------------------------------------------------------
 
-    def _grace_timer(
-        self, old: asyncio.TimerHandle | None, expires_at: float | None, *callback: Any
-    ) -> asyncio.TimerHandle | None:
-        """Cancel ``old``; call ``callback`` once ``expires_at`` plus the grace period
-        has passed (None: the token never expires)."""
-        if old is not None:
-            old.cancel()
-        if expires_at is None:
-            return None
-        delay = expires_at - time.time() + self.node.settings.expiry_grace
-        return asyncio.get_running_loop().call_later(max(0.0, delay), *callback)
-
     def schedule_expiry(self, expires_at: float | None) -> None:
-        """Close with 3005 when the connection token is not refreshed in time."""
+        """Close with 3005 when the connection token is not refreshed in time: once
+        ``expires_at`` plus ``REALTIME_EXPIRY_GRACE`` has passed (None: never)."""
         self.expires_at = expires_at
-        self._expiry_timer = self._grace_timer(self._expiry_timer, expires_at, self._expired)
+        wheel = self.node.keepalive.expiry
+        if expires_at is None:
+            wheel.cancel(self)
+        else:
+            wheel.schedule(self, expires_at - time.time() + self.node.settings.expiry_grace)
 
-    def _expired(self) -> None:
-        self._expiry_timer = None
+    def expire(self) -> None:
+        """The connection token's deadline passed (called by the expiry wheel)."""
         expires_at = self.expires_at
-        if self.state is SessionState.CONNECTED and expires_at and time.time() >= expires_at:
-            self.close(codes.CLOSE_EXPIRED)
+        if self.state is not SessionState.CONNECTED or expires_at is None:
+            return
+        remaining = expires_at - time.time()
+        if remaining > 0:  # the wall clock went back: wait for it
+            self.node.keepalive.expiry.schedule(self, remaining + self.node.settings.expiry_grace)
+            return
+        self.close(codes.CLOSE_EXPIRED)
 
     def schedule_sub_expiry(self, sub: Subscription, expires_at: float | None) -> None:
-        """Unsubscribe (push 2501) when the subscription token is not refreshed."""
+        """Unsubscribe (push 2501; close 3006 for a server-side channel) when the
+        subscription token is not refreshed in time."""
         sub.expires_at = expires_at
-        sub.timer = self._grace_timer(sub.timer, expires_at, self._sub_expired, sub)
+        timer = sub.timer
+        if expires_at is None:
+            if timer is not None:
+                timer.cancel()
+            return
+        if timer is None:
+            timer = sub.timer = SubscriptionExpiry(self, sub)
+        delay = expires_at - time.time() + self.node.settings.expiry_grace
+        self.node.keepalive.expiry.schedule(timer, delay)
 
     def _sub_expired(self, sub: Subscription) -> None:
-        sub.timer = None
-        if self.state is not SessionState.CONNECTED or self.subs.get(sub.channel) is not sub:
+        """The subscription token's deadline passed (called by the expiry wheel)."""
+        expires_at = sub.expires_at
+        current = self.state is SessionState.CONNECTED and self.subs.get(sub.channel) is sub
+        if current and expires_at is not None and time.time() < expires_at:
+            self.schedule_sub_expiry(sub, expires_at)  # the wall clock went back: wait
             return
-        if sub.expires_at is None or time.time() < sub.expires_at:
+        sub.timer = None
+        if not current or expires_at is None:
             return
         if sub.server_side:
             self.close(codes.CLOSE_SUBSCRIPTION_EXPIRED)
