@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, NegotiationError
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, NegotiationError
 from websockets.http11 import Request, Response
 from websockets.typing import Origin, Subprotocol
 
@@ -112,9 +112,16 @@ async def _serve_session(session: Session, connect_timeout: float) -> None:
     stale: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
         connect_timeout, _stale, session
     )
+    # ``recv()`` rather than ``async for``: no async generator parked per connection,
+    # and the last frame (the connect command, its token) not held while idle.
     try:
-        async for message in conn:
+        while True:
+            try:
+                message = await conn.recv()
+            except ConnectionClosedOK:
+                return
             await session.feed(message)
+            del message
             if stale is not None and session.state is not SessionState.CONNECTING:
                 stale.cancel()
                 stale = None

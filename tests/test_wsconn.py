@@ -111,3 +111,17 @@ def test_tune_sets_the_thresholds() -> None:
         assert gc.get_threshold() == THRESHOLDS
     finally:
         gc.set_threshold(*saved)
+
+
+async def test_handshake_leftovers_are_released(server: Running) -> None:
+    """What websockets would keep for an idle connection's life and never read again."""
+    client, ref = await _open(server, "idle")
+    conn = ref()
+    assert conn is not None and conn.request is not None and conn.response is not None
+    assert not list(conn.request.headers.raw_items())
+    assert not list(conn.response.headers.raw_items())
+    assert isinstance(conn.drain_waiters, list) and not conn.drain_waiters
+    # and the connection still works both ways
+    await server.node.publish("user:idle", b'{"still":"works"}')
+    assert (await client.push("pub"))["pub"]["data"] == {"still": "works"}
+    await client.close()
