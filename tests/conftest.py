@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import socket
 import subprocess
@@ -48,6 +49,18 @@ async def start_server(loop_guard: None) -> AsyncIterator[StartServer]:
 @pytest.fixture
 async def server(start_server: StartServer) -> Running:
     return await start_server()
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """The garbage collector off for the test: what is freed was freed by reference
+    counting (used to check that closed connections leave no reference cycles)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ by unsubscribe, and no reference cycle left by a subscription deadline.
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -269,16 +268,6 @@ async def test_sub_refresh_moves_the_subscription_deadline(start_server: StartSe
     push = await client.push("unsubscribe", timeout=4000 * MS)
     assert push["channel"] == "document:2"
     assert "document:1" in session.subs
-
-
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.mark.usefixtures("no_collector")

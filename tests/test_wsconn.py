@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,16 +22,6 @@ from realtime_server.gcpolicy import THRESHOLDS, tune
 
 from .conftest import ws_url
 from .helpers import MS, RawClient, token
-
-
-@pytest.fixture
-def no_collector() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 async def _open(server: Running, user: str) -> tuple[RawClient, weakref.ref[ServerConnection]]:
