@@ -26,7 +26,7 @@ from .channels.engine import (
     HistoryOptions,
     HistoryQuery,
     HistoryResult,
-    Joined,
+    Membership,
     PresenceStats,
 )
 from .channels.namespaces import NamespaceOptions, Namespaces
@@ -65,6 +65,15 @@ def _history_query(channel: str, hopts: HistoryOptions, req: SubscribeRequest) -
         since = StreamPosition(req.offset, req.epoch)
         return HistoryQuery(channel, since=since, limit=-1, options=hopts)
     return HistoryQuery(channel, limit=0, options=hopts)
+
+
+def _memberships(subs: Sequence[Subscription]) -> list[Membership]:
+    """The subscriptions whose arrival or end the engine must record or announce."""
+    return [
+        Membership(sub.channel, sub.info, sub.options.presence, sub.options.join_leave)
+        for sub in subs
+        if sub.options.presence or sub.options.join_leave
+    ]
 
 
 def _subscribe_result(req: SubscribeRequest, found: HistoryResult) -> tuple[dict[str, Any], int]:
@@ -364,11 +373,7 @@ class Node:
 
     async def joined_many(self, s: Session, subs: Sequence[Subscription]) -> None:
         """:meth:`joined` for several subscriptions (one round trip on Redis)."""
-        joins = [
-            Joined(sub.channel, sub.info, sub.options.presence, sub.options.join_leave)
-            for sub in subs
-            if sub.options.presence or sub.options.join_leave
-        ]
+        joins = _memberships(subs)
         if not joins:
             return
         try:
@@ -379,18 +384,19 @@ class Node:
                 ", ".join(j.channel for j in joins),
             )
 
-    async def _left(self, sub: Subscription) -> None:
-        """Presence removal and leave; best effort (shared presence entries expire)."""
+    async def _left(self, subs: Sequence[Subscription]) -> None:
+        """Presence removal and leave for ended subscriptions (one round trip on
+        Redis); best effort (shared presence entries expire)."""
+        leaves = _memberships(subs)
+        if not leaves:
+            return
         try:
-            await self._leave(sub)
+            await self.engine.left(leaves)
         except BackendUnavailable:
-            logger.warning("presence/leave for %s not recorded: backend unavailable", sub.channel)
-
-    async def _leave(self, sub: Subscription) -> None:
-        if sub.options.presence:
-            await self.engine.presence.remove(sub.channel, sub.info.client)
-        if sub.options.join_leave:
-            await self.broker.publish_leave(sub.channel, sub.info)
+            logger.warning(
+                "presence/leave for %s not recorded: backend unavailable",
+                ", ".join(m.channel for m in leaves),
+            )
 
     async def unsubscribe(self, s: Session, channel: str, reason: str = "client") -> None:
         sub = s.subs.pop(channel, None)
@@ -402,7 +408,7 @@ class Node:
         self.hub.remove(channel, s)
         self.log(EventType.UNSUBSCRIBE, s, channel=channel, reason=reason)
         try:
-            await self._left(sub)
+            await self._left((sub,))
         finally:
             await self.release(channel)
 
@@ -424,11 +430,11 @@ class Node:
         channels = [*s.subs, *s.pending]
         s.subs.clear()
         s.pending.clear()
-        for sub in subs:
-            try:
-                await self._left(sub)
-            except Exception:
-                logger.warning("presence cleanup failed for %s", sub.channel, exc_info=True)
+        try:
+            await self._left(subs)
+        except Exception:
+            channels_left = ", ".join(sub.channel for sub in subs)
+            logger.warning("presence cleanup failed for %s", channels_left, exc_info=True)
         for channel in channels:
             await self.release(channel)
 

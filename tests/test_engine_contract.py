@@ -40,7 +40,7 @@ from realtime_server.channels.engine import (
     Engine,
     HistoryOptions,
     HistoryQuery,
-    Joined,
+    Membership,
     PresenceManager,
     PresenceStats,
 )
@@ -598,10 +598,10 @@ async def test_joined_adds_presence_and_announces_joins(engine: Harness) -> None
     carl = info("44", "c3")
     await engine.engine.joined(
         [
-            Joined(CH, ann, presence=True, join=True),
-            Joined(OTHER, bob, presence=False, join=True),
-            Joined(third, carl, presence=True, join=False),
-            Joined(third, bob, presence=False, join=False),  # nothing to do
+            Membership(CH, ann, presence=True, announce=True),
+            Membership(OTHER, bob, presence=False, announce=True),
+            Membership(third, carl, presence=True, announce=False),
+            Membership(third, bob, presence=False, announce=False),  # nothing to do
         ],
         60.0,
     )
@@ -615,6 +615,30 @@ async def test_joined_adds_presence_and_announces_joins(engine: Harness) -> None
     await engine.engine.joined([], 60.0)
     await engine.presence.remove(CH, "c1")
     assert await engine.presence.presence(CH) == {}
+
+
+async def test_left_removes_presence_and_announces_leaves(engine: Harness) -> None:
+    for channel in (CH, OTHER):
+        await engine.broker.subscribe(channel)
+    ann = info("42", "c1", b'{"name":"Ann"}')
+    bob = info("43", "c2")
+    await engine.presence.add(CH, ann, 60.0)
+    await engine.presence.add(CH, bob, 60.0)
+    await engine.presence.add(OTHER, bob, 60.0)
+    await engine.engine.left(
+        [
+            Membership(CH, ann, presence=True, announce=True),
+            Membership(OTHER, bob, presence=False, announce=True),  # announce only
+            Membership(CH, info("44", "gone"), presence=True, announce=False),  # absent
+        ]
+    )
+    assert await engine.presence.presence(CH) == {"c2": bob}
+    assert await engine.presence.presence(OTHER) == {"c2": bob}
+    await engine.events.wait_for(lambda: len(engine.events.of("leave")) == 2)
+    await engine.barrier()
+    leaves = [(c, p) for k, c, p in engine.events.events if k == "leave"]
+    assert sorted(leaves, key=lambda m: m[0]) == [(CH, ann), (OTHER, bob)]
+    await engine.engine.left([])
 
 
 async def test_presence_result_is_a_copy(engine: Harness) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from realtime_server.channels.engine import HistoryOptions, HistoryQuery, Joined
+from realtime_server.channels.engine import HistoryOptions, HistoryQuery, Membership
 from realtime_server.channels.redis_client import LuaScript
 from realtime_server.channels.redis_engine import RedisEngine
 from realtime_server.errors import BackendUnavailable
@@ -57,12 +57,12 @@ async def setup() -> AsyncIterator[Setup]:
 async def test_a_connects_reads_and_joins_are_one_script_call_each(setup: Setup) -> None:
     engine = setup.engine
     await engine.broker.history("document:warm", options=HISTORY)  # scripts loaded
-    await engine.joined([Joined("document:warm", ClientInfo("1", "c0"), True, False)], 60.0)
+    await engine.joined([Membership("document:warm", ClientInfo("1", "c0"), True, False)], 60.0)
     before = await setup.calls("evalsha")
     tops = await engine.broker.history_many([HistoryQuery(c, options=HISTORY) for c in CHANNELS])
     assert [t.top.offset for t in tops] == [0, 0, 0]
     assert await setup.calls("evalsha") == before + 1
-    joins = [Joined(c, ClientInfo("42", "c1"), True, True) for c in CHANNELS]
+    joins = [Membership(c, ClientInfo("42", "c1"), True, True) for c in CHANNELS]
     await engine.joined(joins, 60.0)
     assert await setup.calls("evalsha") == before + 2
     for channel in CHANNELS:
@@ -111,15 +111,15 @@ async def test_scripts_are_reloaded_after_redis_forgot_them(setup: Setup) -> Non
     )
     assert [len(r.publications) for r in found] == [1, 0, 0]
     await setup.admin.script_flush()
-    await engine.joined([Joined("document:1", ClientInfo("42", "c1"), True, False)], 60.0)
+    await engine.joined([Membership("document:1", ClientInfo("42", "c1"), True, False)], 60.0)
     assert list(await engine.presence.presence("document:1")) == ["c1"]
 
 
 async def test_presence_added_by_joined_expires_after_its_ttl(setup: Setup) -> None:
     engine = setup.engine
     ttl = 0.3
-    await engine.joined([Joined("document:1", ClientInfo("42", "c1"), True, False)], ttl)
-    await engine.joined([Joined("document:1", ClientInfo("43", "c2"), True, False)], 60.0)
+    await engine.joined([Membership("document:1", ClientInfo("42", "c1"), True, False)], ttl)
+    await engine.joined([Membership("document:1", ClientInfo("43", "c2"), True, False)], 60.0)
     assert set(await engine.presence.presence("document:1")) == {"c1", "c2"}
     await asyncio.sleep(ttl + 0.1)  # expiry is wall-clock time (as the contract's advance)
     assert list(await engine.presence.presence("document:1")) == ["c2"]

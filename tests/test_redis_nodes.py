@@ -236,3 +236,42 @@ async def test_connect_round_trips(
     used = {name: calls(after, name) - calls(before, name) for name in commands}
     # (the PUBLISH of the join runs inside the presence script)
     assert used == {"evalsha": 2, "mget": 1, "subscribe": 1, "publish": 1, "get": 0}
+
+
+async def test_disconnect_round_trips(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
+    """A disconnect with its user channel and a document channel another client of the
+    node still holds: presence removal and the leave in one script call (MONITOR shows
+    the commands each client sent, and those a script ran, apart)."""
+    server = await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    watcher = await connected(server, "w", channels=["document:rd"])
+    leaving = await connected(server, "n", channels=["document:rd"])
+    assert (await watcher.push("join"))["join"]["info"]["user"] == "w"
+    assert (await watcher.push("join"))["join"]["info"]["user"] == "n"
+    admin = aioredis.Redis.from_url(redis_url)
+    marker = aioredis.Redis.from_url(redis_url)
+    sent: list[str] = []
+    try:
+        async with admin.monitor() as monitor:
+            await marker.ping()  # the monitor is attached once it reports this
+            while not (await monitor.next_command())["command"].startswith("PING"):
+                pass
+            await leaving.close()
+            assert (await watcher.push("leave"))["leave"]["info"]["user"] == "n"
+            await marker.echo("end-of-disconnect")
+            while True:
+                entry = await asyncio.wait_for(monitor.next_command(), 2000 * MS)
+                command = str(entry["command"])
+                if command.startswith("ECHO end-of-disconnect"):
+                    break
+                if entry["client_type"] != "lua":
+                    sent.append(command.split(" ", 1)[0].upper())
+        presence = await server.node.engine.presence.presence("document:rd")
+    finally:
+        await admin.aclose()
+        await marker.aclose()
+    scripts = [c for c in sent if c in ("EVALSHA", "EVAL")]
+    assert len(scripts) == 1, sent  # presence removal + leave, together
+    assert "PUBLISH" not in sent and "HDEL" not in sent, sent
+    assert [info.user for info in presence.values()] == ["w"]

@@ -34,7 +34,7 @@ __all__ = [
     "HistoryOptions",
     "HistoryQuery",
     "HistoryResult",
-    "Joined",
+    "Membership",
     "PresenceManager",
     "PresenceStats",
 ]
@@ -70,14 +70,15 @@ class HistoryQuery:
 
 
 @dataclass(frozen=True, slots=True)
-class Joined:
-    """A new subscription to announce (:meth:`Engine.joined`): add ``info`` to the
-    channel's presence when ``presence``, publish a join event when ``join``."""
+class Membership:
+    """A subscription arriving (:meth:`Engine.joined`) or going (:meth:`Engine.left`):
+    add or remove ``info`` in the channel's presence when ``presence``, publish a join
+    or leave event when ``announce``."""
 
     channel: str
     info: ClientInfo
     presence: bool
-    join: bool
+    announce: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,9 +216,16 @@ class Engine(Protocol):
     @property
     def presence(self) -> PresenceManager: ...
 
-    async def joined(self, joins: Sequence[Joined], presence_ttl: float) -> None:
+    async def joined(self, joins: Sequence[Membership], presence_ttl: float) -> None:
         """For each new subscription: ``presence.add(channel, info, presence_ttl)``
-        when ``presence``, then ``broker.publish_join(channel, info)`` when ``join``
+        when ``presence``, then ``broker.publish_join(channel, info)`` when
+        ``announce`` (one round trip for all on a shared backend). Raises
+        BackendUnavailable; some entries may have been recorded then."""
+        ...
+
+    async def left(self, leaves: Sequence[Membership]) -> None:
+        """For each ended subscription: ``presence.remove(channel, info.client)`` when
+        ``presence``, then ``broker.publish_leave(channel, info)`` when ``announce``
         (one round trip for all on a shared backend). Raises BackendUnavailable; some
-        entries may have been recorded then."""
+        may have been done then (shared presence entries expire anyway)."""
         ...

@@ -21,7 +21,7 @@ from .engine import (
     HistoryOptions,
     HistoryQuery,
     HistoryResult,
-    Joined,
+    Membership,
     PresenceStats,
 )
 
@@ -219,9 +219,16 @@ class MemoryEngine:
         self.broker = MemoryBroker(clock)
         self.presence = MemoryPresence()
 
-    async def joined(self, joins: Sequence[Joined], presence_ttl: float) -> None:
+    async def joined(self, joins: Sequence[Membership], presence_ttl: float) -> None:
         for j in joins:
             if j.presence:
                 await self.presence.add(j.channel, j.info, presence_ttl)
-            if j.join:
+            if j.announce:
                 await self.broker.publish_join(j.channel, j.info)
+
+    async def left(self, leaves: Sequence[Membership]) -> None:
+        for m in leaves:
+            if m.presence:
+                await self.presence.remove(m.channel, m.info.client)
+            if m.announce:
+                await self.broker.publish_leave(m.channel, m.info)

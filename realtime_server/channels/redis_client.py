@@ -128,6 +128,7 @@ class RedisCommands:
         self.presence_join_script = load_script(pkg, "presence_join.lua")
         self.presence_get_script = load_script(pkg, "presence_get.lua")
         self.presence_remove_script = load_script(pkg, "presence_remove.lua")
+        self.presence_leave_script = load_script(pkg, "presence_leave.lua")
         self.revoke_user_script = load_script("realtime_server.auth", "revoke_user.lua")
 
     async def detect(self) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
-from .engine import Joined
+from .engine import Membership
 from .redis_broker import RedisBroker
-from .redis_client import RedisCommands, ScriptArg, ScriptCall
+from .redis_client import LuaScript, RedisCommands, ScriptArg, ScriptCall
 from .redis_names import RedisNames
 from .redis_presence import RedisPresence
 
@@ -28,31 +28,50 @@ class RedisEngine:
         self.broker = RedisBroker(self.commands, shards)
         self.presence = RedisPresence(self.commands)
 
-    async def joined(self, joins: Sequence[Joined], presence_ttl: float) -> None:
+    async def joined(self, joins: Sequence[Membership], presence_ttl: float) -> None:
         """One ``presence_join.lua`` call for every subscription (one per channel,
         concurrently, on a cluster: its keys and pub/sub channel share the channel's
         hash slot)."""
-        joins = [j for j in joins if j.presence or j.join]
-        if not joins:
+        expire_at = int(time.time() * 1000) + int(presence_ttl * 1000)
+        key_ttl = int(presence_ttl * 2000)
+
+        def args(m: Membership) -> list[ScriptArg]:
+            info = orjson.dumps(m.info.to_json())
+            return [m.info.client, info, expire_at, key_ttl, "1" if m.presence else "0"]
+
+        await self._run(self.commands.presence_join_script, joins, args)
+
+    async def left(self, leaves: Sequence[Membership]) -> None:
+        """One ``presence_leave.lua`` call for every ended subscription, as
+        :meth:`joined`."""
+
+        def args(m: Membership) -> list[ScriptArg]:
+            info = orjson.dumps(m.info.to_json()) if m.announce else b""
+            return [m.info.client, info, "1" if m.presence else "0"]
+
+        await self._run(self.commands.presence_leave_script, leaves, args)
+
+    async def _run(
+        self,
+        script: LuaScript,
+        members: Sequence[Membership],
+        args: Callable[[Membership], list[ScriptArg]],
+    ) -> None:
+        """A presence script per membership: its presence keys, ``args(m)``, then the
+        pub/sub channel to announce on ("" for none) and whether to SPUBLISH."""
+        members = [m for m in members if m.presence or m.announce]
+        if not members:
             return
         commands = self.commands
         if not commands.detected:  # PUBLISH or SPUBLISH: know which before building
             await commands.run(commands.detect)
         names = commands.names
-        expire_at = int(time.time() * 1000) + int(presence_ttl * 1000)
-        key_ttl = int(presence_ttl * 2000)
         sharded = "1" if commands.cluster else "0"
-        calls = []
-        for j in joins:
-            args: list[ScriptArg] = [
-                j.info.client,
-                orjson.dumps(j.info.to_json()),
-                expire_at,
-                key_ttl,
-                "1" if j.presence else "0",
-                names.channel(j.channel) if j.join else "",
-                sharded,
-            ]
-            keys = [names.presence(j.channel), names.presence_expiry(j.channel)]
-            calls.append(ScriptCall(keys, args))
-        await commands.run_batch(commands.presence_join_script, calls)
+        calls = [
+            ScriptCall(
+                [names.presence(m.channel), names.presence_expiry(m.channel)],
+                [*args(m), names.channel(m.channel) if m.announce else "", sharded],
+            )
+            for m in members
+        ]
+        await commands.run_batch(script, calls)
