@@ -29,7 +29,7 @@ __all__ = ["EXPIRY_TICK", "Keepalive"]
 
 _PING_FRAME = text_frame(PING)
 
-EXPIRY_TICK = 0.25
+EXPIRY_TICK = 0.05
 """Seconds per bucket of token-expiry deadlines: an unrefreshed token is acted on
 ``REALTIME_EXPIRY_GRACE`` seconds after its ``exp``, at most this much later."""
 
