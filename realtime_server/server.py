@@ -39,6 +39,7 @@ WEBSOCKET_PATH = "/connection/websocket"
 _JSON_SUBPROTOCOL = Subprotocol("centrifuge-json")
 # Violations before any connect command was handled (others are logged by the command).
 _PRE_CONNECT = frozenset({codes.CLOSE_BAD_REQUEST.code, codes.CLOSE_STALE.code})
+_GET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -97,6 +98,38 @@ class _Routes:
         if self.demo is not None and (path == "/" or path.startswith("/demo/")):
             return self.demo.respond(request)
         return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+
+    def other_method(self, conn: ServerConnection, method: str, target: str) -> bytes:
+        """The response to a request websockets cannot parse (only GET is): HEAD gets
+        the GET response without its body (``curl -I``, health checkers), any other
+        method 426 on the WebSocket path, 405 on the other routes, else 404."""
+        path = target.split("?", 1)[0]
+        if method == "HEAD":
+            response = self(conn, Request(target, Headers()))
+            assert response is not None  # no Upgrade header: never a handshake
+            return Response(
+                response.status_code, response.reason_phrase, response.headers, b""
+            ).serialize()
+        if path == WEBSOCKET_PATH:
+            response = _response(
+                http.HTTPStatus.UPGRADE_REQUIRED,
+                b"WebSocket upgrade required\n",
+                "text/plain; charset=utf-8",
+            )
+        elif path in _GET_ROUTES or (
+            self.demo is not None and (path == "/" or path.startswith("/demo/"))
+        ):
+            response = _response(
+                http.HTTPStatus.METHOD_NOT_ALLOWED,
+                b"method not allowed\n",
+                "text/plain; charset=utf-8",
+            )
+            response.headers["Allow"] = "GET, HEAD"
+        else:
+            response = _response(
+                http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8"
+            )
+        return response.serialize()
 
 
 def _stale(session: Session) -> None:
@@ -170,6 +203,7 @@ async def start_websocket_server(node: Node, demo: Demo | None = None, **kwargs:
     """Listen on the configured host and port (``port=0`` in kwargs picks a free one);
     ``demo`` adds the demo page's routes (``serve --demo``)."""
     settings = node.settings
+    routes = _Routes(node, demo)
     origins: list[Origin | None] | None = None
     allowed = settings.origins()
     if allowed is not None:
@@ -178,9 +212,11 @@ async def start_websocket_server(node: Node, demo: Demo | None = None, **kwargs:
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "process_request": _Routes(node, demo),
+        "process_request": routes,
         "process_response": release_after_handshake,
-        "create_connection": guarded_connection(settings.outbox_bytes, _flooded),
+        "create_connection": guarded_connection(
+            settings.outbox_bytes, _flooded, routes.other_method
+        ),
         "select_subprotocol": _select_subprotocol,
         "origins": origins,
         "compression": None,

@@ -51,10 +51,16 @@ class GuardedConnection(ServerConnection):
 
     write_cap: ClassVar[int] = 1 << 20
     on_flood: ClassVar[Callable[[GuardedConnection], None] | None] = None
+    other_method: ClassVar[Callable[[GuardedConnection, str, str], bytes] | None] = None
     session: Any = None  # set by the server's handler for the connection's life
     flooded = False
+    started = False
 
     def data_received(self, data: bytes) -> None:
+        if not self.started:
+            self.started = True
+            if len(data) >= 4 and not data.startswith(b"GET ") and self._answer_other(data):
+                return
         super().data_received(data)
         transport = self.transport
         if transport.get_write_buffer_size() <= self.write_cap:
@@ -70,14 +76,32 @@ class GuardedConnection(ServerConnection):
         else:
             handler(self)
 
+    def _answer_other(self, data: bytes) -> bool:
+        """A request whose method is not GET: websockets would close the connection
+        without a response; answer it (``other_method``) and close instead."""
+        answer = type(self).other_method
+        if answer is None:
+            return False
+        line = data.split(b"\n", 1)[0].rstrip(b"\r")
+        parts = line.split(b" ")
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            return False  # not HTTP/1.x: websockets refuses it
+        method = parts[0].decode("ascii", "replace")
+        target = parts[1].decode("ascii", "replace")
+        self.transport.write(answer(self, method, target))
+        self.transport.close()
+        return True
+
 
 def guarded_connection(
-    write_cap: int, on_flood: Callable[[GuardedConnection], None]
+    write_cap: int,
+    on_flood: Callable[[GuardedConnection], None],
+    other_method: Callable[[GuardedConnection, str, str], bytes] | None = None,
 ) -> type[GuardedConnection]:
-    """The connection class of one server: its cap and what to do on overflow."""
-    return type(
-        "GuardedConnection", (GuardedConnection,), {"write_cap": write_cap, "on_flood": on_flood}
-    )
+    """The connection class of one server: its cap, what to do on overflow, and how to
+    answer requests with another method than GET."""
+    attributes = {"write_cap": write_cap, "on_flood": on_flood, "other_method": other_method}
+    return type("GuardedConnection", (GuardedConnection,), attributes)
 
 
 def _break_cycles(conn: ServerConnection) -> None:

@@ -47,6 +47,40 @@ async def test_health_ready_metrics_404_426(server: Running) -> None:
     assert (await get(server, "/connection/websocket"))[0] == 426
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("HEAD", "/healthz", 200),  # curl -I, health checkers
+        ("HEAD", "/readyz", 200),
+        ("HEAD", "/nope", 404),
+        ("HEAD", "/connection/websocket", 426),
+        ("POST", "/connection/websocket", 426),
+        ("POST", "/healthz", 405),
+        ("DELETE", "/metrics", 405),
+        ("OPTIONS", "/connection/websocket", 426),
+        ("PUT", "/nope", 404),
+    ],
+)
+async def test_other_methods_get_an_answer(
+    server: Running, method: str, path: str, status: int
+) -> None:
+    """websockets parses GET only (it would close without a response): every other
+    method is answered as the routes say, then the connection is closed."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, f"http://127.0.0.1:{server.port}{path}", data=b"x") as resp,
+    ):
+        assert resp.status == status
+        body = await resp.read()
+        if method == "HEAD":
+            assert body == b"" and int(resp.headers["Content-Length"]) > 0
+        else:
+            assert body
+        if status == 405:
+            assert resp.headers["Allow"] == "GET, HEAD"
+    assert (await get(server, "/healthz"))[0] == 200  # and GET still works
+
+
 async def test_readyz_503_while_draining(server: Running) -> None:
     server.node.draining = True
     status, _, body = await get(server, "/readyz")
