@@ -270,25 +270,17 @@ class RedisBroker:
         return StreamPosition(int(top), epoch), entries
 
     async def _read(
-        self,
-        channel: str,
-        *,
-        since: int,
-        limit: int,
-        reverse: bool,
-        options: HistoryOptions | None,
-        create: bool,
+        self, channel: str, *, since: int, limit: int
     ) -> tuple[StreamPosition, list[Any]] | None:
+        """Read the stream without creating it (the top, gap fills)."""
         call = self._read_call(
-            channel, since=since, limit=limit, reverse=reverse, options=options, create=create
+            channel, since=since, limit=limit, reverse=False, options=None, create=False
         )
         (reply,) = await self.commands.script(self.commands.history_script, call.keys, call.args)
         return self._parse_read(reply)
 
     async def _top(self, channel: str) -> StreamPosition | None:
-        found = await self._read(
-            channel, since=-1, limit=0, reverse=False, options=None, create=False
-        )
+        found = await self._read(channel, since=-1, limit=0)
         return found[0] if found is not None else None
 
     async def history(
@@ -300,22 +292,8 @@ class RedisBroker:
         reverse: bool = False,
         options: HistoryOptions | None = None,
     ) -> HistoryResult:
-        claims = await self._claim((channel,))
-        try:
-            found = await self._read(
-                channel,
-                since=since.offset if since is not None else -1,
-                limit=limit,
-                reverse=reverse,
-                options=options,
-                create=True,
-            )
-            result = self._history_result(channel, since, found, claims.get(channel))
-        except BaseException:
-            self._settle(claims, done=False)
-            raise
-        self._settle(claims, done=True)
-        return result
+        query = HistoryQuery(channel, since=since, limit=limit, reverse=reverse, options=options)
+        return (await self.history_many((query,)))[0]
 
     async def history_many(self, queries: Sequence[HistoryQuery]) -> list[HistoryResult]:
         """One ``history.lua`` call for every channel (one per channel, concurrently,
@@ -431,9 +409,7 @@ class RedisBroker:
     async def _fill(self, handler: BrokerEventHandler, channel: str, known: StreamPosition) -> bool:
         """Deliver what the stream holds after ``known``; False if it cannot fill the gap."""
         try:
-            found = await self._read(
-                channel, since=known.offset, limit=-1, reverse=False, options=None, create=False
-            )
+            found = await self._read(channel, since=known.offset, limit=-1)
         except BackendUnavailable:
             return False
         if found is None:
