@@ -40,6 +40,7 @@ from aiohttp import web
 
 from .conftest import StartServer, ws_url
 from .helpers import MS, sub_token, token
+from .jsproc import Event, JsonLinesProcess
 from .procs import CLI, cli_env
 from .redis_server import free_port
 
@@ -50,8 +51,6 @@ ARTIFACTS = HERE / "artifacts"
 CHROMIUM = os.environ.get("REALTIME_TEST_CHROMIUM", "/usr/bin/chromium")
 SDK_BUNDLE = JS_DIR / "node_modules" / "centrifuge" / "dist" / "centrifuge.js"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-Event = dict[str, Any]
 
 
 def _node() -> str:
@@ -89,85 +88,15 @@ def _kill_processes_mentioning(marker: str) -> list[int]:
     return killed
 
 
-class BrowserScript:
+class BrowserScript(JsonLinesProcess):
     """One ``tests/browser/<scenario>.mjs`` process and the events it printed."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.events: list[Event] = []
-        self.stderr = bytearray()
-        self._consumed: set[int] = set()
-        self._changed = asyncio.Event()
-        self._eof = False
-        self._readers = [
-            asyncio.create_task(self._read_stdout()),
-            asyncio.create_task(self._read_stderr()),
-        ]
-
-    async def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        try:
-            async for raw in self.proc.stdout:
-                line = raw.decode(errors="replace").strip()
-                if line:
-                    try:
-                        self.events.append(json.loads(line))
-                    except ValueError:
-                        self.events.append({"event": "garbage", "line": line})
-                    self._notify()
-        finally:
-            self._eof = True
-            self._notify()
-
-    async def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        while chunk := await self.proc.stderr.read(4096):
-            self.stderr.extend(chunk)
-
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    def describe(self) -> str:
-        lines = "\n  ".join(json.dumps(e) for e in self.events)
-        return f"events:\n  {lines}\nstderr:\n{self.stderr.decode(errors='replace')}"
-
-    async def expect(self, name: str, timeout: float = 15000 * MS, **match: Any) -> Event:
-        """The next not yet expected event ``name`` with these field values."""
-        scanned = 0
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    changed = self._changed
-                    for index in range(scanned, len(self.events)):
-                        event = self.events[index]
-                        if event.get("event") in ("fail", "deadline", "pageerror"):
-                            raise AssertionError(f"browser scenario failed\n{self.describe()}")
-                        if (
-                            index not in self._consumed
-                            and event.get("event") == name
-                            and all(event.get(k) == v for k, v in match.items())
-                        ):
-                            self._consumed.add(index)
-                            return event
-                    scanned = len(self.events)
-                    if self._eof:
-                        raise AssertionError(
-                            f"script exited before {name} {match}\n{self.describe()}"
-                        )
-                    await changed.wait()
-        except TimeoutError:
-            raise AssertionError(
-                f"timed out waiting for {name} {match}\n{self.describe()}"
-            ) from None
+    label = "browser scenario"
+    fatal = frozenset({"fail", "deadline", "pageerror"})
+    wait = 15000 * MS
 
     def all(self, name: str) -> list[Event]:
         return [e for e in self.events if e.get("event") == name]
-
-    async def send(self, command: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command).encode() + b"\n")
-        await self.proc.stdin.drain()
 
     async def finished(self, timeout: float = 15000 * MS) -> Event:
         """The final ``done`` event; the script must then exit with code 0."""

@@ -30,11 +30,11 @@ from realtime_server.app import Running
 
 from .conftest import StartServer, ws_url
 from .helpers import MS, QUIET, api, claims, quiet_period, sub_token, token
+from .jsproc import Event, Gate, JsonLinesProcess
 
 JS_DIR = Path(__file__).parent / "js"
 CLIENT_SCRIPT = JS_DIR / "client.mjs"
 
-Event = dict[str, Any]
 Responder = Callable[[Event], Any]
 """Answers a request of the Node client (a value, or an awaitable of one)."""
 
@@ -59,72 +59,25 @@ def _node_executable() -> str:
     return node
 
 
-class Gate:
-    """An open/closed gate for connection attempts (answers ``connect_data``)."""
-
-    def __init__(self) -> None:
-        self._open = asyncio.Event()
-        self._open.set()
-
-    def close(self) -> None:
-        self._open.clear()
-
-    def open(self) -> None:
-        self._open.set()
-
-    async def __call__(self, _request: Event) -> None:
-        await self._open.wait()
-        return None
-
-
-class NodeClient:
+class NodeClient(JsonLinesProcess):
     """One ``client.mjs`` process: its event log, its commands, its requests."""
 
+    label = "node client"
+    fatal = frozenset({"fatal"})
+    wait = WAIT
+
     def __init__(self, proc: asyncio.subprocess.Process, responders: dict[str, Responder]):
-        self.proc = proc
-        self.events: list[Event] = []
-        self.stderr = bytearray()
+        super().__init__(proc)
         self._responders = responders
-        self._consumed: set[int] = set()
-        self._changed = asyncio.Event()
-        self._eof = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._readers = [
-            asyncio.create_task(self._read_stdout()),
-            asyncio.create_task(self._read_stderr()),
-        ]
 
     # --- input from Node ---------------------------------------------------------------
 
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    async def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        try:
-            async for raw in self.proc.stdout:
-                line = raw.decode().strip()
-                if not line:
-                    continue
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    event = {"event": "garbage", "line": line}
-                self.events.append(event)
-                if event.get("event") == "request":
-                    task = asyncio.create_task(self._answer(event))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                self._notify()
-        finally:
-            self._eof = True
-            self._notify()
-
-    async def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        while chunk := await self.proc.stderr.read(4096):
-            self.stderr.extend(chunk)
+    def on_event(self, event: Event) -> None:
+        if event.get("event") == "request":
+            task = asyncio.create_task(self._answer(event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, request: Event) -> None:
         responder = self._responders.get(request["kind"])
@@ -145,61 +98,10 @@ class NodeClient:
         with contextlib.suppress(ConnectionError):
             await self.send({"cmd": "reply", "id": request["id"], **reply})
 
-    def describe(self) -> str:
-        lines = "\n  ".join(json.dumps(e) for e in self.events)
-        return f"events:\n  {lines}\nstderr:\n{self.stderr.decode(errors='replace')}"
-
     # --- what the tests use ------------------------------------------------------------
 
-    async def send(self, command: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command).encode() + b"\n")
-        await self.proc.stdin.drain()
-
-    @staticmethod
-    def _matches(
-        event: Event, name: str, match: dict[str, Any], where: Callable[[Event], bool] | None
-    ) -> bool:
-        return (
-            event.get("event") == name
-            and all(event.get(k) == v for k, v in match.items())
-            and (where is None or where(event))
-        )
-
-    async def expect(
-        self,
-        name: str,
-        timeout: float = WAIT,
-        where: Callable[[Event], bool] | None = None,
-        **match: Any,
-    ) -> Event:
-        """The first not yet expected event named ``name`` with these field values (and
-        satisfying ``where``), waiting for it at most ``timeout`` seconds."""
-        scanned = 0
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    changed = self._changed
-                    for index in range(scanned, len(self.events)):
-                        event = self.events[index]
-                        if event.get("event") == "fatal":
-                            raise AssertionError(f"node client failed\n{self.describe()}")
-                        if index not in self._consumed and self._matches(event, name, match, where):
-                            self._consumed.add(index)
-                            return event
-                    scanned = len(self.events)
-                    if self._eof:
-                        raise AssertionError(
-                            f"node client exited before {name} {match}\n{self.describe()}"
-                        )
-                    await changed.wait()
-        except TimeoutError:
-            raise AssertionError(
-                f"timed out waiting for {name} {match}\n{self.describe()}"
-            ) from None
-
     def all(self, name: str, **match: Any) -> list[Event]:
-        return [e for e in self.events if self._matches(e, name, match, None)]
+        return [e for e in self.events if self.matches(e, name, match, None)]
 
     def since(self, event: Event) -> list[Event]:
         """Events logged after ``event``."""

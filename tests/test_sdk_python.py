@@ -46,6 +46,7 @@ from realtime_server.app import Running
 
 from .conftest import StartServer, ws_url
 from .helpers import MS, QUIET, api, claims, quiet_period, sub_token, token
+from .jsproc import Gate
 
 FORGED_SECRET = "not-the-server-secret-0123456789abcdef"
 WAIT = 3000 * MS
@@ -124,23 +125,6 @@ class Recorder:
         """Kinds of the events recorded after the one with context ``ctx``."""
         index = next(i for i, r in enumerate(self.records) if r.ctx is ctx)
         return [r.kind for r in self.records[index + 1 :]]
-
-
-class Gate:
-    """Open by default; while closed, a reconnect waits in ``on_connecting``."""
-
-    def __init__(self) -> None:
-        self._open = asyncio.Event()
-        self._open.set()
-
-    def close(self) -> None:
-        self._open.clear()
-
-    def open(self) -> None:
-        self._open.set()
-
-    async def wait(self) -> None:
-        await self._open.wait()
 
 
 class ClientEvents(ClientEventHandler):
