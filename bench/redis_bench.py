@@ -32,6 +32,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from realtime_server.loadtest.spawn import redis_command
+
 SECRET = "bench-secret-" + uuid.uuid4().hex
 API_KEY = "bench-key-" + uuid.uuid4().hex
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,17 +67,7 @@ class Redis:
 
     async def start(self) -> float:
         self.proc = await asyncio.create_subprocess_exec(
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self.dir,
+            *redis_command(shutil.which("redis-server") or "redis-server", self.port, self.dir),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )

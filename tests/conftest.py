@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from realtime_server.app import Running, running
+from realtime_server.loadtest.spawn import redis_command
 from realtime_server.server import WEBSOCKET_PATH
 
 from .helpers import make_settings
@@ -82,21 +83,7 @@ def redis_url() -> Iterator[str]:
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="rt-redis-")
     proc = subprocess.Popen(
-        [
-            REDIS_SERVER,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            data_dir,
-            "--loglevel",
-            "warning",
-        ],
+        redis_command(REDIS_SERVER, port, data_dir),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

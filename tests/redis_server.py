@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from realtime_server.loadtest.spawn import redis_command
+
 from .helpers import MS
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -36,22 +38,9 @@ class RedisServer:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            REDIS_SERVER,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self._dir,
-            "--loglevel",
-            "warning",
-            "--enable-debug-command",
-            "local",
-            *self.extra,
+            *redis_command(
+                REDIS_SERVER, self.port, self._dir, "--enable-debug-command", "local", *self.extra
+            ),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )

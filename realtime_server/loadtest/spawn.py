@@ -52,6 +52,15 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
         proc.wait(5)
 
 
+def redis_command(binary: str, port: int, data_dir: str | Path, *extra: str) -> list[str]:
+    """The command line of a throwaway ``redis-server``: loopback only, nothing kept on
+    disk (the load test's, the benchmarks' and the tests' private servers)."""
+    return [
+        binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+        "--dir", str(data_dir), "--loglevel", "warning", *extra,
+    ]  # fmt: skip
+
+
 class RedisProcess:
     """A throwaway ``redis-server`` (no persistence) on a free loopback port."""
 
@@ -70,8 +79,7 @@ class RedisProcess:
             raise SpawnError(f"redis-server not found ({self.binary})")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(  # noqa: S603 - a fixed command line
-            [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--loglevel", "warning"],
+            redis_command(self.binary, self.port, self.dir),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
