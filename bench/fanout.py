@@ -50,6 +50,7 @@ from common import (
 )
 
 from realtime_server.loadtest.children import log_problems, stop_children
+from realtime_server.loadtest.progress import ProgressLine
 from realtime_server.loadtest.spawn import RedisProcess
 
 __all__ = ["main"]
@@ -67,36 +68,6 @@ each publication finds an idle server (its own wake-up) rather than a queue."""
 
 class BenchError(RuntimeError):
     """A step of the benchmark failed or ran out of time."""
-
-
-# --- progress --------------------------------------------------------------------------
-
-
-class Progress:
-    """One status line on stderr (rewritten in place on a terminal, throttled if not)."""
-
-    def __init__(self) -> None:
-        self._tty = sys.stderr.isatty()
-        self._last = 0.0
-        self._width = 0
-
-    def __call__(self, text: str, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < (0.2 if self._tty else 5.0):
-            return
-        self._last = now
-        if self._tty:
-            sys.stderr.write("\r" + text.ljust(self._width))
-            self._width = len(text)
-        else:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-
-    def done(self, text: str) -> None:
-        self(text, force=True)
-        if self._tty:
-            sys.stderr.write("\n")
-            self._width = 0
 
 
 # --- server processes --------------------------------------------------------------------
@@ -423,7 +394,7 @@ class Bench:
     def __init__(self, opts: Options, workdir: Path) -> None:
         self.opts = opts
         self.workdir = workdir
-        self.progress = Progress()
+        self.progress = ProgressLine(tty_every=0.2)
         self.phase = 0
         self.log_notes: dict[tuple[str, int], list[str]] = {}
 

@@ -41,6 +41,7 @@ import orjson
 from .children import stop_children
 from .generator import generator_main
 from .procfs import machine_busy_s, raise_nofile, read_proc, read_tree
+from .progress import ProgressLine
 from .publisher import publisher_main
 from .scenarios import DEFAULTS, Plan, build_plan
 from .spawn import RedisProcess, ServerProcess, SpawnError
@@ -174,7 +175,7 @@ class LoadTest:
         self.ctx = multiprocessing.get_context("spawn")
         self.started = time.monotonic()
         self.deadline = self.started + opts.scenario_duration() + OVERHEAD_CAP
-        self._progress = _ProgressLine(enabled=opts.progress)
+        self._progress = ProgressLine(enabled=opts.progress)
         self._last_hist: Histogram | None = None
         self._cur_p99 = 0.0
         self._published = 0
@@ -841,33 +842,3 @@ async def _disconnect_all(api_url: str, api_key: str, users: list[str]) -> int:
 
         await asyncio.gather(*(worker() for _ in range(64)))
     return errors
-
-
-class _ProgressLine:
-    """One status line on stderr, rewritten in place on a terminal (every 5 s if not)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._tty = sys.stderr.isatty()
-        self._last = 0.0
-        self._width = 0
-
-    def __call__(self, text: str) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not self._tty and now - self._last < 5.0:
-            return
-        self._last = now
-        if self._tty:
-            sys.stderr.write("\r" + text.ljust(self._width))
-            self._width = len(text)
-        else:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled and self._tty and self._width:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-            self._width = 0
