@@ -48,9 +48,11 @@ def event_log_env() -> dict[str, str]:
     }
 
 
-def make_settings(**env: object) -> Settings:
-    """Test settings; keyword names are REALTIME_* variable suffixes (``PING_INTERVAL=1``)."""
-    merged = dict(BASE_ENV)
+def overlay_env(base: dict[str, str], **env: object) -> dict[str, str]:
+    """``base`` plus the test settings (BASE_ENV, a private event log) plus ``env``,
+    whose keys are REALTIME_* variable suffixes (``PING_INTERVAL=1``); None removes."""
+    merged = dict(base)
+    merged.update(BASE_ENV)
     merged.update(event_log_env())
     for key, value in env.items():
         name = key if key.startswith("REALTIME_") else f"REALTIME_{key.upper()}"
@@ -58,7 +60,12 @@ def make_settings(**env: object) -> Settings:
             merged.pop(name, None)
         else:
             merged[name] = str(value)
-    return Settings.from_env(env=merged)
+    return merged
+
+
+def make_settings(**env: object) -> Settings:
+    """Test settings; keyword names are REALTIME_* variable suffixes (``PING_INTERVAL=1``)."""
+    return Settings.from_env(env=overlay_env({}, **env))
 
 
 def token(

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from .helpers import BASE_ENV, MS, event_log_env
+from .helpers import MS, overlay_env
 
 CLI = [sys.executable, "-m", "realtime_server"]
 _WS_RE = re.compile(r"listening on ws://[^:]+:(\d+)/")
@@ -19,20 +19,13 @@ _API_RE = re.compile(r"HTTP server API on http://[^:]+:(\d+)/api")
 
 
 def cli_env(**env: str | None) -> dict[str, str]:
-    merged = {
+    """The environment of a server or CLI process of a test (see ``overlay_env``)."""
+    inherited = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("REALTIME_") and k != "PYTHONASYNCIODEBUG"
     }
-    merged.update(BASE_ENV)
-    merged.update(event_log_env())
-    for key, value in env.items():
-        name = key if key.startswith("REALTIME_") else f"REALTIME_{key.upper()}"
-        if value is None:
-            merged.pop(name, None)
-        else:
-            merged[name] = value
-    return merged
+    return overlay_env(inherited, **env)
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
