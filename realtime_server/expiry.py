@@ -22,7 +22,11 @@ import heapq
 import math
 from typing import Protocol
 
-__all__ = ["Expiring", "ExpiryWheel"]
+__all__ = ["EXPIRY_TICK", "Expiring", "ExpiryWheel"]
+
+EXPIRY_TICK = 0.05
+"""Seconds per bucket of the node's token-expiry deadlines: an unrefreshed token is
+acted on ``REALTIME_EXPIRY_GRACE`` seconds after its ``exp``, at most this much later."""
 
 _NONE = -1
 _FIRING = -2  # taken out of its bucket by the timer, expire() not called yet

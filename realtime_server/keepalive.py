@@ -5,9 +5,6 @@ sessions of one bucket, so every session gets a ping every ``interval`` seconds 
 its other traffic (centrifuge-python only counts pings as proof of life). A session
 that sent nothing since its last ping when ``pong_timeout`` has passed is closed with
 3012. One task and a few sets replace a timer per connection.
-
-It also holds the node's :class:`~realtime_server.expiry.ExpiryWheel` (``expiry``): the
-token-expiry deadlines of its sessions and subscriptions, on one loop timer.
 """
 
 from __future__ import annotations
@@ -18,20 +15,15 @@ import math
 from typing import TYPE_CHECKING
 
 from . import codes
-from .expiry import ExpiryWheel
 from .hub import text_frame
 from .protocol import PING
 
 if TYPE_CHECKING:
     from .session import Session
 
-__all__ = ["EXPIRY_TICK", "Keepalive"]
+__all__ = ["Keepalive"]
 
 _PING_FRAME = text_frame(PING)
-
-EXPIRY_TICK = 0.05
-"""Seconds per bucket of token-expiry deadlines: an unrefreshed token is acted on
-``REALTIME_EXPIRY_GRACE`` seconds after its ``exp``, at most this much later."""
 
 
 class Keepalive:
@@ -44,7 +36,6 @@ class Keepalive:
         self._check_after = max(1, math.ceil(pong_timeout / tick))
         self._count = 0
         self._task: asyncio.Task[None] | None = None
-        self.expiry = ExpiryWheel(EXPIRY_TICK)
 
     def add(self, session: Session) -> None:
         if not self.enabled:
@@ -64,7 +55,6 @@ class Keepalive:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        self.expiry.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -35,6 +35,7 @@ from .commands import COMMANDS
 from .config import Settings
 from .errors import BackendUnavailable, CommandError
 from .events import Event, EventRecorder, EventType, NullRecorder
+from .expiry import EXPIRY_TICK, ExpiryWheel
 from .hub import Hub
 from .index import MultiIndex
 from .keepalive import Keepalive
@@ -129,6 +130,7 @@ class Node:
         self.metrics = Metrics(self.name)
         self.hub = Hub(self.metrics)
         self.keepalive = Keepalive(settings.ping_interval, settings.pong_timeout)
+        self.expiry = ExpiryWheel(EXPIRY_TICK)  # token deadlines of sessions, subscriptions
         self.commands = COMMANDS
         self.sessions: dict[str, Session] = {}
         self.by_user: MultiIndex[Session] = MultiIndex()
@@ -173,6 +175,7 @@ class Node:
                             logger.debug("presence refresh failed", exc_info=True)
 
     async def close(self) -> None:
+        self.expiry.close()
         await self.keepalive.stop()
         for task in list(self._tasks):
             task.cancel()

@@ -94,7 +94,7 @@ class SubscriptionExpiry:
     def cancel(self) -> None:
         """Forget the deadline; the subscription no longer refers to this object (no
         reference cycle is left for the garbage collector)."""
-        self.session.node.keepalive.expiry.cancel(self)
+        self.session.node.expiry.cancel(self)
         if self.sub.timer is self:
             self.sub.timer = None
 
@@ -163,7 +163,7 @@ class Session:
         self.rejection_logged = False
         self.awaiting_pong = False
         self.ping_bucket = -1
-        self.expiry_key = -1  # the connection token's bucket in node.keepalive.expiry
+        self.expiry_key = -1  # the connection token's bucket in node.expiry
         self._transport = conn.transport
         self._protocol = conn.protocol
         self._outbox_limit = node.settings.outbox_bytes
@@ -259,7 +259,7 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         self.transition(SessionState.CLOSED)
-        self.node.keepalive.expiry.cancel(self)
+        self.node.expiry.cancel(self)
         for sub in self.subs.values():
             if sub.timer is not None:
                 sub.timer.cancel()
@@ -363,7 +363,7 @@ class Session:
         """Close with 3005 when the connection token is not refreshed in time: once
         ``expires_at`` plus ``REALTIME_EXPIRY_GRACE`` has passed (None: never)."""
         self.expires_at = expires_at
-        wheel = self.node.keepalive.expiry
+        wheel = self.node.expiry
         if expires_at is None:
             wheel.cancel(self)
         else:
@@ -376,7 +376,7 @@ class Session:
             return
         remaining = expires_at - time.time()
         if remaining > 0:  # the wall clock went back: wait for it
-            self.node.keepalive.expiry.schedule(self, remaining + self.node.settings.expiry_grace)
+            self.node.expiry.schedule(self, remaining + self.node.settings.expiry_grace)
             return
         self.close(codes.CLOSE_EXPIRED)
 
@@ -392,7 +392,7 @@ class Session:
         if timer is None:
             timer = sub.timer = SubscriptionExpiry(self, sub)
         delay = expires_at - time.time() + self.node.settings.expiry_grace
-        self.node.keepalive.expiry.schedule(timer, delay)
+        self.node.expiry.schedule(timer, delay)
 
     def _sub_expired(self, sub: Subscription) -> None:
         """The subscription token's deadline passed (called by the expiry wheel)."""

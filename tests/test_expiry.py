@@ -18,8 +18,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection
 
 from realtime_server.app import Running
-from realtime_server.expiry import ExpiryWheel
-from realtime_server.keepalive import EXPIRY_TICK
+from realtime_server.expiry import EXPIRY_TICK, ExpiryWheel
 from realtime_server.session import Session
 
 from .conftest import StartServer, ws_url
@@ -183,7 +182,7 @@ async def test_unrefreshed_connections_close_3005_not_before_exp_plus_grace(
 ) -> None:
     grace = 0.3
     server = await start_server(EXPIRY_GRACE=grace)
-    wheel = server.node.keepalive.expiry
+    wheel = server.node.expiry
     clients = [await RawClient.open(ws_url(server)) for _ in range(4)]
     expiries = []
     for i, client in enumerate(clients):
@@ -208,7 +207,7 @@ async def test_unrefreshed_connections_close_3005_not_before_exp_plus_grace(
 
 
 async def test_close_and_refresh_move_the_session_in_the_wheel(server: Running) -> None:
-    wheel = server.node.keepalive.expiry
+    wheel = server.node.expiry
     a, session_a, task_a = await _connect(server, "a", ttl=600)
     b, session_b, _ = await _connect(server, "b", ttl=600)
     assert len(wheel) == 2 and session_a.expiry_key >= 0
@@ -227,7 +226,7 @@ async def test_close_and_refresh_move_the_session_in_the_wheel(server: Running) 
 
 async def test_unsubscribe_cancels_the_subscription_deadline(start_server: StartServer) -> None:
     server = await start_server(EXPIRY_GRACE=0.2)
-    wheel = server.node.keepalive.expiry
+    wheel = server.node.expiry
     client, session, _ = await _connect(server, "42")
     reply = await client.call(
         "subscribe", {"channel": "document:1", "token": sub_token("42", "document:1", ttl=1)}
@@ -289,5 +288,5 @@ async def test_subscription_deadline_leaves_no_cycle(server: Running) -> None:
     done, _ = await asyncio.wait(tasks, timeout=2000 * MS)
     assert done == tasks
     await asyncio.sleep(0)  # one loop turn: connection_lost's done callbacks run
-    assert len(server.node.keepalive.expiry) == 0
+    assert len(server.node.expiry) == 0
     assert ref() is None, "the connection is still alive without a collection"

@@ -71,5 +71,5 @@ async def test_idle_connection_state_in_session_hub_and_timers(start_server: Sta
     assert len(sessions) == N + len(warm)
     # no set kept for channels being set up, every deadline in the node's one wheel
     assert all(s._pending is None and s.expiry_key >= 0 for s in sessions)
-    assert len(server.node.keepalive.expiry) == len(sessions)
+    assert len(server.node.expiry) == len(sessions)
     await asyncio.gather(*(client.close() for client in clients + warm))
