@@ -23,7 +23,6 @@ from websockets.typing import Origin, Subprotocol
 
 from . import codes
 from .errors import ProtocolViolation
-from .events import EventType
 from .node import Node
 from .session import Session, SessionState
 from .wsconn import GuardedConnection, guarded_connection, release_after_handshake, release_headers
@@ -169,10 +168,7 @@ def _flooded(conn: GuardedConnection) -> None:
     if session is None or session.state is SessionState.CLOSED:
         conn.transport.abort()
         return
-    node = session.node
-    node.metrics.slow_disconnects_total += 1
-    node.log(EventType.SLOW_CONSUMER, session, buffered=conn.transport.get_write_buffer_size())
-    session.close(codes.CLOSE_SLOW)
+    session.close_slow()
 
 
 def make_handler(node: Node) -> Any:

@@ -222,12 +222,19 @@ class Session:
             return False
         transport = self._transport
         if transport.get_write_buffer_size() > self._outbox_limit:
-            self.node.metrics.slow_disconnects_total += 1
-            self.node.log(EventType.SLOW_CONSUMER, self, buffered=transport.get_write_buffer_size())
-            self.close(codes.CLOSE_SLOW)
+            self.close_slow()
             return False
         transport.write(frame)
         return True
+
+    def close_slow(self) -> None:
+        """The client does not read what we send: close with 3008 (logged, counted)."""
+        if self.state is _CLOSED:
+            return
+        self.node.metrics.slow_disconnects_total += 1
+        buffered = self._transport.get_write_buffer_size()
+        self.node.log(EventType.SLOW_CONSUMER, self, buffered=buffered)
+        self.close(codes.CLOSE_SLOW)
 
     def send(self, payload: bytes) -> bool:
         return self.write(text_frame(payload))
