@@ -87,7 +87,7 @@ async def connect(s: Session, cmd: Command) -> None:
     delivered: dict[str, int] = {}
     try:
         for name, _ in resolved:
-            s.pending.add(name)
+            s.add_pending(name)
         attached = await node.attach_many(
             s,
             [
@@ -100,10 +100,10 @@ async def connect(s: Session, cmd: Command) -> None:
     except BaseException:
         for name in s.pending:
             node.hub.remove(name, s)
-        s.pending.clear()
+        s.clear_pending()
         await node.release_all([name for name, _ in resolved])
         raise
-    s.pending.clear()
+    s.clear_pending()
     if s.state is not SessionState.CONNECTING:
         await node.release_all([name for name, _ in resolved])
         return
@@ -167,11 +167,11 @@ async def subscribe(s: Session, cmd: Command) -> None:
         check_subscribe(channel, options, s.user)
     if s.state is not SessionState.CONNECTED:
         return
-    s.pending.add(name)
+    s.add_pending(name)
     try:
         result, delivered = await node.attach(s, name, options, req)
     finally:
-        s.pending.discard(name)
+        s.discard_pending(name)
     if s.state is not SessionState.CONNECTED:
         node.hub.remove(name, s)
         await node.release(name)

@@ -432,7 +432,7 @@ class Node:
         subs = list(s.subs.values())
         channels = [*s.subs, *s.pending]
         s.subs.clear()
-        s.pending.clear()
+        s.clear_pending()
         try:
             await self._left(subs)
         except Exception:

@@ -15,6 +15,7 @@ import enum
 import logging
 import time
 import uuid
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ class SessionState(enum.IntEnum):
 
 
 _OPEN = State.OPEN
+_NO_CHANNELS: frozenset[str] = frozenset()
 _CLOSED = SessionState.CLOSED
 
 
@@ -183,7 +185,6 @@ class Session:
         if self._debug:
             logger.debug("session %s: %s -> %s", self.client_id, self.state.name, new.name)
         self.state = new
-        self._drop_empty_pending()
 
     @property
     def info(self) -> ClientInfo:
@@ -196,21 +197,26 @@ class Session:
         return _remote(self.conn)
 
     @property
-    def pending(self) -> set[str]:
+    def pending(self) -> AbstractSet[str]:
         """Channels being set up (a connect's server-side channels, a subscribe's
-        channel) whose subscribe reply is not written yet.
+        channel) whose subscribe reply is not written yet. A set exists only while
+        one is (an idle connection keeps none: profiled at 0.2 KiB each)."""
+        return self._pending if self._pending is not None else _NO_CHANNELS
 
-        Created on first use and dropped once empty at the connect's completion or the
-        next reply (an idle connection keeps no set: profiled at 0.2 KiB each).
-        """
+    def add_pending(self, channel: str) -> None:
+        if self._pending is None:
+            self._pending = set()
+        self._pending.add(channel)
+
+    def discard_pending(self, channel: str) -> None:
         pending = self._pending
-        if pending is None:
-            pending = self._pending = set()
-        return pending
+        if pending is not None:
+            pending.discard(channel)
+            if not pending:
+                self._pending = None
 
-    def _drop_empty_pending(self) -> None:
-        if self._pending is not None and not self._pending:
-            self._pending = None
+    def clear_pending(self) -> None:
+        self._pending = None
 
     # --- output (synchronous, never awaits the client) -----------------------------
 
@@ -240,7 +246,6 @@ class Session:
         return self.write(text_frame(payload))
 
     def reply(self, cmd: Command, result: dict[str, Any]) -> None:
-        self._drop_empty_pending()
         self.send(encode_reply(cmd.id, cmd.method, result))
 
     def reply_error(self, cmd: Command, error: ErrorCode) -> None:
