@@ -20,12 +20,20 @@ from realtime_server.app import Running, running
 from realtime_server.loadtest.spawn import redis_command
 from realtime_server.server import WEBSOCKET_PATH
 
-from .helpers import make_settings
+from .helpers import RawClient, make_settings, token
 from .redis_server import REDIS_SERVER, free_port
 
 
 def ws_url(server: Running) -> str:
     return f"ws://127.0.0.1:{server.port}{WEBSOCKET_PATH}"
+
+
+async def connected(server: Running, user: str = "42", **claims: object) -> RawClient:
+    """A client connected to ``server`` as ``user`` (token claims from ``claims``)."""
+    client = await RawClient.open(ws_url(server))
+    reply = await client.connect(token(user, **claims))
+    assert "connect" in reply, reply
+    return client
 
 
 def api_url(server: Running) -> str:

@@ -9,15 +9,8 @@ from websockets.asyncio.client import connect
 
 from realtime_server.app import Running
 
-from .conftest import StartServer, ws_url
+from .conftest import StartServer, connected, ws_url
 from .helpers import MS, RawClient, sub_token, token
-
-
-async def connected(server: Running, user: str = "42", **claims: object) -> RawClient:
-    client = await RawClient.open(ws_url(server))
-    reply = await client.connect(token(user, **claims))
-    assert "connect" in reply, reply
-    return client
 
 
 async def test_pings_and_pong_timeout(start_server: StartServer) -> None:

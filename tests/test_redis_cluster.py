@@ -8,10 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from realtime_server.app import Running
-
-from .conftest import StartServer, ws_url
-from .helpers import RawClient, sub_token, token
+from .conftest import StartServer, connected
+from .helpers import sub_token
 from .redis_server import RedisCluster, redis_cluster
 
 
@@ -19,13 +17,6 @@ from .redis_server import RedisCluster, redis_cluster
 async def cluster() -> AsyncIterator[RedisCluster]:
     async with redis_cluster() as c:
         yield c
-
-
-async def connected(server: Running, user: str, **claims: object) -> RawClient:
-    client = await RawClient.open(ws_url(server))
-    reply = await client.connect(token(user, **claims))
-    assert "connect" in reply, reply
-    return client
 
 
 async def test_cluster_delivery_revocation_presence_recovery(

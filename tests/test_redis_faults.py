@@ -15,16 +15,9 @@ from realtime_server.auth.redis_revocation import RedisRevocationStore
 from realtime_server.channels.redis_client import RedisCommands
 from realtime_server.channels.redis_names import RedisNames
 
-from .conftest import StartServer, ws_url
+from .conftest import StartServer, connected, ws_url
 from .helpers import MS, RawClient, sub_token, token
 from .redis_server import TcpProxy, redis_server
-
-
-async def connected(server: Running, user: str, **claims: object) -> RawClient:
-    client = await RawClient.open(ws_url(server))
-    reply = await client.connect(token(user, **claims))
-    assert "connect" in reply, reply
-    return client
 
 
 async def readyz(server: Running) -> int:

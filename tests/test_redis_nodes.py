@@ -13,20 +13,13 @@ from realtime_server.app import Running
 from realtime_server.config import Settings
 from realtime_server.publisher import Publisher
 
-from .conftest import StartServer, ws_url
+from .conftest import StartServer, connected, ws_url
 from .helpers import MS, RawClient, make_settings, sub_token, token
 from .procs import cli_env, run_cli, server_process
 
 
 async def two_nodes(start_server: StartServer, redis_url: str, prefix: str) -> list[Running]:
     return [await start_server(REDIS_URL=redis_url, REDIS_PREFIX=prefix) for _ in range(2)]
-
-
-async def connected(server: Running, user: str, **claims: object) -> RawClient:
-    client = await RawClient.open(ws_url(server))
-    reply = await client.connect(token(user, **claims))
-    assert "connect" in reply, reply
-    return client
 
 
 async def test_publication_reaches_every_node(

@@ -7,15 +7,8 @@ import pytest
 
 from realtime_server.app import Running
 
-from .conftest import StartServer, ws_url
+from .conftest import StartServer, connected, ws_url
 from .helpers import MS, RawClient, sub_token, token
-
-
-async def connected(server: Running, user: str = "42", **claims: object) -> RawClient:
-    client = await RawClient.open(ws_url(server))
-    reply = await client.connect(token(user, **claims))
-    assert "connect" in reply, reply
-    return client
 
 
 @pytest.mark.parametrize(
