@@ -52,9 +52,15 @@ class GuardedConnection(ServerConnection):
     write_cap: ClassVar[int] = 1 << 20
     on_flood: ClassVar[Callable[[GuardedConnection], None] | None] = None
     other_method: ClassVar[Callable[[GuardedConnection, str, str], bytes] | None] = None
-    session: Any = None  # set by the server's handler for the connection's life
-    flooded = False
-    started = False
+    # Slots, not instance attributes: one more key in websockets' large instance dict
+    # made every connection's dict a bigger, unshared one (measured +1.3 KiB each).
+    __slots__ = ("flooded", "session", "started")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session: Any = None  # set by the server's handler for the connection's life
+        self.flooded = False
+        self.started = False
 
     def data_received(self, data: bytes) -> None:
         if not self.started:
