@@ -110,6 +110,8 @@ async def test_handshake_leftovers_are_released(server: Running) -> None:
     assert not list(conn.request.headers.raw_items())
     assert not list(conn.response.headers.raw_items())
     assert isinstance(conn.drain_waiters, list) and not conn.drain_waiters
+    # our own per-connection state stays out of websockets' (shared-key) instance dict
+    assert not {"session", "flooded", "started"} & vars(conn).keys()
     # and the connection still works both ways
     await server.node.publish("user:idle", b'{"still":"works"}')
     assert (await client.push("pub"))["pub"]["data"] == {"still": "works"}
