@@ -3,16 +3,24 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: serve demo test lint typecheck pytest bench clean chromium
+.PHONY: serve demo test lint typecheck pytest bench bench-deps clean chromium lock upgrade
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.'
+# Installs come from the hash-pinned locks in requirements/ (`make lock` writes them from
+# pyproject.toml; `make upgrade` moves every pin to its newest release and runs the tests).
+# The project itself is installed without its dependencies and without build isolation,
+# so nothing unpinned is ever fetched.
+PIP_LOCKED := $(BIN)/pip install --quiet --require-hashes --no-deps
+PIP_SELF   := $(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+
+$(BIN)/.installed: requirements/main.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP_LOCKED) -r requirements/main.txt
+	$(PIP_SELF)
 	touch $@
 
-$(BIN)/.test-installed: $(BIN)/.installed pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test,redis,postgres]'
+$(BIN)/.test-installed: $(BIN)/.installed requirements/dev.txt
+	$(PIP_LOCKED) -r requirements/dev.txt
+	$(PIP_SELF)
 	touch $@
 
 tests/js/node_modules/.installed: tests/js/package.json tests/js/package-lock.json
@@ -48,6 +56,25 @@ pytest: $(BIN)/.test-installed
 ## Fan-out benchmark: our server vs a bare websockets broadcast server (prints a table).
 bench: $(BIN)/.test-installed
 	$(BIN)/python bench/fanout.py
+
+## Rewrite the locks from pyproject.toml (after changing a dependency there).
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command 'make lock' $(UV_FLAGS)
+lock: $(BIN)/.test-installed
+	$(UV_COMPILE) pyproject.toml requirements/build.in -o requirements/main.txt
+	$(UV_COMPILE) pyproject.toml requirements/build.in requirements/tools.in --extra test \
+		-c requirements/main.txt -o requirements/dev.txt
+	$(UV_COMPILE) pyproject.toml requirements/build.in requirements/tools.in --extra test \
+		--extra bench -c requirements/dev.txt -o requirements/bench.txt
+
+## Move every pin to its newest release, reinstall, and run the whole suite.
+upgrade: $(BIN)/.test-installed
+	$(MAKE) --no-print-directory lock UV_FLAGS=--upgrade
+	$(MAKE) --no-print-directory test
+
+## The benchmark baselines' dependencies (Starlette + broadcaster, py-spy).
+bench-deps: $(BIN)/.test-installed
+	$(PIP_LOCKED) -r requirements/bench.txt
 
 clean:
 	rm -rf $(VENV) tests/js/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -145,7 +145,7 @@ class PubSubShard:
                     waiter.set_exception(ConnectionError("pub/sub link lost"))
         if pubsub is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), self._timeout)  # type: ignore[no-untyped-call]
+                await asyncio.wait_for(pubsub.aclose(), self._timeout)
 
     async def _connect(self) -> PubSub:
         pubsub = self._client.pubsub()
