@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 import time
 import uuid
@@ -23,7 +22,6 @@ import orjson
 from . import __version__
 from .config import VARIABLES, Settings
 from .errors import BackendUnavailable, ConfigError, RealtimeError
-from .workers import WORKER_ENV
 
 __all__ = ["main"]
 
@@ -63,12 +61,14 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
         "configuration (each overrides its environment variable; secrets: environment only)"
     )
     for var in VARIABLES:
-        if var.secret:
+        if var.option is None:
             continue
-        flag = "--" + var.field.replace("_", "-")
         default = f" (default {var.default})" if var.default is not None else ""
         group.add_argument(
-            flag, dest=var.field, metavar="VALUE", help=f"{var.help}; env {var.name}{default}"
+            var.option,
+            dest=var.field,
+            metavar=var.metavar,
+            help=f"{var.help}; env {var.name}{default}",
         )
 
 
@@ -85,11 +85,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError("--demo-step must be between 0 and 600 seconds")
         settings, demo = prepare_demo(settings, step=args.demo_step)
     build_verifier(settings)  # refuse to start without a usable key
-    if settings.workers > 1 and WORKER_ENV not in os.environ:
+    if settings.workers > 1 and settings.worker_id is None:
         from .workers import run_workers
 
         return run_workers(settings.workers)
-    return _run(run(settings, reuse_port=WORKER_ENV in os.environ, demo=demo))
+    return _run(run(settings, reuse_port=settings.worker_id is not None, demo=demo))
 
 
 def cmd_token(args: argparse.Namespace) -> int:

@@ -1,15 +1,27 @@
 """Settings from the environment: every limit and timeout in one place.
 
-Each ``REALTIME_*`` variable is also a ``serve`` option (``--port`` for
-``REALTIME_PORT``...). A malformed value raises :class:`ConfigError` naming the
-variable; secrets never appear in messages or in ``repr``.
+:class:`Settings` is the one table of configuration: each field declares, once, its
+default, its bounds, its help text, its ``REALTIME_*`` variable and whether it is a
+secret (:func:`setting`). The converter follows from the field's type. Validation runs
+in ``__post_init__``, so ``Settings(...)``, :func:`dataclasses.replace` and
+:meth:`Settings.from_env` all check the same things; a malformed value raises
+:class:`ConfigError` naming the variable, and secrets never appear in messages or in
+``repr``.
+
+Each variable is also a ``serve`` option (``--port`` for ``REALTIME_PORT``...), except
+secrets, which come from the environment only. Only :meth:`Settings.from_env` reads the
+environment.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+import socket
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from functools import cache
 from typing import Any, Final
 
 import orjson
@@ -17,268 +29,71 @@ import orjson
 from .channels.namespaces import Namespaces
 from .errors import ConfigError
 
-__all__ = ["SECRET_FIELDS", "VARIABLES", "Settings", "Variable"]
+__all__ = ["ALL_VARIABLES", "SECRET_FIELDS", "VARIABLES", "Settings", "Variable", "setting"]
+
+_META: Final = "realtime_setting"
 
 
 @dataclass(frozen=True, slots=True)
 class Variable:
-    """One configuration variable: its field, default and help text."""
+    """One configuration variable, as declared on its :class:`Settings` field."""
 
     name: str
+    """The environment variable (``REALTIME_PORT``)."""
     field: str
+    """The :class:`Settings` field (``port``)."""
     default: str | None
+    """The default as text (what ``--help`` shows), None when unset by default."""
     help: str
+    kind: type
+    """``str``, ``int``, ``float`` or ``bool``: how text is converted."""
+    minimum: float | None = None
+    maximum: float | None = None
     secret: bool = False
+    """Environment only: never an option, never shown, never logged."""
+    metavar: str = "VALUE"
+    option: str | None = None
+    """The ``serve`` option (``--port``); None for secrets and internal variables."""
+    internal: bool = False
+    """Set by the server itself (a worker's index); not documented."""
 
 
-def _v(name: str, fld: str, default: str | None, text: str, secret: bool = False) -> Variable:
-    return Variable(name, fld, default, text, secret)
+@dataclass(frozen=True, slots=True)
+class _Declared:
+    help: str
+    env: str | None
+    minimum: float | None
+    maximum: float | None
+    secret: bool
+    metavar: str | None
+    option: str | None
+    internal: bool
 
 
-VARIABLES: Final[tuple[Variable, ...]] = (
-    _v("REALTIME_HOST", "host", "127.0.0.1", "address the WebSocket port listens on"),
-    _v("REALTIME_PORT", "port", "8000", "WebSocket port (also /healthz, /readyz, /metrics)"),
-    _v("REALTIME_JWT_SECRET", "jwt_secret", None, "HMAC secret for HS* tokens", True),
-    _v(
-        "REALTIME_JWT_PUBLIC_KEY",
-        "jwt_public_key",
-        None,
-        "PEM text, or @path to a PEM file, for RS*/ES*/EdDSA tokens",
-    ),
-    _v(
-        "REALTIME_JWT_ALGORITHMS",
-        "jwt_algorithms",
-        None,
-        "comma-separated allow-list (default HS256 with a secret, RS256 with an RSA key)",
-    ),
-    _v("REALTIME_JWT_AUDIENCE", "jwt_audience", None, "required aud claim, checked when set"),
-    _v("REALTIME_JWT_ISSUER", "jwt_issuer", None, "required iss claim, checked when set"),
-    _v("REALTIME_JWT_LEEWAY", "jwt_leeway", "1", "seconds of clock leeway for exp/nbf/iat"),
-    _v(
-        "REALTIME_JWT_MAX_LIFETIME",
-        "jwt_max_lifetime",
-        "86400",
-        "longest accepted token lifetime, seconds",
-    ),
-    _v(
-        "REALTIME_JWT_MAX_LENGTH",
-        "jwt_max_length",
-        "8192",
-        "longest accepted token, characters (checked before decoding)",
-    ),
-    _v(
-        "REALTIME_API_KEY",
-        "api_key",
-        None,
-        "enables the HTTP server API (X-API-Key header); unset means the API is off",
-        True,
-    ),
-    _v("REALTIME_API_HOST", "api_host", "127.0.0.1", "address of the HTTP server API"),
-    _v("REALTIME_API_PORT", "api_port", "8001", "port of the HTTP server API"),
-    _v(
-        "REALTIME_API_URL",
-        "api_url",
-        None,
-        "where CLI publish/revoke reach a running server's API (default from API host/port)",
-    ),
-    _v(
-        "REALTIME_REDIS_URL",
-        "redis_url",
-        None,
-        "Redis engine; unset means the embedded in-memory engine",
-        True,
-    ),
-    _v("REALTIME_REDIS_PREFIX", "redis_prefix", "rt:", "prefix of every Redis key and channel"),
-    _v("REALTIME_REDIS_TIMEOUT", "redis_timeout", "2", "seconds any Redis call may take"),
-    _v("REALTIME_REDIS_SHARDS", "redis_shards", "2", "Redis pub/sub connections per node"),
-    _v(
-        "REALTIME_PRESENCE_TTL",
-        "presence_ttl",
-        "60",
-        "seconds a crashed node's clients stay in shared presence",
-    ),
-    _v(
-        "REALTIME_DATABASE_URL",
-        "database_url",
-        None,
-        "Postgres event log; unset means the embedded SQLite log",
-        True,
-    ),
-    _v("REALTIME_SQLITE_PATH", "sqlite_path", "./realtime-events.db", "embedded event log file"),
-    _v(
-        "REALTIME_EVENTS_ENABLED",
-        "events_enabled",
-        "true",
-        "record the event log (false: record nothing)",
-    ),
-    _v(
-        "REALTIME_EVENTS_MIGRATE",
-        "events_migrate",
-        "true",
-        "apply the event-log schema migrations when serve starts",
-    ),
-    _v(
-        "REALTIME_EVENTS_BUFFER",
-        "events_buffer",
-        "100000",
-        "events held in memory; while the store is down, half of it fills before spilling",
-    ),
-    _v("REALTIME_EVENTS_BATCH", "events_batch", "1000", "events per write to the store"),
-    _v(
-        "REALTIME_EVENTS_FLUSH_INTERVAL",
-        "events_flush_interval",
-        "0.2",
-        "seconds a partial batch waits before it is written",
-    ),
-    _v(
-        "REALTIME_EVENTS_TIMEOUT",
-        "events_timeout",
-        "5",
-        "seconds allowed for one connect, write or query of the event store",
-    ),
-    _v(
-        "REALTIME_EVENTS_SPILL_PATH",
-        "events_spill_path",
-        "./realtime-events.spill.jsonl",
-        "append-only file for events the store could not take (replayed when it is back)",
-    ),
-    _v(
-        "REALTIME_ALLOWED_ORIGINS",
-        "allowed_origins",
-        None,
-        "comma-separated exact Origin allow-list for browsers (unset: any)",
-    ),
-    _v("REALTIME_LOG_LEVEL", "log_level", "INFO", "log level (tokens are never logged)"),
-    _v("REALTIME_NODE_NAME", "node_name", None, "name of this node in logs and metrics"),
-    _v(
-        "REALTIME_NAMESPACES",
-        "namespaces_json",
-        None,
-        "JSON object of namespace -> options, merged over the built-in user/document",
-    ),
-    _v(
-        "REALTIME_MAX_MESSAGE_SIZE",
-        "max_message_size",
-        "65536",
-        "largest client frame, bytes (larger: close 1009)",
-    ),
-    _v(
-        "REALTIME_CONNECT_TIMEOUT",
-        "connect_timeout",
-        "10",
-        "seconds to send connect before close 3502",
-    ),
-    _v("REALTIME_PING_INTERVAL", "ping_interval", "25", "seconds between server pings"),
-    _v("REALTIME_PONG_TIMEOUT", "pong_timeout", "8", "seconds to answer a ping before close 3012"),
-    _v(
-        "REALTIME_EXPIRY_GRACE",
-        "expiry_grace",
-        "2",
-        "seconds after token expiry before close 3005 / unsubscribe 2501",
-    ),
-    _v(
-        "REALTIME_MAX_CHANNELS",
-        "max_channels",
-        "128",
-        "channels per connection (error 106, close 3505 at connect)",
-    ),
-    _v(
-        "REALTIME_MAX_CONNECTIONS_PER_USER",
-        "max_connections_per_user",
-        "0",
-        "connections per user on one node (close 3504); 0 means unlimited",
-    ),
-    _v(
-        "REALTIME_OUTBOX_BYTES",
-        "outbox_bytes",
-        "1048576",
-        "bytes queued towards one client before close 3008",
-    ),
-    _v("REALTIME_RATE_LIMIT", "rate_limit", "50", "commands per second per connection"),
-    _v("REALTIME_RATE_BURST", "rate_burst", "100", "command burst per connection"),
-    _v("REALTIME_RATE_STRIKES", "rate_strikes", "20", "rate-limited commands before close 3013"),
-    _v(
-        "REALTIME_SHUTDOWN_TIMEOUT",
-        "shutdown_timeout",
-        "10",
-        "seconds to close clients on SIGTERM before exiting",
-    ),
-    _v(
-        "REALTIME_WORKERS",
-        "workers",
-        "1",
-        "server processes sharing the port (SO_REUSEPORT); more than 1 needs Redis",
-    ),
-)
+def setting(
+    default: Any,
+    help: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    secret: bool = False,
+    metavar: str | None = None,
+    env: str | None = None,
+    option: str | None = None,
+    internal: bool = False,
+) -> Any:
+    """Declare a :class:`Settings` field: its default, help text and bounds.
 
-SECRET_FIELDS: Final = frozenset(v.field for v in VARIABLES if v.secret)
+    ``env`` names the variable when it is not ``REALTIME_`` + the field name in upper
+    case; ``option`` the ``serve`` option when it is not ``--`` + the field name with
+    dashes. ``internal`` variables are set by the server itself (a worker's index) and
+    are neither documented nor options.
+    """
+    declared = _Declared(help, env, minimum, maximum, secret, metavar, option, internal)
+    return field(default=default, repr=not secret, metadata={_META: declared})
 
 
-def _int(name: str, value: str, minimum: int = 0) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"{name}: expected an integer") from None
-    if number < minimum:
-        raise ConfigError(f"{name}: must be >= {minimum}")
-    return number
-
-
-def _float(name: str, value: str, minimum: float = 0.0) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number") from None
-    if not number >= minimum or number == float("inf"):
-        raise ConfigError(f"{name}: must be a finite number >= {minimum}")
-    return number
-
-
-def _port(name: str, value: str) -> int:
-    port = _int(name, value)
-    if port > 65535:
-        raise ConfigError(f"{name}: not a port number")
-    return port
-
-
-def _bool(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}: expected true or false")
-
-
-_CONVERTERS: Final[dict[str, Callable[[str, str], Any]]] = {
-    "port": _port,
-    "redis_timeout": lambda n, v: _float(n, v, 0.05),
-    "redis_shards": lambda n, v: _int(n, v, 1),
-    "presence_ttl": lambda n, v: _float(n, v, 1.0),
-    "api_port": _port,
-    "jwt_leeway": _float,
-    "jwt_max_lifetime": lambda n, v: _float(n, v, 1.0),
-    "jwt_max_length": lambda n, v: _int(n, v, 64),
-    "max_message_size": lambda n, v: _int(n, v, 1024),
-    "connect_timeout": lambda n, v: _float(n, v, 0.05),
-    "ping_interval": lambda n, v: _float(n, v, 0.0),
-    "pong_timeout": lambda n, v: _float(n, v, 0.05),
-    "expiry_grace": _float,
-    "max_channels": lambda n, v: _int(n, v, 1),
-    "max_connections_per_user": _int,
-    "outbox_bytes": lambda n, v: _int(n, v, 4096),
-    "rate_limit": lambda n, v: _float(n, v, 0.1),
-    "rate_burst": lambda n, v: _float(n, v, 1.0),
-    "rate_strikes": lambda n, v: _int(n, v, 1),
-    "shutdown_timeout": lambda n, v: _float(n, v, 0.1),
-    "workers": lambda n, v: _int(n, v, 1),
-    "events_enabled": _bool,
-    "events_migrate": _bool,
-    "events_buffer": lambda n, v: _int(n, v, 100),
-    "events_batch": lambda n, v: _int(n, v, 1),
-    "events_flush_interval": lambda n, v: _float(n, v, 0.001),
-    "events_timeout": lambda n, v: _float(n, v, 0.05),
-}
+_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _normalize_origin(origin: str) -> str:
@@ -293,90 +108,207 @@ def _normalize_origin(origin: str) -> str:
     return f"{scheme}://{rest}"
 
 
-_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+def _parse_namespaces(text: str | None) -> Namespaces:
+    if not text:
+        return Namespaces()
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ConfigError("REALTIME_NAMESPACES: not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError("REALTIME_NAMESPACES: expected a JSON object")
+    return Namespaces.from_json(parsed)
+
+
+def _parse_origins(text: str | None) -> tuple[str, ...] | None:
+    if not text:
+        return None
+    return tuple(_normalize_origin(o.strip()) for o in text.split(",") if o.strip())
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Validated configuration. Build with :meth:`from_env`."""
+    """Validated configuration: build with :meth:`from_env`, or directly (tests).
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    jwt_secret: str | None = field(default=None, repr=False)
-    jwt_public_key: str | None = field(default=None, repr=False)
-    jwt_algorithms: str | None = None
-    jwt_audience: str | None = None
-    jwt_issuer: str | None = None
-    jwt_leeway: float = 1.0
-    jwt_max_lifetime: float = 86400.0
-    jwt_max_length: int = 8192
-    api_key: str | None = field(default=None, repr=False)
-    api_host: str = "127.0.0.1"
-    api_port: int = 8001
-    api_url: str | None = None
-    redis_url: str | None = field(default=None, repr=False)
-    redis_prefix: str = "rt:"
-    redis_timeout: float = 2.0
-    redis_shards: int = 2
-    presence_ttl: float = 60.0
-    database_url: str | None = field(default=None, repr=False)
-    sqlite_path: str = "./realtime-events.db"
-    events_enabled: bool = True
-    events_migrate: bool = True
-    events_buffer: int = 100000
-    events_batch: int = 1000
-    events_flush_interval: float = 0.2
-    events_timeout: float = 5.0
-    events_spill_path: str = "./realtime-events.spill.jsonl"
-    allowed_origins: str | None = None
-    log_level: str = "INFO"
-    node_name: str | None = None
-    namespaces_json: str | None = None
-    max_message_size: int = 65536
-    connect_timeout: float = 10.0
-    ping_interval: float = 25.0
-    pong_timeout: float = 8.0
-    expiry_grace: float = 2.0
-    max_channels: int = 128
-    max_connections_per_user: int = 0
-    outbox_bytes: int = 1048576
-    rate_limit: float = 50.0
-    rate_burst: float = 100.0
-    rate_strikes: int = 20
-    shutdown_timeout: float = 10.0
-    workers: int = 1
+    Derived values (the parsed namespaces and origins) are computed once, at
+    construction.
+    """
 
-    @classmethod
-    def from_env(
-        cls,
-        env: Mapping[str, str] | None = None,
-        overrides: Mapping[str, str | None] | None = None,
-    ) -> Settings:
-        """Read every ``REALTIME_*`` variable; ``overrides`` (by field name, as text)
-        win over the environment.
+    host: str = setting("127.0.0.1", "address the WebSocket port listens on", metavar="ADDRESS")
+    port: int = setting(
+        8000,
+        "WebSocket port (also /healthz, /readyz, /metrics)",
+        minimum=0,
+        maximum=65535,
+        metavar="PORT",
+    )
+    jwt_secret: str | None = setting(None, "HMAC secret for HS* tokens", secret=True)
+    jwt_public_key: str | None = setting(
+        None, "PEM text, or @path to a PEM file, for RS*/ES*/EdDSA tokens", metavar="PEM|@PATH"
+    )
+    jwt_algorithms: str | None = setting(
+        None,
+        "comma-separated allow-list (default HS256 with a secret, RS256 with an RSA key)",
+        metavar="ALGS",
+    )
+    jwt_audience: str | None = setting(
+        None, "required aud claim, checked when set", metavar="AUD"
+    )
+    jwt_issuer: str | None = setting(None, "required iss claim, checked when set", metavar="ISS")
+    jwt_leeway: float = setting(
+        1.0, "seconds of clock leeway for exp/nbf/iat", minimum=0, metavar="SECONDS"
+    )
+    jwt_max_lifetime: float = setting(
+        86400.0, "longest accepted token lifetime, seconds", minimum=1, metavar="SECONDS"
+    )
+    jwt_max_length: int = setting(
+        8192,
+        "longest accepted token, characters (checked before decoding)",
+        minimum=64,
+        metavar="CHARS",
+    )
+    api_key: str | None = setting(
+        None,
+        "enables the HTTP server API (X-API-Key header); unset means the API is off",
+        secret=True,
+    )
+    api_host: str = setting("127.0.0.1", "address of the HTTP server API", metavar="ADDRESS")
+    api_port: int = setting(
+        8001, "port of the HTTP server API", minimum=0, maximum=65535, metavar="PORT"
+    )
+    api_url: str | None = setting(
+        None,
+        "where CLI publish/revoke reach a running server's API (default from API host/port)",
+        metavar="URL",
+    )
+    redis_url: str | None = setting(
+        None, "Redis engine; unset means the embedded in-memory engine", secret=True
+    )
+    redis_prefix: str = setting("rt:", "prefix of every Redis key and channel", metavar="PREFIX")
+    redis_timeout: float = setting(
+        2.0, "seconds any Redis call may take", minimum=0.05, metavar="SECONDS"
+    )
+    redis_shards: int = setting(2, "Redis pub/sub connections per node", minimum=1, metavar="N")
+    presence_ttl: float = setting(
+        60.0,
+        "seconds a crashed node's clients stay in shared presence",
+        minimum=1,
+        metavar="SECONDS",
+    )
+    database_url: str | None = setting(
+        None, "Postgres event log; unset means the embedded SQLite log", secret=True
+    )
+    sqlite_path: str = setting("./realtime-events.db", "embedded event log file", metavar="PATH")
+    events_enabled: bool = setting(
+        True, "record the event log (false: record nothing)", metavar="BOOL"
+    )
+    events_migrate: bool = setting(
+        True, "apply the event-log schema migrations when serve starts", metavar="BOOL"
+    )
+    events_buffer: int = setting(
+        100000,
+        "events held in memory; while the store is down, half of it fills before spilling",
+        minimum=100,
+        metavar="EVENTS",
+    )
+    events_batch: int = setting(1000, "events per write to the store", minimum=1, metavar="EVENTS")
+    events_flush_interval: float = setting(
+        0.2,
+        "seconds a partial batch waits before it is written",
+        minimum=0.001,
+        metavar="SECONDS",
+    )
+    events_timeout: float = setting(
+        5.0,
+        "seconds allowed for one connect, write or query of the event store",
+        minimum=0.05,
+        metavar="SECONDS",
+    )
+    events_spill_path: str = setting(
+        "./realtime-events.spill.jsonl",
+        "append-only file for events the store could not take (replayed when it is back)",
+        metavar="PATH",
+    )
+    allowed_origins: str | None = setting(
+        None,
+        "comma-separated exact Origin allow-list for browsers (unset: any)",
+        metavar="ORIGINS",
+    )
+    log_level: str = setting("INFO", "log level (tokens are never logged)", metavar="LEVEL")
+    node_name: str | None = setting(
+        None,
+        "name of this node in logs and metrics (default: the host name; workers add -w<N>)",
+        metavar="NAME",
+    )
+    namespaces_json: str | None = setting(
+        None,
+        "JSON object of namespace -> options, merged over the built-in user/document",
+        env="REALTIME_NAMESPACES",
+        option="--namespaces",
+        metavar="JSON",
+    )
+    max_message_size: int = setting(
+        65536, "largest client frame, bytes (larger: close 1009)", minimum=1024, metavar="BYTES"
+    )
+    connect_timeout: float = setting(
+        10.0, "seconds to send connect before close 3502", minimum=0.05, metavar="SECONDS"
+    )
+    ping_interval: float = setting(
+        25.0, "seconds between server pings (0 disables)", minimum=0, metavar="SECONDS"
+    )
+    pong_timeout: float = setting(
+        8.0, "seconds to answer a ping before close 3012", minimum=0.05, metavar="SECONDS"
+    )
+    expiry_grace: float = setting(
+        2.0,
+        "seconds after token expiry before close 3005 / unsubscribe 2501",
+        minimum=0,
+        metavar="SECONDS",
+    )
+    max_channels: int = setting(
+        128,
+        "channels per connection (error 106, close 3505 at connect)",
+        minimum=1,
+        metavar="N",
+    )
+    max_connections_per_user: int = setting(
+        0,
+        "connections per user on one node (close 3504); 0 means unlimited",
+        minimum=0,
+        metavar="N",
+    )
+    outbox_bytes: int = setting(
+        1048576, "bytes queued towards one client before close 3008", minimum=4096, metavar="BYTES"
+    )
+    rate_limit: float = setting(
+        50.0, "commands per second per connection", minimum=0.1, metavar="PER_SECOND"
+    )
+    rate_burst: float = setting(100.0, "command burst per connection", minimum=1, metavar="N")
+    rate_strikes: int = setting(
+        20, "rate-limited commands before close 3013", minimum=1, metavar="N"
+    )
+    shutdown_timeout: float = setting(
+        10.0, "seconds to close clients on SIGTERM before exiting", minimum=0.1, metavar="SECONDS"
+    )
+    workers: int = setting(
+        1,
+        "server processes sharing the port (SO_REUSEPORT); more than 1 needs Redis",
+        minimum=1,
+        metavar="N",
+    )
+    worker_id: int | None = setting(
+        None,
+        "index of this worker process, set by serve --workers for each worker",
+        env="REALTIME_WORKER_ID",
+        minimum=0,
+        internal=True,
+    )
 
-        Raises:
-            ConfigError: naming the variable whose value is malformed.
-        """
-        source = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for var in VARIABLES:
-            raw = overrides.get(var.field) if overrides else None
-            if raw is None:
-                raw = source.get(var.name)
-            if raw is None or raw == "":
-                continue
-            convert = _CONVERTERS.get(var.field)
-            values[var.field] = convert(var.name, raw) if convert else raw
-        settings = cls(**values)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
+        for var in _all_variables():
+            _check_value(var, getattr(self, var.field))
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(f"REALTIME_LOG_LEVEL: one of {', '.join(_LOG_LEVELS)}")
-        self.namespaces()
-        self.origins()
         if self.workers > 1 and not self.redis_url:
             raise ConfigError(
                 "REALTIME_WORKERS: more than one worker needs REALTIME_REDIS_URL "
@@ -386,22 +318,48 @@ class Settings:
             raise ConfigError("REALTIME_WORKERS: workers need fixed ports (not 0)")
         if any(c in self.redis_prefix for c in "{} \n"):
             raise ConfigError("REALTIME_REDIS_PREFIX: no braces, spaces or newlines")
+        # Derived once: read on every subscribe and handshake.
+        object.__setattr__(self, "_namespaces", _parse_namespaces(self.namespaces_json))
+        object.__setattr__(self, "_origins", _parse_origins(self.allowed_origins))
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, str | None] | None = None,
+    ) -> Settings:
+        """Read every ``REALTIME_*`` variable; ``overrides`` (by field name, as text)
+        win over the environment. An empty value means unset.
+
+        Raises:
+            ConfigError: naming the variable whose value is malformed.
+        """
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for var in _all_variables():
+            raw = overrides.get(var.field) if overrides else None
+            if raw is None:
+                raw = source.get(var.name)
+            if raw is None or raw == "":
+                continue
+            values[var.field] = _convert(var, raw)
+        return cls(**values)
 
     def namespaces(self) -> Namespaces:
-        if not self.namespaces_json:
-            return Namespaces()
-        try:
-            parsed = orjson.loads(self.namespaces_json)
-        except orjson.JSONDecodeError:
-            raise ConfigError("REALTIME_NAMESPACES: not valid JSON") from None
-        if not isinstance(parsed, dict):
-            raise ConfigError("REALTIME_NAMESPACES: expected a JSON object")
-        return Namespaces.from_json(parsed)
+        """The namespace table (built-ins merged with ``REALTIME_NAMESPACES``)."""
+        parsed: Namespaces = self._namespaces  # type: ignore[attr-defined]
+        return parsed
 
     def origins(self) -> list[str] | None:
-        if not self.allowed_origins:
-            return None
-        return [_normalize_origin(o.strip()) for o in self.allowed_origins.split(",") if o.strip()]
+        """The normalized ``Origin`` allow-list; None allows any."""
+        parsed: tuple[str, ...] | None = self._origins  # type: ignore[attr-defined]
+        return list(parsed) if parsed is not None else None
+
+    def node(self) -> str:
+        """This process's node name: ``REALTIME_NODE_NAME`` or the host name, with
+        ``-w<index>`` for a ``serve --workers`` worker."""
+        base = self.node_name or socket.gethostname()
+        return base if self.worker_id is None else f"{base}-w{self.worker_id}"
 
     def api_base_url(self) -> str:
         if self.api_url:
@@ -414,7 +372,109 @@ class Settings:
     def public(self) -> dict[str, Any]:
         """Settings safe to show: secrets replaced by whether they are set."""
         out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = ("set" if value else "unset") if f.name in SECRET_FIELDS else value
+        for var in _all_variables():
+            value = getattr(self, var.field)
+            out[var.field] = ("set" if value else "unset") if var.secret else value
         return out
+
+
+# --- the table, read off the fields ------------------------------------------------
+
+
+def _kind(annotation: Any) -> type:
+    """``int`` for ``int`` and ``int | None``, and so on."""
+    if isinstance(annotation, type):
+        return annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) == 1 and isinstance(args[0], type):
+        return args[0]
+    raise TypeError(f"unsupported setting type {annotation!r}")
+
+
+def _default_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@cache
+def _all_variables() -> tuple[Variable, ...]:
+    hints = typing.get_type_hints(Settings)
+    out: list[Variable] = []
+    for f in fields(Settings):
+        declared: _Declared = f.metadata[_META]
+        kind = _kind(hints[f.name])
+        option = None
+        if not declared.secret and not declared.internal:
+            option = declared.option or "--" + f.name.replace("_", "-")
+        metavar = declared.metavar or ("SECRET" if declared.secret else "VALUE")
+        out.append(
+            Variable(
+                name=declared.env or "REALTIME_" + f.name.upper(),
+                field=f.name,
+                default=_default_text(f.default if f.default is not MISSING else None),
+                help=declared.help,
+                kind=kind,
+                minimum=declared.minimum,
+                maximum=declared.maximum,
+                secret=declared.secret,
+                metavar=metavar,
+                option=option,
+                internal=declared.internal,
+            )
+        )
+    return tuple(out)
+
+
+def _convert(var: Variable, raw: str) -> Any:
+    """Text (an environment variable or an option) to the field's type."""
+    if var.kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{var.name}: expected true or false")
+    if var.kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{var.name}: expected an integer") from None
+    if var.kind is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{var.name}: expected a number") from None
+    return raw
+
+
+def _check_value(var: Variable, value: Any) -> None:
+    """Type and bounds of one field, however the settings were built."""
+    if value is None:
+        if var.default is not None:
+            raise ConfigError(f"{var.name}: must be set")
+        return
+    if var.kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value):
+            raise ConfigError(f"{var.name}: must be a finite number")
+    elif var.kind is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{var.name}: expected an integer")
+    elif not isinstance(value, var.kind):
+        raise ConfigError(f"{var.name}: expected {var.kind.__name__}")
+    if var.minimum is not None and value < var.minimum:
+        raise ConfigError(f"{var.name}: must be >= {_default_text(var.minimum)}")
+    if var.maximum is not None and value > var.maximum:
+        raise ConfigError(f"{var.name}: must be <= {_default_text(var.maximum)}")
+
+
+ALL_VARIABLES: Final = _all_variables()
+"""Every variable, internal ones included (what :meth:`Settings.from_env` reads)."""
+VARIABLES: Final = tuple(v for v in ALL_VARIABLES if not v.internal)
+"""The documented variables (``--help``, README)."""
+SECRET_FIELDS: Final = frozenset(v.field for v in ALL_VARIABLES if v.secret)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 import zlib
 from collections.abc import Coroutine, Sequence
@@ -121,7 +120,7 @@ class Node:
         self.settings = settings
         self.events: EventRecorder = events if events is not None else NullRecorder()
         self._events_off = isinstance(self.events, NullRecorder)
-        self.name = settings.node_name or socket.gethostname()
+        self.name = settings.node()
         self.engine = engine
         self.broker = engine.broker
         self.revocations = revocations

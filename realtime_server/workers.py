@@ -23,15 +23,13 @@ logger = logging.getLogger("realtime_server.workers")
 
 def run_workers(count: int) -> int:
     """Start ``count`` workers running ``serve`` and wait for them; returns the exit code."""
-    base_name = os.environ.get("REALTIME_NODE_NAME") or os.uname().nodename
     rest = sys.argv[1:]
     if rest and rest[0] == "serve":
         rest = rest[1:]
     procs: list[subprocess.Popen[bytes]] = []
     for index in range(count):
         env = dict(os.environ)
-        env[WORKER_ENV] = str(index)
-        env["REALTIME_NODE_NAME"] = f"{base_name}-w{index}"
+        env[WORKER_ENV] = str(index)  # Settings.worker_id: the node name gets -w<index>
         args = [sys.executable, "-m", "realtime_server", "serve", *rest]
         procs.append(subprocess.Popen(args, env=env))  # noqa: S603 - our own interpreter
     logger.info("started %d workers: %s", count, ", ".join(str(p.pid) for p in procs))

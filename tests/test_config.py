@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from realtime_server.config import SECRET_FIELDS, VARIABLES, Settings
+from realtime_server.config import ALL_VARIABLES, SECRET_FIELDS, VARIABLES, Settings
 from realtime_server.errors import ConfigError
 
 JWT_SECRET = "jwt-secret-value-0123456789abcdef"
@@ -42,7 +42,8 @@ def test_documented_defaults_match_the_fields() -> None:
     """Each variable's documented default (``--help``) is the field's default."""
     converted = Settings.from_env(env={v.name: v.default for v in VARIABLES if v.default})
     assert converted == Settings()
-    assert {v.field for v in VARIABLES} == {f.name for f in dataclasses.fields(Settings)}
+    assert {v.field for v in ALL_VARIABLES} == {f.name for f in dataclasses.fields(Settings)}
+    assert {v.field for v in ALL_VARIABLES} - {v.field for v in VARIABLES} == {"worker_id"}
 
 
 def test_env_mapping_is_the_only_source(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,3 +188,51 @@ def test_settings_are_frozen() -> None:
     s = Settings.from_env(env={})
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("changes", "variable"),
+    [
+        ({"port": 70000}, "REALTIME_PORT"),
+        ({"ping_interval": -1.0}, "REALTIME_PING_INTERVAL"),
+        ({"jwt_leeway": float("nan")}, "REALTIME_JWT_LEEWAY"),
+        ({"max_channels": "128"}, "REALTIME_MAX_CHANNELS"),
+        ({"events_enabled": "yes"}, "REALTIME_EVENTS_ENABLED"),
+        ({"host": None}, "REALTIME_HOST"),
+        ({"namespaces_json": "[]"}, "REALTIME_NAMESPACES"),
+        ({"workers": 2}, "REALTIME_WORKERS"),
+    ],
+)
+def test_direct_construction_and_replace_are_validated(
+    changes: dict[str, object], variable: str
+) -> None:
+    """Validation lives in the settings object: neither Settings(...) nor replace()
+    can skip what from_env checks."""
+    with pytest.raises(ConfigError, match=f"^{variable}"):
+        Settings(**changes)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=f"^{variable}"):
+        dataclasses.replace(Settings(), **changes)
+
+
+def test_namespaces_parsed_once() -> None:
+    s = Settings.from_env(env={"REALTIME_NAMESPACES": '{"chat": {"allow_publish": true}}'})
+    assert s.namespaces() is s.namespaces()
+    assert s.namespaces().resolve("chat:1")[1].allow_publish
+
+
+def test_worker_node_names_get_the_worker_index() -> None:
+    """serve --workers 2 --node-name X: workers are X-w0 and X-w1, not both X."""
+    env = {"REALTIME_NODE_NAME": "X", "REALTIME_WORKER_ID": "1"}
+    assert Settings.from_env(env=env).node() == "X-w1"
+    assert Settings.from_env(env={}, overrides={"node_name": "Y"}).node() == "Y"
+
+
+def test_options_have_named_placeholders() -> None:
+    """--help shows what a value is (PORT, SECONDS...), and the namespaces option is
+    --namespaces; secrets and internal variables are not options."""
+    options = {v.option: v for v in VARIABLES if v.option}
+    assert options["--port"].metavar == "PORT"
+    assert options["--ping-interval"].metavar == "SECONDS"
+    assert "--namespaces" in options and "--namespaces-json" not in options
+    assert all(v.option is None for v in VARIABLES if v.secret)
+    assert sum(v.metavar == "VALUE" for v in VARIABLES if v.option) == 0

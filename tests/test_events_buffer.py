@@ -325,7 +325,7 @@ def test_capacity_must_allow_a_batch(tmp_path: Path, capacity: int) -> None:
         BufferedRecorder(FakeStore(), tmp_path / "s", capacity=capacity)
 
 
-def test_factory_choices(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_factory_choices(tmp_path: Path) -> None:
     off = build_recorder(make_settings(EVENTS_ENABLED="false"))
     assert not isinstance(off, BufferedRecorder) and off.problem() is None
     off.bind_metrics(Metrics("n"))  # no-op
@@ -340,6 +340,5 @@ def test_factory_choices(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="REALTIME_DATABASE_URL"):
         build_store(make_settings(DATABASE_URL="mysql://u:pw@h/db"))
 
-    monkeypatch.setenv("REALTIME_WORKER_ID", "3")
-    settings = make_settings(EVENTS_SPILL_PATH=tmp_path / "spill.jsonl")
+    settings = make_settings(EVENTS_SPILL_PATH=tmp_path / "spill.jsonl", WORKER_ID=3)
     assert spill_path(settings) == f"{tmp_path}/spill.jsonl.w3"

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Protocol
 
 from ..config import Settings
 from ..errors import ConfigError
 from ..metrics import Metrics
-from ..workers import WORKER_ENV
 from .buffer import BufferedRecorder
 from .model import EventRecorder, NullRecorder
 from .store import EventStore
@@ -52,9 +50,8 @@ def build_store(
 def spill_path(settings: Settings) -> str:
     """The spill file of this process: each ``serve --workers`` worker gets its own
     (``<path>.w<index>``), so that no two processes append to or replay the same file."""
-    worker = os.environ.get(WORKER_ENV)
     path = settings.events_spill_path
-    return f"{path}.w{worker}" if worker else path
+    return path if settings.worker_id is None else f"{path}.w{settings.worker_id}"
 
 
 def build_recorder(settings: Settings) -> MeteredRecorder:
