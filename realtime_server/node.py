@@ -35,6 +35,7 @@ from .config import Settings
 from .errors import BackendUnavailable, CommandError
 from .events import Event, EventRecorder, EventType, NullRecorder
 from .expiry import EXPIRY_TICK, ExpiryWheel
+from .health import Health, Readiness
 from .hub import Hub
 from .index import MultiIndex
 from .keepalive import Keepalive
@@ -140,6 +141,10 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.broker.set_handler(self)
         revocations.set_listener(self.handle_revocation)
+        self.health = Health()
+        self.health.require("node", lambda: "draining" if self.draining else None)
+        self.health.require("broker", lambda: None if self.broker.ready else "unreachable")
+        self.health.watch("event_log", self.events.problem)
         self.metrics.gauge("connections", "Connected clients.", lambda: len(self.sessions))
         self.metrics.gauge(
             "subscriptions",
@@ -202,17 +207,9 @@ class Node:
         if not task.cancelled() and task.exception() is not None:
             logger.error("background task failed", exc_info=task.exception())
 
-    def readiness(self) -> dict[str, str]:
-        """What is not ready, by component (empty when ready)."""
-        problems: dict[str, str] = {}
-        if self.draining:
-            problems["node"] = "draining"
-        if not self.broker.ready:
-            problems["broker"] = "unreachable"
-        event_log = self.events.problem()
-        if event_log:
-            problems["event_log"] = event_log
-        return problems
+    def readiness(self) -> Readiness:
+        """What keeps this node from serving clients, and what is degraded."""
+        return self.health.readiness()
 
     # --- event log ------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, NegotiationError
@@ -86,10 +85,10 @@ class _Routes:
         if path == "/healthz":
             return _response(http.HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
         if path == "/readyz":
-            problems = self.node.readiness()
-            status = http.HTTPStatus.SERVICE_UNAVAILABLE if problems else http.HTTPStatus.OK
-            body = orjson.dumps({"ready": not problems, "problems": problems})
-            return _response(status, body, "application/json")
+            readiness = self.node.readiness()
+            ok = readiness.ready
+            status = http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return _response(status, readiness.to_json(), "application/json")
         if path == "/metrics":
             return _response(
                 http.HTTPStatus.OK, self.node.metrics.render(), "text/plain; version=0.0.4"

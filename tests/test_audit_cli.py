@@ -263,7 +263,8 @@ async def test_embedded_server_logs_to_sqlite_and_audit_reads_it(
         # connect, 2 subscribes, a refusal, a publication, disconnect, 2 unsubscribes
         while recorder.written < 8:
             await asyncio.sleep(20 * MS)  # the writer's progress signals nothing
-    assert server.node.readiness() == {}
+    readiness = server.node.readiness()
+    assert readiness.ready and readiness.degraded == {}
     assert "realtime_event_log_written" in server.node.metrics.render().decode()
 
     store = SqliteStore(path, readonly=True)
