@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,14 +22,15 @@ from . import codes
 from .codes import ErrorCode
 from .config import Settings
 from .errors import BackendUnavailable, CommandError
-from .node import Node
-from .protocol import StreamPosition, parse_history
+from .model import StreamPosition
+from .operations import Operations
+from .protocol import history_json, parse_history, presence_json
 
 __all__ = ["bound_port", "build_api", "start_api", "stop_api"]
 
 logger = logging.getLogger("realtime_server.api")
 
-Method = Callable[[Node, dict[str, Any]], Awaitable[dict[str, Any]]]
+Method = Callable[[Operations, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def _bad(detail: str) -> CommandError:
@@ -74,15 +74,15 @@ def _tags(params: dict[str, Any]) -> dict[str, str] | None:
     return tags
 
 
-async def publish(node: Node, params: dict[str, Any]) -> dict[str, Any]:
+async def publish(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
     channel = _str(params, "channel")
     if "data" not in params:
         raise _bad("data required")
-    pos = await node.publish(channel, orjson.dumps(params["data"]), tags=_tags(params))
+    pos = await ops.publish(channel, orjson.dumps(params["data"]), tags=_tags(params))
     return _position(pos)
 
 
-async def broadcast(node: Node, params: dict[str, Any]) -> dict[str, Any]:
+async def broadcast(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
     channels = params.get("channels")
     if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
         raise _bad("channels must be a list of strings")
@@ -93,14 +93,14 @@ async def broadcast(node: Node, params: dict[str, Any]) -> dict[str, Any]:
     responses: list[dict[str, Any]] = []
     for channel in channels:
         try:
-            pos = await node.publish(channel, data, tags=tags)
+            pos = await ops.publish(channel, data, tags=tags)
             responses.append({"result": _position(pos)})
         except CommandError as exc:
             responses.append({"error": {"code": exc.error.code, "message": exc.error.message}})
     return {"responses": responses}
 
 
-async def disconnect(node: Node, params: dict[str, Any]) -> dict[str, Any]:
+async def disconnect(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
     user = _str(params, "user")
     spec = params.get("disconnect") or {}
     if not isinstance(spec, dict):
@@ -111,50 +111,49 @@ async def disconnect(node: Node, params: dict[str, Any]) -> dict[str, Any]:
         raise _bad("disconnect.code must be in 3000-4999")
     if not isinstance(reason, str) or len(reason.encode()) > 123:
         raise _bad("disconnect.reason must be a string of at most 123 bytes")
-    await node.disconnect_user(user, code, reason, _str(params, "client", required=False))
+    await ops.disconnect_user(user, code, reason, _str(params, "client", required=False))
     return {}
 
 
-async def unsubscribe(node: Node, params: dict[str, Any]) -> dict[str, Any]:
-    await node.unsubscribe_user(_str(params, "user"), _str(params, "channel"))
+async def unsubscribe(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
+    await ops.unsubscribe_user(_str(params, "user"), _str(params, "channel"))
     return {}
 
 
-async def presence(node: Node, params: dict[str, Any]) -> dict[str, Any]:
-    clients = await node.presence(_str(params, "channel"))
-    return {"presence": {cid: info.to_json() for cid, info in clients.items()}}
+async def presence(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
+    return presence_json(await ops.presence(_str(params, "channel")))
 
 
-async def presence_stats(node: Node, params: dict[str, Any]) -> dict[str, Any]:
-    stats = await node.presence_stats(_str(params, "channel"))
+async def presence_stats(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
+    stats = await ops.presence_stats(_str(params, "channel"))
     return {"num_clients": stats.num_clients, "num_users": stats.num_users}
 
 
-async def history(node: Node, params: dict[str, Any]) -> dict[str, Any]:
+async def history(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
     _str(params, "channel")
     try:
         req = parse_history(params)
     except Exception:
         raise _bad("malformed history request") from None
-    return await node.history(req)
+    found = await ops.history(req)
+    return history_json(found.publications, found.top)
 
 
-async def info(node: Node, params: dict[str, Any]) -> dict[str, Any]:
-    return node.info()
+async def info(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
+    return ops.info()
 
 
-async def revoke_token(node: Node, params: dict[str, Any]) -> dict[str, Any]:
+async def revoke_token(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
     jti = _str(params, "uid", required=False) or _str(params, "jti")
-    default_expiry = time.time() + node.settings.jwt_max_lifetime
-    expires_at = _number(params, "expire_at", default_expiry) or default_expiry
-    await node.revocations.revoke_token(jti, expires_at)
+    expires_at = _number(params, "expire_at", 0.0) or None
+    await ops.revoke_token(jti, expires_at)
     return {}
 
 
-async def invalidate_user_tokens(node: Node, params: dict[str, Any]) -> dict[str, Any]:
+async def invalidate_user_tokens(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
     user = _str(params, "user")
-    issued_before = _number(params, "issued_before", time.time()) or time.time()
-    await node.revocations.revoke_user(user, issued_before)
+    issued_before = _number(params, "issued_before", 0.0) or None
+    await ops.revoke_user(user, issued_before)
     return {}
 
 
@@ -180,7 +179,7 @@ def _error(error: ErrorCode, status: int = 200, message: str | None = None) -> w
     return _json({"error": {"code": error.code, "message": message or error.message}}, status)
 
 
-def build_api(node: Node, api_key: str) -> web.Application:
+def build_api(ops: Operations, api_key: str) -> web.Application:
     expected = api_key.encode()
 
     def authorized(request: web.Request) -> bool:
@@ -204,7 +203,7 @@ def build_api(node: Node, api_key: str) -> web.Application:
         if not isinstance(params, dict):
             return _error(codes.BAD_REQUEST, 400, "body must be a JSON object")
         try:
-            return _json({"result": await method(node, params)})
+            return _json({"result": await method(ops, params)})
         except CommandError as exc:
             return _error(exc.error, message=str(exc) or None)
         except BackendUnavailable:
@@ -219,10 +218,10 @@ def build_api(node: Node, api_key: str) -> web.Application:
 
 
 async def start_api(
-    node: Node, settings: Settings, port: int | None = None, reuse_port: bool = False
+    ops: Operations, settings: Settings, port: int | None = None, reuse_port: bool = False
 ) -> web.AppRunner:
     assert settings.api_key
-    runner = web.AppRunner(build_api(node, settings.api_key), access_log=None)
+    runner = web.AppRunner(build_api(ops, settings.api_key), access_log=None)
     await runner.setup()
     site = web.TCPSite(
         runner,

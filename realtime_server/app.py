@@ -129,7 +129,7 @@ async def running(
     if settings.api_key:
         from .api import start_api
 
-        api = await start_api(node, settings, reuse_port=reuse_port)
+        api = await start_api(node.ops, settings, reuse_port=reuse_port)
     server = Running(node, ws, api)
     try:
         if demo is not None:
@@ -169,7 +169,7 @@ async def run(settings: Settings, reuse_port: bool = False, demo: Demo | None = 
         else:
             logger.info("HTTP server API off (set REALTIME_API_KEY to enable it)")
         await stop.wait()
-        logger.info("shutting down: closing %d clients with 3001", len(server.node.sessions))
+        logger.info("shutting down: closing %d clients with 3001", len(server.node.registry))
     if watchdog is not None:
         watchdog.cancel()
     logger.info("stopped")

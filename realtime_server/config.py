@@ -151,9 +151,7 @@ class Settings:
         "comma-separated allow-list (default HS256 with a secret, RS256 with an RSA key)",
         metavar="ALGS",
     )
-    jwt_audience: str | None = setting(
-        None, "required aud claim, checked when set", metavar="AUD"
-    )
+    jwt_audience: str | None = setting(None, "required aud claim, checked when set", metavar="AUD")
     jwt_issuer: str | None = setting(None, "required iss claim, checked when set", metavar="ISS")
     jwt_leeway: float = setting(
         1.0, "seconds of clock leeway for exp/nbf/iat", minimum=0, metavar="SECONDS"

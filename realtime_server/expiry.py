@@ -3,9 +3,9 @@
 A ``loop.call_later`` per connection cost about 0.5 KiB per idle connection (a uvloop
 ``TimerHandle`` with its libuv timer, the bound method and the arguments). Here a
 deadline is rounded *up* to a tick (``tick`` seconds of the loop's clock) and the entry
-goes in that tick's bucket; one timer is armed for the earliest bucket. A bucket holds
-its only entry itself and becomes a set when a second one arrives (most connections of
-a burst share a bucket; a lone connection pays no set). An entry records its bucket
+goes in that tick's bucket; one timer is armed for the earliest bucket. Buckets are a
+:class:`MultiMap` (most connections of a burst share a bucket; a lone connection pays
+no set). An entry records its bucket
 (``expiry_key``), so cancelling is a dict lookup and rescheduling moves it.
 
 An entry fires once, unless cancelled or rescheduled first: at its deadline (give or
@@ -22,6 +22,8 @@ import heapq
 import math
 from typing import Protocol
 
+from .multimap import MultiMap
+
 __all__ = ["EXPIRY_TICK", "Expiring", "ExpiryWheel"]
 
 EXPIRY_TICK = 0.05
@@ -33,7 +35,8 @@ _FIRING = -2  # taken out of its bucket by the timer, expire() not called yet
 
 
 class Expiring(Protocol):
-    """Something with a deadline in an :class:`ExpiryWheel` (its bucket, or -1)."""
+    """Something with a deadline in an :class:`ExpiryWheel` (its bucket, or -1);
+    hashable by identity."""
 
     expiry_key: int
 
@@ -49,7 +52,7 @@ class ExpiryWheel:
         if tick <= 0:
             raise ValueError("tick must be positive")
         self._tick = tick
-        self._buckets: dict[int, Expiring | set[Expiring]] = {}
+        self._buckets: MultiMap[int, Expiring] = MultiMap()
         self._keys: list[int] = []  # heap of bucket keys; may hold keys of empty buckets
         self._timer: asyncio.TimerHandle | None = None
         self._armed = _NONE  # the key the timer is set for
@@ -61,7 +64,7 @@ class ExpiryWheel:
 
     def __len__(self) -> int:
         """Entries waiting (not cancelled, not fired)."""
-        return sum(len(b) if isinstance(b, set) else 1 for b in self._buckets.values())
+        return self._buckets.total()
 
     def schedule(self, entry: Expiring, delay: float) -> None:
         """Fire ``entry.expire()`` ``delay`` seconds from now (rounded up to a tick),
@@ -75,16 +78,11 @@ class ExpiryWheel:
         else:
             self._last_key = key
         buckets = self._buckets
-        current = buckets.get(key)
-        if current is None:
-            buckets[key] = entry
+        if key not in buckets:
             heapq.heappush(self._keys, key)
             if self._timer is None or key < self._armed:
                 self._arm(loop, key)
-        elif isinstance(current, set):
-            current.add(entry)
-        else:
-            buckets[key] = {current, entry}
+        buckets.add(key, entry)
         entry.expiry_key = key
 
     def cancel(self, entry: Expiring) -> None:
@@ -94,15 +92,7 @@ class ExpiryWheel:
         if key < 0:
             return
         buckets = self._buckets
-        current = buckets.get(key)
-        if current is entry:
-            del buckets[key]
-        elif isinstance(current, set):
-            current.discard(entry)
-            if len(current) == 1:
-                buckets[key] = next(iter(current))
-            elif not current:
-                del buckets[key]
+        buckets.remove(key, entry)
         if not buckets:
             self.close()
         elif len(self._keys) > 2 * len(buckets) + 64:
@@ -118,11 +108,9 @@ class ExpiryWheel:
             self._timer.cancel()
             self._timer = None
             self._armed = _NONE
-        if self._buckets:
-            for bucket in self._buckets.values():
-                for entry in bucket if isinstance(bucket, set) else (bucket,):
-                    entry.expiry_key = _NONE
-            self._buckets.clear()
+        for entry in self._buckets.values():
+            entry.expiry_key = _NONE
+        self._buckets.clear()
         self._keys.clear()
 
     def _arm(self, loop: asyncio.AbstractEventLoop, key: int) -> None:
@@ -142,10 +130,7 @@ class ExpiryWheel:
         buckets = self._buckets
         fired: list[Expiring] = []
         while keys and keys[0] <= due:
-            bucket = buckets.pop(heapq.heappop(keys), None)
-            if bucket is None:
-                continue
-            for entry in bucket if isinstance(bucket, set) else (bucket,):
+            for entry in buckets.pop(heapq.heappop(keys)):
                 entry.expiry_key = _FIRING
                 fired.append(entry)
         for entry in fired:

@@ -15,7 +15,7 @@ import math
 from typing import TYPE_CHECKING
 
 from . import codes
-from .hub import text_frame
+from .frames import text_frame
 from .protocol import PING
 
 if TYPE_CHECKING:

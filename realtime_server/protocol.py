@@ -1,13 +1,15 @@
-"""The client protocol core, without I/O: frame text in, typed commands out; replies and
-pushes in, JSON bytes out.
+"""The codec of the client protocol, without I/O: frame text in, typed commands out;
+typed results and pushes in, JSON bytes out.
 
-It never imports asyncio or websockets and is unit-tested with plain calls. The wire
-format is the Centrifugo client protocol v2 in its JSON form (see
-``shared/protocol/centrifuge-json-v2.md``): one frame holds one or more JSON objects
-separated by ``\\n``; replies carry the command ``id``; pushes and pings carry none.
+Every wire field name (``was_recovering``, ``conn_info``, ``positioned``...) lives in
+this module; the rest of the server passes typed values (:mod:`realtime_server.model`,
+the request and result classes here). It never imports asyncio or websockets and is
+unit-tested with plain calls. The wire format is the Centrifugo client protocol v2 in
+its JSON form: one frame holds one or more JSON objects separated by ``\\n``; replies
+carry the command ``id``; pushes and pings carry none.
 
-``data`` and ``info`` values are kept as raw JSON bytes (:class:`RawJSON`) from the
-publisher to the socket, so a publication is encoded once, whatever the number of
+``data`` and ``info`` values stay raw JSON bytes from the publisher to the socket
+(``orjson.Fragment``), so a publication is encoded once, whatever the number of
 subscribers.
 """
 
@@ -20,33 +22,38 @@ import orjson
 
 from .codes import CLOSE_BAD_REQUEST, ErrorCode
 from .errors import ProtocolViolation
+from .model import ClientInfo, Publication, StreamPosition
 
 __all__ = [
     "METHODS",
     "PING",
-    "ClientInfo",
+    "REJECT_UNRECOVERED",
     "Command",
     "ConnectRequest",
     "HistoryRequest",
-    "Publication",
-    "RawJSON",
-    "StreamPosition",
     "SubscribeRequest",
+    "SubscribeResult",
+    "client_info_json",
+    "encode_client_info",
+    "encode_connect_reply",
     "encode_error",
     "encode_join",
     "encode_leave",
     "encode_pub_push",
+    "encode_refresh_reply",
     "encode_reply",
+    "encode_sub_refresh_reply",
     "encode_subscribe_push",
+    "encode_subscribe_reply",
     "encode_unsubscribe_push",
+    "history_json",
     "parse_connect",
     "parse_frame",
     "parse_history",
     "parse_subscribe",
+    "presence_json",
+    "publication_json",
 ]
-
-RawJSON = bytes
-"""A JSON value already encoded as UTF-8 bytes (``data``, ``info``)."""
 
 PING: Final = b"{}"
 """The server's ping, and the client's pong: an empty JSON object in its own line."""
@@ -68,6 +75,10 @@ METHODS: Final = frozenset(
     }
 )
 
+REJECT_UNRECOVERED: Final = 2
+"""Subscribe ``flag`` bit: answer error 112 instead of subscribing unrecovered (the SDKs
+set it with ``getState``); bit 1 (channel compaction) is always sent and ignored."""
+
 _MAX_ID: Final = 2**32 - 1
 _MAX_OFFSET: Final = 2**53 - 1
 
@@ -82,59 +93,10 @@ class Command:
 
 
 @dataclass(frozen=True, slots=True)
-class StreamPosition:
-    """A position in a channel's stream: ``offset`` (increasing by one per publication)
-    within the stream incarnation ``epoch``."""
-
-    offset: int
-    epoch: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """Who a connection is, as shown to others in presence, join/leave and publications."""
-
-    user: str
-    client: str
-    conn_info: RawJSON | None = None
-    chan_info: RawJSON | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"user": self.user, "client": self.client}
-        if self.conn_info is not None:
-            out["conn_info"] = orjson.Fragment(self.conn_info)
-        if self.chan_info is not None:
-            out["chan_info"] = orjson.Fragment(self.chan_info)
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Publication:
-    """A message in a channel. ``offset`` is 0 for publications without a stream position
-    (plain Redis publishers, channels without history)."""
-
-    data: RawJSON
-    offset: int = 0
-    info: ClientInfo | None = None
-    tags: dict[str, str] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"data": orjson.Fragment(self.data)}
-        if self.offset:
-            out["offset"] = self.offset
-        if self.info is not None:
-            out["info"] = self.info.to_json()
-        if self.tags:
-            out["tags"] = self.tags
-        return out
-
-
-@dataclass(frozen=True, slots=True)
 class ConnectRequest:
     token: str
     name: str = ""
     version: str = ""
-    data: RawJSON | None = None
     subs: dict[str, SubscribeRequest] = field(default_factory=dict)
 
 
@@ -146,6 +108,15 @@ class SubscribeRequest:
     offset: int = 0
     epoch: str = ""
     flag: int = 0
+
+    @property
+    def since(self) -> StreamPosition | None:
+        """Where a recovering client is: publications after it are what it missed."""
+        return StreamPosition(self.offset, self.epoch) if self.recover else None
+
+    @property
+    def reject_unrecovered(self) -> bool:
+        return bool(self.flag & REJECT_UNRECOVERED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,12 +202,6 @@ def _bool(params: dict[str, Any], key: str) -> bool:
     return value
 
 
-def _raw(params: dict[str, Any], key: str) -> RawJSON | None:
-    if key not in params:
-        return None
-    return orjson.dumps(params[key])
-
-
 def channel_of(params: dict[str, Any]) -> str:
     """The ``channel`` field of a command; its grammar is checked by the channel rules."""
     return _str(params, "channel")
@@ -271,7 +236,6 @@ def parse_connect(params: dict[str, Any]) -> ConnectRequest:
         token=_str(params, "token"),
         name=_str(params, "name")[:64],
         version=_str(params, "version")[:64],
-        data=_raw(params, "data"),
         subs=subs,
     )
 
@@ -299,9 +263,116 @@ def parse_history(params: dict[str, Any]) -> HistoryRequest:
 # --- encoding ---------------------------------------------------------------------
 
 
+def client_info_json(info: ClientInfo) -> dict[str, Any]:
+    """``ClientInfo`` as the wire (and the Redis envelopes) show it."""
+    out: dict[str, Any] = {"user": info.user, "client": info.client}
+    if info.conn_info is not None:
+        out["conn_info"] = orjson.Fragment(info.conn_info)
+    if info.chan_info is not None:
+        out["chan_info"] = orjson.Fragment(info.chan_info)
+    return out
+
+
+def encode_client_info(info: ClientInfo) -> bytes:
+    return orjson.dumps(client_info_json(info))
+
+
+def publication_json(pub: Publication) -> dict[str, Any]:
+    out: dict[str, Any] = {"data": orjson.Fragment(pub.data)}
+    if pub.offset:
+        out["offset"] = pub.offset
+    if pub.info is not None:
+        out["info"] = client_info_json(pub.info)
+    if pub.tags:
+        out["tags"] = pub.tags
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeResult:
+    """A subscription's result (a subscribe reply, or one entry of a connect's
+    ``subs``): the stream position of a channel with history (None without), whether
+    the client asked to recover and got everything it missed, and the token's ``ttl``."""
+
+    position: StreamPosition | None = None
+    recovering: bool = False
+    recovered: bool = False
+    publications: tuple[Publication, ...] = ()
+    ttl: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.position is not None:
+            out["recoverable"] = True
+            out["positioned"] = True
+            out["epoch"] = self.position.epoch
+            out["offset"] = self.position.offset
+            if self.recovering:
+                out["was_recovering"] = True
+                out["recovered"] = self.recovered
+            if self.publications:
+                out["publications"] = [publication_json(p) for p in self.publications]
+        if self.ttl is not None:
+            out["expires"] = True
+            out["ttl"] = self.ttl
+        return out
+
+
 def encode_reply(cmd_id: int, method: str, result: dict[str, Any]) -> bytes:
     """A reply: the result object is always present, even when empty (SDKs index it)."""
     return orjson.dumps({"id": cmd_id, method: result})
+
+
+def encode_connect_reply(
+    cmd_id: int,
+    *,
+    client: str,
+    version: str,
+    subs: dict[str, SubscribeResult],
+    ping: int | None,
+    ttl: int,
+) -> bytes:
+    result: dict[str, Any] = {
+        "client": client,
+        "version": version,
+        "subs": {name: sub.to_json() for name, sub in subs.items()},
+    }
+    if ping is not None:
+        result["ping"] = ping
+        result["pong"] = True
+    result["expires"] = True
+    result["ttl"] = ttl
+    return encode_reply(cmd_id, "connect", result)
+
+
+def encode_subscribe_reply(cmd_id: int, result: SubscribeResult) -> bytes:
+    return encode_reply(cmd_id, "subscribe", result.to_json())
+
+
+def encode_refresh_reply(cmd_id: int, *, client: str, version: str, ttl: int) -> bytes:
+    result = {"client": client, "version": version, "expires": True, "ttl": ttl}
+    return encode_reply(cmd_id, "refresh", result)
+
+
+def encode_sub_refresh_reply(cmd_id: int, ttl: int | None) -> bytes:
+    result: dict[str, Any] = {"expires": ttl is not None}
+    if ttl is not None:
+        result["ttl"] = ttl
+    return encode_reply(cmd_id, "sub_refresh", result)
+
+
+def presence_json(clients: dict[str, ClientInfo]) -> dict[str, Any]:
+    """The ``presence`` result (client command and HTTP API)."""
+    return {"presence": {cid: client_info_json(info) for cid, info in clients.items()}}
+
+
+def history_json(publications: list[Publication], top: StreamPosition) -> dict[str, Any]:
+    """The ``history`` result (client command and HTTP API)."""
+    return {
+        "publications": [publication_json(p) for p in publications],
+        "epoch": top.epoch,
+        "offset": top.offset,
+    }
 
 
 def encode_error(cmd_id: int, error: ErrorCode) -> bytes:
@@ -321,7 +392,8 @@ def encode_pub_push(channel_json: bytes, pub: Publication) -> bytes:
         if pub.offset:
             return head + b',"offset":' + str(pub.offset).encode() + b"}}}"
         return head + b"}}}"
-    return b'{"push":{"channel":' + channel_json + b',"pub":' + orjson.dumps(pub.to_json()) + b"}}"
+    body = orjson.dumps(publication_json(pub))
+    return b'{"push":{"channel":' + channel_json + b',"pub":' + body + b"}}"
 
 
 def _push(channel: str, kind: str, body: dict[str, Any]) -> bytes:
@@ -329,11 +401,11 @@ def _push(channel: str, kind: str, body: dict[str, Any]) -> bytes:
 
 
 def encode_join(channel: str, info: ClientInfo) -> bytes:
-    return _push(channel, "join", {"info": info.to_json()})
+    return _push(channel, "join", {"info": client_info_json(info)})
 
 
 def encode_leave(channel: str, info: ClientInfo) -> bytes:
-    return _push(channel, "leave", {"info": info.to_json()})
+    return _push(channel, "leave", {"info": client_info_json(info)})
 
 
 def encode_unsubscribe_push(channel: str, code: int, reason: str) -> bytes:

@@ -30,7 +30,7 @@ from .channels.redis_client import RedisCommands
 from .channels.redis_names import RedisNames
 from .config import Settings
 from .errors import BackendUnavailable, CommandError, ConfigError, RealtimeError
-from .protocol import StreamPosition
+from .model import StreamPosition
 
 __all__ = ["PublishError", "Publisher"]
 

@@ -133,7 +133,7 @@ class _Routes:
 def _stale(session: Session) -> None:
     """No successful connect within the connect timeout: close with 3502."""
     if session.state is SessionState.CONNECTING:
-        session.node.connect_rejected(session, codes.CLOSE_STALE.code, codes.CLOSE_STALE.reason)
+        session.reject(codes.CLOSE_STALE.code, codes.CLOSE_STALE.reason)
         session.close(codes.CLOSE_STALE)
 
 
@@ -180,12 +180,12 @@ def make_handler(node: Node) -> Any:
             await _serve_session(session, node.settings.connect_timeout)
         except ProtocolViolation as exc:
             if session.state is SessionState.CONNECTING and exc.close.code in _PRE_CONNECT:
-                node.connect_rejected(session, exc.close.code, exc.close.reason)
+                session.reject(exc.close.code, exc.close.reason)
             session.close(exc.close)
         except ConnectionClosed:
             pass
         finally:
-            await node.finish(session)
+            await node.session_ended(session)
             code = session.close_code
             if code is not None:
                 # Close here rather than let the server close with 1000 first.

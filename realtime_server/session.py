@@ -1,11 +1,16 @@
-"""One client connection: its state machine, its outbound writes, its commands.
+"""One client connection: its state machine, its outbound writes, its command loop.
 
 States: CONNECTING (until a successful ``connect``) -> CONNECTED -> CLOSED. Every write
 is synchronous (a frame appended to the transport, never awaited); a client whose
 outbound buffer exceeds ``REALTIME_OUTBOX_BYTES`` is closed with 3008. Commands of one
-frame are handled in order. This module maps every error to what the client sees:
-:class:`ProtocolViolation` -> close code, :class:`CommandError` -> error reply, anything
-unexpected -> error 100 (never the exception text).
+frame are handled in order, each answered at most once. This module maps every error
+to what the client sees: :class:`ProtocolViolation` -> close code,
+:class:`CommandError` -> error reply, anything unexpected -> error 100 (never the
+exception text).
+
+A session knows nothing of the node: it talks to a :class:`SessionHost`, the dozen
+operations it needs (run a command, leave every index when closing, end a
+subscription later, spawn a task) plus the settings, metrics, journal and expiry wheel.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import enum
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
@@ -26,22 +32,24 @@ from . import codes
 from .auth.tokens import TokenExpired, TokenInvalid
 from .channels.namespaces import NamespaceOptions
 from .codes import CloseCode, ErrorCode
+from .config import Settings
 from .errors import BackendUnavailable, CommandError, ProtocolViolation
 from .events import EventType
-from .hub import text_frame
-from .protocol import (
-    ClientInfo,
-    Command,
-    encode_error,
-    encode_reply,
-    encode_unsubscribe_push,
-    parse_frame,
-)
+from .expiry import ExpiryWheel
+from .frames import text_frame
+from .journal import Journal
+from .metrics import Metrics
+from .model import ClientInfo
+from .protocol import Command, encode_client_info, encode_error, encode_reply, parse_frame
 
-if TYPE_CHECKING:
-    from .node import Node
-
-__all__ = ["Session", "SessionState", "Subscription", "SubscriptionExpiry"]
+__all__ = [
+    "Ended",
+    "Session",
+    "SessionHost",
+    "SessionState",
+    "Subscription",
+    "SubscriptionExpiry",
+]
 
 logger = logging.getLogger("realtime_server.session")
 
@@ -57,11 +65,60 @@ _NO_CHANNELS: frozenset[str] = frozenset()
 _CLOSED = SessionState.CLOSED
 
 
+class Ended(enum.StrEnum):
+    """Why a subscription ended (recorded in the event log as the unsubscribe reason)."""
+
+    CLIENT = "client"
+    DISCONNECT = "disconnect"
+    EXPIRED = "expired"
+    SERVER = "server"
+    INSUFFICIENT_STATE = "insufficient state"
+
+
 _MOVES = {
     SessionState.CONNECTING: frozenset({SessionState.CONNECTED, SessionState.CLOSED}),
     SessionState.CONNECTED: frozenset({SessionState.CLOSED}),
     SessionState.CLOSED: frozenset(),
 }
+
+
+class SessionHost(Protocol):
+    """What a session needs from the server around it (the node implements it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def journal(self) -> Journal: ...
+
+    @property
+    def expiry(self) -> ExpiryWheel: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background (kept referenced, failures logged)."""
+        ...
+
+    async def dispatch(self, session: Session, cmd: Command) -> None:
+        """Run the command's handler. Raises CommandError, ProtocolViolation,
+        TokenInvalid, TokenExpired or BackendUnavailable."""
+        ...
+
+    def session_opened(self, session: Session) -> None:
+        """The session's connect succeeded: into the indexes (registry, pings)."""
+        ...
+
+    def session_closed(self, session: Session) -> None:
+        """The session is closing: out of every index, timer and channel now
+        (synchronous; the broker and presence cleanup follow asynchronously)."""
+        ...
+
+    def end_subscription(self, session: Session, channel: str, why: Ended) -> None:
+        """End one subscription now (the client is told, unless it asked), its
+        presence and broker cleanup in the background."""
+        ...
 
 
 @dataclass(slots=True)
@@ -70,18 +127,28 @@ class Subscription:
 
     channel: str
     options: NamespaceOptions
-    info: ClientInfo
+    client_info: ClientInfo
+    """The subscriber as others see it (``chan_info`` from its subscription token)."""
     server_side: bool
     token_jti: str | None = None
     token_iat: float | None = None
     expires_at: float | None = None
     timer: SubscriptionExpiry | None = None
     """The subscription token's deadline, while it has one: ``timer.cancel()``."""
+    _info_json: bytes | None = None
+
+    @property
+    def info_json(self) -> bytes:
+        """``client_info`` encoded, once per subscription (presence, join, leave)."""
+        encoded = self._info_json
+        if encoded is None:
+            encoded = self._info_json = encode_client_info(self.client_info)
+        return encoded
 
 
 class SubscriptionExpiry:
-    """A subscription token's deadline in the node's expiry wheel (only subscriptions
-    whose token expires have one)."""
+    """A subscription token's deadline in the expiry wheel (only subscriptions whose
+    token expires have one)."""
 
     __slots__ = ("expiry_key", "session", "sub")
 
@@ -96,7 +163,7 @@ class SubscriptionExpiry:
     def cancel(self) -> None:
         """Forget the deadline; the subscription no longer refers to this object (no
         reference cycle is left for the garbage collector)."""
-        self.session.node.expiry.cancel(self)
+        self.session.host.expiry.cancel(self)
         if self.sub.timer is self:
             self.sub.timer = None
 
@@ -112,7 +179,7 @@ def _remote(conn: ServerConnection) -> str:
 
 
 class Session:
-    """A connected client. Created by the server for each WebSocket connection."""
+    """A client connection. Created by the server for each WebSocket connection."""
 
     # Slots: one of these per connection; keeps idle connections small.
     __slots__ = (
@@ -121,19 +188,21 @@ class Session:
         "_pending",
         "_protocol",
         "_refilled",
+        "_replied",
         "_strikes",
         "_tokens",
         "_transport",
         "awaiting_pong",
         "client_id",
         "close_code",
+        "closed_at",
         "conn",
         "conn_info",
         "connected_at",
         "expires_at",
         "expiry_key",
+        "host",
         "name",
-        "node",
         "ping_bucket",
         "rejection_logged",
         "state",
@@ -144,13 +213,14 @@ class Session:
         "version",
     )
 
-    def __init__(self, node: Node, conn: ServerConnection) -> None:
-        self.node = node
+    def __init__(self, host: SessionHost, conn: ServerConnection) -> None:
+        self.host = host
         self.conn = conn
         self.client_id = str(uuid.uuid4())
         self.state = SessionState.CONNECTING
         self.user = ""
         self.conn_info: bytes | None = None
+        """The connection token's raw ``info`` claim (shown to others as conn_info)."""
         self.token_jti: str | None = None
         self.token_iat: float | None = None
         self.expires_at: float | None = None
@@ -160,18 +230,21 @@ class Session:
         self.version = ""
         self.connected_at = 0.0
         self.close_code: CloseCode | None = None
+        self.closed_at = 0.0
         # Read now (the loop caches it while the socket is open); formatted on demand.
         conn.remote_address  # noqa: B018
         self.rejection_logged = False
         self.awaiting_pong = False
         self.ping_bucket = -1
-        self.expiry_key = -1  # the connection token's bucket in node.expiry
+        self.expiry_key = -1  # the connection token's bucket in host.expiry
         self._transport = conn.transport
         self._protocol = conn.protocol
-        self._outbox_limit = node.settings.outbox_bytes
-        self._tokens = node.settings.rate_burst
+        settings = host.settings
+        self._outbox_limit = settings.outbox_bytes
+        self._tokens = settings.rate_burst
         self._refilled = time.monotonic()
         self._strikes = 0
+        self._replied = False
         self._debug = logger.isEnabledFor(logging.DEBUG)
 
     def __repr__(self) -> str:
@@ -185,10 +258,12 @@ class Session:
         if self._debug:
             logger.debug("session %s: %s -> %s", self.client_id, self.state.name, new.name)
         self.state = new
+        if new is SessionState.CONNECTED:
+            self.host.session_opened(self)
 
-    @property
-    def info(self) -> ClientInfo:
-        return ClientInfo(self.user, self.client_id, self.conn_info)
+    def client_info(self, chan_info: bytes | None = None) -> ClientInfo:
+        """This client as others see it (with a subscription's ``chan_info``)."""
+        return ClientInfo(self.user, self.client_id, self.conn_info, chan_info)
 
     @property
     def remote(self) -> str:
@@ -199,8 +274,9 @@ class Session:
     @property
     def pending(self) -> AbstractSet[str]:
         """Channels being set up (a connect's server-side channels, a subscribe's
-        channel) whose subscribe reply is not written yet. A set exists only while
-        one is (an idle connection keeps none: profiled at 0.2 KiB each)."""
+        channel) whose subscribe reply is not written yet. Maintained by
+        :mod:`subscriptions` only. A set exists only while one is (an idle connection
+        keeps none: profiled at 0.2 KiB each)."""
         return self._pending if self._pending is not None else _NO_CHANNELS
 
     def add_pending(self, channel: str) -> None:
@@ -215,9 +291,6 @@ class Session:
             if not pending:
                 self._pending = None
 
-    def clear_pending(self) -> None:
-        self._pending = None
-
     # --- output (synchronous, never awaits the client) -----------------------------
 
     def write(self, frame: bytes) -> bool:
@@ -228,6 +301,7 @@ class Session:
             return False
         transport = self._transport
         if transport.get_write_buffer_size() > self._outbox_limit:
+            self.host.metrics.drops_total += 1
             self.close_slow()
             return False
         transport.write(frame)
@@ -237,50 +311,70 @@ class Session:
         """The client does not read what we send: close with 3008 (logged, counted)."""
         if self.state is _CLOSED:
             return
-        self.node.metrics.slow_disconnects_total += 1
+        self.host.metrics.slow_disconnects_total += 1
         buffered = self._transport.get_write_buffer_size()
-        self.node.log(EventType.SLOW_CONSUMER, self, buffered=buffered)
+        self.host.journal.record(EventType.SLOW_CONSUMER, self, buffered=buffered)
         self.close(codes.CLOSE_SLOW)
 
     def send(self, payload: bytes) -> bool:
         return self.write(text_frame(payload))
 
+    def answer(self, reply: bytes) -> None:
+        """Write the reply to the command being handled (each command gets one)."""
+        self._replied = True
+        self.write(text_frame(reply))
+
     def reply(self, cmd: Command, result: dict[str, Any]) -> None:
-        self.send(encode_reply(cmd.id, cmd.method, result))
+        self.answer(encode_reply(cmd.id, cmd.method, result))
 
     def reply_error(self, cmd: Command, error: ErrorCode) -> None:
-        self.node.metrics.command_errors[error.code] += 1
+        self.host.metrics.command_errors[error.code] += 1
         if cmd.id:
-            self.send(encode_error(cmd.id, error))
+            self.answer(encode_error(cmd.id, error))
 
     def close(self, code: CloseCode) -> None:
-        """Close with ``code``: detach from the node at once, send the close frame in the
-        background. Idempotent."""
+        """Close with ``code``: leave every index at once, send the close frame in the
+        background. Idempotent; the first decision (and its time) stands."""
         if self.state is SessionState.CLOSED:
             return
         self.close_code = code
-        self.node.metrics.closes[code.code] += 1
-        self.detach()
-        self.node.spawn(self._close_socket(code))
+        self.host.metrics.closes[code.code] += 1
+        self._leave()
+        self.host.spawn(self._close_socket(code))
 
     async def _close_socket(self, code: CloseCode) -> None:
         await self.conn.close(code.code, code.reason)
 
-    def detach(self) -> None:
-        """Synchronous part of leaving: state CLOSED, out of every index and timer."""
+    def _leave(self) -> None:
+        """Synchronous part of closing: state CLOSED, out of every index and timer."""
         if self.state is SessionState.CLOSED:
             return
+        self.closed_at = time.time()
         self.transition(SessionState.CLOSED)
-        self.node.expiry.cancel(self)
+        self.host.expiry.cancel(self)
         for sub in self.subs.values():
             if sub.timer is not None:
                 sub.timer.cancel()
-        self.node.forget(self)
+        self.host.session_closed(self)
+
+    def lost(self) -> None:
+        """The connection ended (the client went, or a close completed)."""
+        self._leave()
+
+    def reject(self, code: int, reason: str) -> None:
+        """Record a refused connect (once per session)."""
+        if self.rejection_logged:
+            return
+        self.rejection_logged = True
+        self.host.metrics.connect_rejected[code] += 1
+        self.host.journal.record(
+            EventType.CONNECT_REJECTED, self, code=code, reason=reason, remote=self.remote
+        )
 
     # --- input -----------------------------------------------------------------------
 
     def _rate_ok(self) -> bool:
-        settings = self.node.settings
+        settings = self.host.settings
         now = time.monotonic()
         self._tokens = min(
             settings.rate_burst, self._tokens + (now - self._refilled) * settings.rate_limit
@@ -291,11 +385,12 @@ class Session:
             self._strikes = 0
             return True
         self._strikes += 1
-        self.node.metrics.rate_limited_total += 1
+        self.host.metrics.rate_limited_total += 1
+        journal = self.host.journal
         if self._strikes == 1:
-            self.node.log(EventType.RATE_LIMITED, self, code=codes.TOO_MANY_REQUESTS.code)
+            journal.record(EventType.RATE_LIMITED, self, code=codes.TOO_MANY_REQUESTS.code)
         if self._strikes >= settings.rate_strikes:
-            self.node.log(EventType.RATE_LIMITED, self, code=codes.CLOSE_TOO_MANY_REQUESTS.code)
+            journal.record(EventType.RATE_LIMITED, self, code=codes.CLOSE_TOO_MANY_REQUESTS.code)
             raise ProtocolViolation(codes.CLOSE_TOO_MANY_REQUESTS)
         return False
 
@@ -318,7 +413,7 @@ class Session:
                 return
 
     async def handle(self, cmd: Command) -> None:
-        self.node.metrics.commands_total += 1
+        self.host.metrics.commands_total += 1
         method = cmd.method
         if method == "":
             return  # pong
@@ -330,12 +425,10 @@ class Session:
             raise ProtocolViolation(codes.CLOSE_BAD_REQUEST, "command before connect")
         if self.state is SessionState.CONNECTED and method == "connect":
             raise ProtocolViolation(codes.CLOSE_BAD_REQUEST, "already connected")
-        handler = self.node.commands.get(method)
+        self._replied = False
         try:
             try:
-                if handler is None:
-                    raise CommandError(codes.METHOD_NOT_FOUND)
-                await handler(self, cmd)
+                await self.host.dispatch(self, cmd)
             except TokenInvalid:
                 raise ProtocolViolation(codes.CLOSE_INVALID_TOKEN) from None
             except TokenExpired:
@@ -344,7 +437,7 @@ class Session:
                 raise CommandError(codes.INTERNAL) from None
         except CommandError as exc:
             self._refused(cmd, exc.error.code, exc.error.message)
-            self.reply_error(cmd, exc.error)
+            self._reply_error_once(cmd, exc.error)
         except ProtocolViolation as exc:
             self._refused(cmd, exc.close.code, exc.close.reason)
             raise
@@ -353,15 +446,28 @@ class Session:
         except Exception:
             logger.exception("command %s failed for client %s", method, self.client_id)
             self._refused(cmd, codes.INTERNAL.code, "internal error")
-            self.reply_error(cmd, codes.INTERNAL)
+            self._reply_error_once(cmd, codes.INTERNAL)
+
+    def _reply_error_once(self, cmd: Command, error: ErrorCode) -> None:
+        """An error reply, unless the command was already answered (a failure after
+        the reply is logged, never answered twice)."""
+        if self._replied:
+            logger.warning(
+                "command %s of client %s failed after its reply (%d); not answered twice",
+                cmd.method,
+                self.client_id,
+                error.code,
+            )
+            return
+        self.reply_error(cmd, error)
 
     def _refused(self, cmd: Command, code: int, reason: str) -> None:
         """Log refusals of connect and subscribe (the audit trail cares about those)."""
         if cmd.method == "connect" and self.state is SessionState.CONNECTING:
-            self.node.connect_rejected(self, code, reason)
-        elif cmd.method == "subscribe":
+            self.reject(code, reason)
+        elif cmd.method == "subscribe" and not self._replied:
             channel = cmd.params.get("channel")
-            self.node.log(
+            self.host.journal.record(
                 EventType.SUBSCRIBE_REJECTED,
                 self,
                 channel=channel if isinstance(channel, str) else None,
@@ -375,11 +481,11 @@ class Session:
         """Close with 3005 when the connection token is not refreshed in time: once
         ``expires_at`` plus ``REALTIME_EXPIRY_GRACE`` has passed (None: never)."""
         self.expires_at = expires_at
-        wheel = self.node.expiry
+        wheel = self.host.expiry
         if expires_at is None:
             wheel.cancel(self)
         else:
-            wheel.schedule(self, expires_at - time.time() + self.node.settings.expiry_grace)
+            wheel.schedule(self, expires_at - time.time() + self.host.settings.expiry_grace)
 
     def expire(self) -> None:
         """The connection token's deadline passed (called by the expiry wheel)."""
@@ -388,7 +494,7 @@ class Session:
             return
         remaining = expires_at - time.time()
         if remaining > 0:  # the wall clock went back: wait for it
-            self.node.expiry.schedule(self, remaining + self.node.settings.expiry_grace)
+            self.host.expiry.schedule(self, remaining + self.host.settings.expiry_grace)
             return
         self.close(codes.CLOSE_EXPIRED)
 
@@ -403,8 +509,8 @@ class Session:
             return
         if timer is None:
             timer = sub.timer = SubscriptionExpiry(self, sub)
-        delay = expires_at - time.time() + self.node.settings.expiry_grace
-        self.node.expiry.schedule(timer, delay)
+        delay = expires_at - time.time() + self.host.settings.expiry_grace
+        self.host.expiry.schedule(timer, delay)
 
     def _sub_expired(self, sub: Subscription) -> None:
         """The subscription token's deadline passed (called by the expiry wheel)."""
@@ -419,6 +525,4 @@ class Session:
         if sub.server_side:
             self.close(codes.CLOSE_SUBSCRIPTION_EXPIRED)
             return
-        code, reason = codes.UNSUBSCRIBE_EXPIRED
-        self.send(encode_unsubscribe_push(sub.channel, code, reason))
-        self.node.spawn(self.node.unsubscribe(self, sub.channel, reason="expired"))
+        self.host.end_subscription(self, sub.channel, Ended.EXPIRED)

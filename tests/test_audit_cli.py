@@ -256,7 +256,7 @@ async def test_embedded_server_logs_to_sqlite_and_audit_reads_it(
     assert "subscribe" in sub
     refused = await client.call("subscribe", {"channel": "document:8", "token": "nope"})
     assert "error" in refused
-    await server.node.publish("document:7", b'{"status":"signed"}', publisher="api")
+    await server.node.ops.publish("document:7", b'{"status":"signed"}', publisher="api")
     await client.push("pub")
     await client.close()
     async with asyncio.timeout(5000 * MS):

@@ -345,19 +345,19 @@ async def test_official_sdk_in_browser(start_server: StartServer) -> None:
             assert loaded["sdk"] == "function"
             connected = await browser.expect("page", kind="connected")
             assert connected["transport"] == "websocket"
-            assert connected["client"] in server.node.sessions
+            assert connected["client"] in server.node.registry
             own = await browser.expect("page", kind="server_subscribed", channel="user:alice")
             assert own["recoverable"] is True
             subscribed = await browser.expect("page", kind="subscribed", channel=doc)
             assert subscribed["recoverable"] is True and subscribed["positioned"] is True
 
-            position = await server.node.publish(doc, b'{"status":"signed","signer":"bob"}')
+            position = await server.node.ops.publish(doc, b'{"status":"signed","signer":"bob"}')
             assert position is not None
             pub = await browser.expect("page", kind="publication", channel=doc)
             assert pub["data"] == {"status": "signed", "signer": "bob"}
             assert pub["offset"] == position.offset
 
-            await server.node.publish("user:alice", b'{"text":"Bob signed contract 7"}')
+            await server.node.ops.publish("user:alice", b'{"text":"Bob signed contract 7"}')
             note = await browser.expect("page", kind="server_publication", channel="user:alice")
             assert note["data"] == {"text": "Bob signed contract 7"}
 

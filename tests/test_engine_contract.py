@@ -46,7 +46,7 @@ from realtime_server.channels.engine import (
 )
 from realtime_server.channels.memory import MemoryEngine
 from realtime_server.channels.redis_engine import RedisEngine
-from realtime_server.protocol import ClientInfo, Publication, StreamPosition
+from realtime_server.model import ClientInfo, Publication, StreamPosition
 
 from .helpers import MS
 from .redis_server import redis_server

@@ -121,7 +121,7 @@ async def test_postgres_killed_mid_load_loses_nothing(
         while not stop_load.is_set():
             client_ids.append(await churn(server, rounds))
             for _ in range(3):
-                position = await server.node.publish(DOC, b'{"status":"viewed"}', publisher="t")
+                position = await server.node.ops.publish(DOC, b'{"status":"viewed"}', publisher="t")
                 published += 1
                 assert position is not None and position.offset == published
             # Delivery goes on whatever PostgreSQL does: every watcher gets it now.

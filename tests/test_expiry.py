@@ -174,7 +174,7 @@ async def _connect(
     client = await RawClient.open(ws_url(server))
     (task,) = set(server.ws.handler_tasks) - before
     reply = await client.connect(token(user, ttl=ttl))
-    return client, server.node.sessions[reply["connect"]["client"]], task
+    return client, server.node.registry.get(reply["connect"]["client"]), task
 
 
 async def test_unrefreshed_connections_close_3005_not_before_exp_plus_grace(
@@ -201,7 +201,7 @@ async def test_unrefreshed_connections_close_3005_not_before_exp_plus_grace(
         assert result == (3005, "connection expired")
         assert at >= exp + grace - 0.01  # not before the grace period is over
         assert at <= exp + grace + EXPIRY_TICK + 1000 * MS
-    await server.node.publish("user:keeper", b"1")
+    await server.node.ops.publish("user:keeper", b"1")
     assert (await keeper.push("pub"))["pub"]["data"] == 1
     assert len(wheel) == 1
 

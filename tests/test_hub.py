@@ -27,7 +27,7 @@ async def _tab(server: Running, user: str) -> tuple[RawClient, asyncio.Task[None
 async def _publish(server: Running, data: int, *receivers: RawClient) -> None:
     metrics = server.node.metrics
     delivered = metrics.deliveries_total
-    await server.node.publish("user:7", str(data).encode())
+    await server.node.ops.publish("user:7", str(data).encode())
     for client in receivers:
         assert (await client.push("pub"))["pub"]["data"] == data
     assert metrics.deliveries_total - delivered == len(receivers)

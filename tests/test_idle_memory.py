@@ -67,7 +67,7 @@ async def test_idle_connection_state_in_session_hub_and_timers(start_server: Sta
     per_conn = {m: (after[m] - before[m]) / N for m in after.keys() | before.keys()}
     ours = sum(v for m, v in per_conn.items() if m in OURS)
     assert ours < BUDGET, sorted(per_conn.items(), key=lambda kv: -kv[1])
-    sessions = list(server.node.sessions.values())
+    sessions = list(server.node.registry)
     assert len(sessions) == N + len(warm)
     # no set kept for channels being set up, every deadline in the node's one wheel
     assert all(s._pending is None and s.expiry_key >= 0 for s in sessions)

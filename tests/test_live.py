@@ -24,7 +24,7 @@ async def test_pings_and_pong_timeout(start_server: StartServer) -> None:
         assert await polite.recv() == {}
         await polite.ws.send("{}")
     assert await silent.closed() == (3012, "no pong")
-    await server.node.publish("user:2", b'"alive"')
+    await server.node.ops.publish("user:2", b'"alive"')
     assert (await polite.push("pub"))["pub"]["data"] == "alive"
 
 
@@ -38,7 +38,7 @@ async def test_unrefreshed_token_closes_3005_refresh_keeps_alive(start_server: S
     refreshed = await refreshing.call("refresh", {"token": token("2", ttl=60)})
     assert refreshed["refresh"]["expires"] is True and 50 <= refreshed["refresh"]["ttl"] < 60
     assert await lapsing.closed(timeout=3000 * MS) == (3005, "connection expired")
-    await server.node.publish("user:2", b"1")
+    await server.node.ops.publish("user:2", b"1")
     assert (await refreshing.push("pub"))["pub"]["data"] == 1
 
 
@@ -85,7 +85,7 @@ async def test_revoke_jti_closes_4501_promptly_and_blocks_reconnect(server: Runn
     again = await RawClient.open(ws_url(server))
     await again.send({"connect": {"token": tok}})
     assert (await again.closed())[0] == 4501
-    await server.node.publish("user:42", b"1")
+    await server.node.ops.publish("user:42", b"1")
     assert (await other.push("pub"))["pub"]["data"] == 1
 
 
@@ -95,8 +95,8 @@ async def test_revoke_user_cutoff(server: Running) -> None:
     await server.node.revocations.revoke_user("42", time.time() - 10)
     assert (await old.closed())[0] == 4501
     fresh = await connected(server, "42")  # issued after the cutoff
-    await server.node.publish("user:7", b"1")
-    await server.node.publish("user:42", b"2")
+    await server.node.ops.publish("user:7", b"1")
+    await server.node.ops.publish("user:42", b"2")
     assert (await bystander.push("pub"))["pub"]["data"] == 1
     assert (await fresh.push("pub"))["pub"]["data"] == 2
 
@@ -121,7 +121,7 @@ async def test_slow_reader_closed_3008_others_served(start_server: StartServer) 
     payload = b'"' + b"x" * 60000 + b'"'
     received = 0
     for _ in range(400):
-        await server.node.publish("document:big", payload)
+        await server.node.ops.publish("document:big", payload)
         while True:  # the fast client keeps up
             msg = await fast.recv()
             if "push" in msg and "pub" in msg["push"]:
@@ -158,8 +158,8 @@ async def test_ping_flood_without_reading_closed_3008_others_served(
         else:
             await asyncio.sleep(0)
     assert server.node.metrics.slow_disconnects_total == 1, f"no close after {sent} bytes"
-    assert "flooder" not in {s.user for s in server.node.sessions.values()}
-    await server.node.publish("document:1", b'{"still":"served"}')
+    assert "flooder" not in {s.user for s in server.node.registry}
+    await server.node.ops.publish("document:1", b'{"still":"served"}')
     assert (await bystander.push("pub"))["pub"]["data"] == {"still": "served"}
     transport.abort()
 
@@ -169,11 +169,11 @@ async def test_recovery_on_resubscribe(server: Running) -> None:
     tok = sub_token("42", "document:1")
     first = (await client.call("subscribe", {"channel": "document:1", "token": tok}))["subscribe"]
     assert first["recoverable"] is True and first["offset"] == 0 and first["epoch"]
-    await server.node.publish("document:1", b'{"n":1}')
+    await server.node.ops.publish("document:1", b'{"n":1}')
     assert (await client.push("pub"))["pub"]["offset"] == 1
     await client.call("unsubscribe", {"channel": "document:1"})
     for n in (2, 3, 4):
-        await server.node.publish("document:1", b'{"n":%d}' % n)
+        await server.node.ops.publish("document:1", b'{"n":%d}' % n)
     again = await client.call(
         "subscribe",
         {
@@ -189,7 +189,7 @@ async def test_recovery_on_resubscribe(server: Running) -> None:
     assert result["offset"] == 1
     assert [p["data"]["n"] for p in result["publications"]] == [2, 3, 4]
     assert [p["offset"] for p in result["publications"]] == [2, 3, 4]
-    await server.node.publish("document:1", b'{"n":5}')
+    await server.node.ops.publish("document:1", b'{"n":5}')
     assert (await client.push("pub"))["pub"]["offset"] == 5
 
 
@@ -208,7 +208,7 @@ async def test_recovery_fails_on_wrong_epoch_and_on_trimmed_history(
     epoch = bad_epoch["subscribe"]["epoch"]
     await client.call("unsubscribe", {"channel": "document:1"})
     for n in range(5):
-        await server.node.publish("document:1", b"%d" % n)
+        await server.node.ops.publish("document:1", b"%d" % n)
     trimmed = await client.call(
         "subscribe",
         {"channel": "document:1", "token": tok, "recover": True, "offset": 1, "epoch": epoch},
@@ -219,12 +219,12 @@ async def test_recovery_fails_on_wrong_epoch_and_on_trimmed_history(
 
 async def test_server_side_subscription_recovers_on_reconnect(server: Running) -> None:
     client = await connected(server)
-    await server.node.publish("user:42", b"1")
+    await server.node.ops.publish("user:42", b"1")
     pub = await client.push("pub")
     epoch = (await server.node.broker.history("user:42")).top.epoch
     await client.close()
-    await server.node.publish("user:42", b"2")
-    await server.node.publish("user:42", b"3")
+    await server.node.ops.publish("user:42", b"2")
+    await server.node.ops.publish("user:42", b"3")
     again = await RawClient.open(ws_url(server))
     reply = await again.connect(
         token("42"),
@@ -262,7 +262,7 @@ async def test_presence_join_leave_history(server: Running) -> None:
     leave = await alice.push("leave")
     assert leave["leave"]["info"]["user"] == "bob"
     for n in range(3):
-        await server.node.publish("document:9", b"%d" % n)
+        await server.node.ops.publish("document:9", b"%d" % n)
     hist = (await alice.call("history", {"channel": "document:9", "limit": 2}))["history"]
     assert [p["data"] for p in hist["publications"]] == [0, 1]
     assert hist["offset"] == 3
@@ -308,6 +308,6 @@ async def test_client_publish_allowed_by_namespace(start_server: StartServer) ->
 
 async def test_many_clients_one_publication(server: Running) -> None:
     clients = [await connected(server, f"u{i}", channels=["document:all"]) for i in range(50)]
-    await server.node.publish("document:all", b'{"status":"completed"}')
+    await server.node.ops.publish("document:all", b'{"status":"completed"}')
     results = await asyncio.gather(*(c.push("pub") for c in clients))
     assert all(r["pub"]["data"] == {"status": "completed"} for r in results)

@@ -87,7 +87,7 @@ async def test_no_origin_is_allowed_for_non_browser_clients(guarded: Running) ->
 @pytest.mark.parametrize("origin", LOOK_ALIKES)
 async def test_other_and_look_alike_origins_get_403(guarded: Running, origin: str) -> None:
     assert await _status(ws_url(guarded), origin) == 403
-    assert not guarded.node.sessions
+    assert not guarded.node.registry
 
 
 async def test_two_origin_headers_are_refused(guarded: Running) -> None:

@@ -1,6 +1,6 @@
 """Unit tests of the sans-I/O protocol core (realtime_server/protocol.py): no sockets.
 
-Shapes follow shared/protocol/centrifuge-json-v2.md (sections 2 to 4 and 11).
+Shapes follow the Centrifugo client protocol v2 (JSON) as the SDKs speak it.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from realtime_server.codes import (
     UNSUBSCRIBE_SERVER,
 )
 from realtime_server.errors import ProtocolViolation
+from realtime_server.model import ClientInfo, Publication, StreamPosition
 from realtime_server.protocol import (
     METHODS,
     PING,
-    ClientInfo,
     Command,
-    Publication,
-    StreamPosition,
+    encode_client_info,
     encode_error,
     encode_join,
     encode_leave,
@@ -208,7 +207,7 @@ def test_batches_round_trip(commands: list[tuple[int, str, dict[str, Any]]]) -> 
 
 def test_connect_defaults() -> None:
     req = parse_connect({})
-    assert (req.token, req.name, req.version, req.data, req.subs) == ("", "", "", None, {})
+    assert (req.token, req.name, req.version, req.subs) == ("", "", "", {})
 
 
 def test_connect_fields() -> None:
@@ -225,7 +224,7 @@ def test_connect_fields() -> None:
         }
     )
     assert (req.token, req.name, req.version) == ("tok", "js", "1.2")
-    assert req.data is not None and orjson.loads(req.data) == {"a": [1, 2]}
+    # connect ``data`` is accepted and ignored (no connect proxy)
     sub = req.subs["user:42"]
     assert (sub.channel, sub.recover, sub.offset, sub.epoch) == ("user:42", True, 6, "SE")
     empty = req.subs["document:1"]
@@ -497,7 +496,7 @@ def test_pub_push_matches_publication_json(
     if offset:
         expected["offset"] = offset
     if info is not None:
-        expected["info"] = orjson.loads(orjson.dumps(info.to_json()))
+        expected["info"] = orjson.loads(encode_client_info(info))
     if tags:
         expected["tags"] = tags
     assert out == {"push": {"channel": channel, "pub": expected}}

@@ -29,7 +29,7 @@ async def test_cluster_delivery_revocation_presence_recovery(
     on_a = await connected(a, "1", channels=channels)
     on_b = await connected(b, "2", channels=channels, jti="cluster-jti")
     for i, channel in enumerate(channels):
-        position = await a.node.publish(channel, b"%d" % i)
+        position = await a.node.ops.publish(channel, b"%d" % i)
         assert position is not None and position.offset == 1
     for client in (on_a, on_b):
         got = {}
@@ -52,7 +52,7 @@ async def test_cluster_delivery_revocation_presence_recovery(
     joined: set[str] = set()  # each join is published right after its presence entry
     while joined != {"1", "2"}:
         joined.add((await on_a.push("join"))["join"]["info"]["user"])
-    stats = await b.node.presence_stats("document:p")
+    stats = await b.node.ops.presence_stats("document:p")
     assert (stats.num_clients, stats.num_users) == (2, 2)
 
     # recovery from the sharded history

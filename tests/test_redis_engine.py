@@ -17,7 +17,7 @@ from realtime_server.channels.engine import HistoryOptions, HistoryQuery, Member
 from realtime_server.channels.redis_client import LuaScript
 from realtime_server.channels.redis_engine import RedisEngine
 from realtime_server.errors import BackendUnavailable
-from realtime_server.protocol import ClientInfo
+from realtime_server.model import ClientInfo
 
 from .redis_server import RedisServer, redis_server
 from .test_engine_contract import Recorder

@@ -42,7 +42,7 @@ async def test_pubsub_link_killed_under_load_loses_nothing(start_server: StartSe
         admin = aioredis.Redis.from_url(redis_proc.url)
         try:
             for n in range(1, 61):
-                await server.node.publish("document:load", b"%d" % n)
+                await server.node.ops.publish("document:load", b"%d" % n)
                 if n == 20:
                     killed = await admin.client_kill_filter(_type="pubsub")
                     assert killed >= 1
@@ -65,9 +65,9 @@ async def test_redis_restart_readiness_temporary_errors_and_recovery(
         await doc_sub.call(
             "subscribe", {"channel": "document:1", "token": sub_token("43", "document:1")}
         )
-        await server.node.publish("user:42", b"1")
+        await server.node.ops.publish("user:42", b"1")
         await user_sub.push("pub")
-        await server.node.publish("document:1", b"1")
+        await server.node.ops.publish("document:1", b"1")
         await doc_sub.push("pub")
         assert await readyz(server) == 200
 
@@ -98,7 +98,7 @@ async def test_redis_restart_readiness_temporary_errors_and_recovery(
         assert all(p["code"] == 2500 for p in pushes)
         # and the node works again
         fresh = await connected(server, "45")
-        await server.node.publish("user:45", b"2")
+        await server.node.ops.publish("user:45", b"2")
         assert (await fresh.push("pub"))["pub"]["data"] == 2
 
 
@@ -118,7 +118,7 @@ async def test_revocation_during_link_outage_applies_when_back(start_server: Sta
             assert victim.ws.protocol.close_rcvd is None  # the node could not hear it
             proxy.restore()
             assert (await victim.closed(timeout=5000 * MS))[0] == 4501
-            await server.node.publish("user:7", b"1")
+            await server.node.ops.publish("user:7", b"1")
             assert (await bystander.push("pub"))["pub"]["data"] == 1
         finally:
             await proxy.close()

@@ -28,11 +28,11 @@ async def test_publication_reaches_every_node(
     a, b = await two_nodes(start_server, redis_url, redis_prefix)
     on_a = await connected(a, "1", channels=["document:7"])
     on_b = await connected(b, "2", channels=["document:7"])
-    position = await a.node.publish("document:7", b'{"status":"signed"}')
+    position = await a.node.ops.publish("document:7", b'{"status":"signed"}')
     assert position is not None and position.offset == 1
     for client in (on_a, on_b):
         assert (await client.push("pub"))["pub"] == {"data": {"status": "signed"}, "offset": 1}
-    second = await b.node.publish("document:7", b'{"status":"completed"}')
+    second = await b.node.ops.publish("document:7", b'{"status":"completed"}')
     assert second is not None and second.offset == 2 and second.epoch == position.epoch
     for client in (on_a, on_b):
         assert (await client.push("pub"))["pub"]["offset"] == 2
@@ -53,7 +53,7 @@ async def test_revocation_closes_on_every_node(
     again = await RawClient.open(ws_url(b))
     await again.send({"connect": {"token": token("42", jti="jti-a", iat=int(time.time()) + 1)}})
     assert (await again.closed())[0] == 4501
-    await a.node.publish("user:7", b"1")
+    await a.node.ops.publish("user:7", b"1")
     assert (await bystander.push("pub"))["pub"]["data"] == 1
 
 
@@ -69,9 +69,9 @@ async def test_presence_join_leave_and_disconnect_across_nodes(
     await bob.call("subscribe", {"channel": "document:1", "token": sub_token("bob", "document:1")})
     while (await alice.push("join"))["join"]["info"]["user"] != "bob":
         pass
-    stats = await a.node.presence_stats("document:1")
+    stats = await a.node.ops.presence_stats("document:1")
     assert (stats.num_clients, stats.num_users) == (2, 2)
-    await a.node.disconnect_user("bob", 4100, "bye")
+    await a.node.ops.disconnect_user("bob", 4100, "bye")
     assert await bob.closed() == (4100, "bye")
     assert (await alice.push("leave"))["leave"]["info"]["user"] == "bob"
 
@@ -105,7 +105,7 @@ async def test_no_leftover_redis_subscriptions(
         assert (await redis.pubsub_numsub(channel))[0][1] == 1  # one per node, not per client
         await asyncio.gather(*(c.close() for c in clients))
         async with asyncio.timeout(5000 * MS):
-            while server.node.sessions or server.node.hub.has_local("document:x"):
+            while server.node.registry or server.node.hub.has_local("document:x"):
                 await asyncio.sleep(0.01)  # cleanup runs in the handlers' finally blocks
         async with asyncio.timeout(5000 * MS):
             while (await redis.pubsub_numsub(channel))[0][1] != 0:
@@ -162,12 +162,12 @@ async def test_recovery_survives_node_restart(
 ) -> None:
     first = await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
     client = await connected(first, "42", channels=["document:r"])
-    await first.node.publish("document:r", b"1")
+    await first.node.ops.publish("document:r", b"1")
     pub = await client.push("pub")
     epoch = (await first.node.broker.history("document:r")).top.epoch
     await client.close()
     second = await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
-    await second.node.publish("document:r", b"2")
+    await second.node.ops.publish("document:r", b"2")
     again = await RawClient.open(ws_url(second))
     reply = await again.connect(
         token("42", channels=["document:r"]),
@@ -195,11 +195,11 @@ async def test_crashed_node_clients_leave_presence(
         )
         # presence is added after the reply, in one step with the join publication
         assert (await client.push("join"))["join"]["info"]["user"] == "ghost"
-        assert (await observer.node.presence_stats("document:c")).num_clients == 1
+        assert (await observer.node.ops.presence_stats("document:c")).num_clients == 1
         await doomed.stop(signal.SIGKILL)  # no cleanup: a crash
     started = time.monotonic()
     async with asyncio.timeout(6000 * MS):
-        while (await observer.node.presence_stats("document:c")).num_clients:
+        while (await observer.node.ops.presence_stats("document:c")).num_clients:
             await asyncio.sleep(0.1)  # expiry has no event to await
     assert time.monotonic() - started < 4
 

@@ -198,7 +198,7 @@ async def test_connect_and_user_channel_publication(server: Running) -> None:
         await js.connect()
         connected = await js.expect("connected")
         assert connected["transport"] == "websocket"
-        assert connected["client"] in server.node.sessions
+        assert connected["client"] in server.node.registry
         sub = await js.expect("subscribed", scope="client", channel="user:alice")
         assert sub["recoverable"] is True
         assert sub["streamPosition"]["offset"] == 0
@@ -208,7 +208,7 @@ async def test_connect_and_user_channel_publication(server: Running) -> None:
         assert pub["data"] == {"n": 1}
         assert pub["offset"] == result["offset"] == 1
 
-        await server.node.publish("user:alice", b'{"n":2,"text":"caf\xc3\xa9"}')
+        await server.node.ops.publish("user:alice", b'{"n":2,"text":"caf\xc3\xa9"}')
         pub = await js.expect("publication", scope="client", channel="user:alice")
         assert pub["data"] == {"n": 2, "text": "café"}
         assert pub["offset"] == 2
@@ -385,7 +385,7 @@ async def test_expired_token_refetched_with_get_token(server: Running) -> None:
         connected = await js.expect("connected")
         await js.expect("subscribed", scope="client", channel="user:alice")
         assert len(fresh) == 1
-        assert server.node.sessions[connected["client"]].token_jti == claims(fresh[0])["jti"]
+        assert server.node.registry.get(connected["client"]).token_jti == claims(fresh[0])["jti"]
         assert not js.all("disconnected")
 
 
@@ -413,10 +413,10 @@ async def test_refresh_keeps_connection_past_expiry(start_server: StartServer) -
         await asyncio.sleep(max(0.0, claims(first)["exp"] + grace + QUIET - time.time()))
         assert issued
         assert not [e for e in js.since(connected) if e["event"] in ("connecting", "disconnected")]
-        session = server.node.sessions[connected["client"]]
+        session = server.node.registry.get(connected["client"])
         assert session.expires_at is not None and session.expires_at > claims(first)["exp"]
 
-        await server.node.publish("user:alice", b'{"alive":true}')
+        await server.node.ops.publish("user:alice", b'{"alive":true}')
         pub = await js.expect("publication", scope="client", channel="user:alice")
         assert pub["data"] == {"alive": True}
 
@@ -477,7 +477,7 @@ async def test_revoked_token_closes_4501_without_reconnect(server: Running) -> N
         assert (await js.state())["state"] == "disconnected"
         assert not [e for e in js.since(disconnected) if e["event"] in ("connecting", "connected")]
     assert server.node.metrics.connections_total == 1
-    assert "alice" not in server.node.by_user
+    assert server.node.registry.user_connections("alice") == 0
 
 
 # --- 7. reconnect after 3001 and recovery -------------------------------------------------
@@ -527,7 +527,7 @@ async def test_reconnect_after_3001_recovers_missed_publications(server: Running
         closed = await js.expect("connecting", scope="client")
         assert (closed["code"], closed["reason"]) == (3001, "shutdown")
         await js.expect("request", kind="connect_data")
-        assert "alice" not in server.node.by_user
+        assert server.node.registry.user_connections("alice") == 0
         for n in (3, 4, 5):
             await publish_both(n)
         gate.open()
@@ -574,8 +574,8 @@ async def test_ping_pong_keeps_idle_connection(start_server: StartServer) -> Non
         connected = await js.expect("connected")
         await asyncio.sleep(3500 * MS)
         assert not [e for e in js.since(connected) if e["event"] in ("connecting", "disconnected")]
-        session = server.node.sessions[connected["client"]]
+        session = server.node.registry.get(connected["client"])
         assert session.state.name == "CONNECTED"
-        await server.node.publish("user:alice", b'{"idle":false}')
+        await server.node.ops.publish("user:alice", b'{"idle":false}')
         pub = await js.expect("publication", scope="client", channel="user:alice")
         assert pub["data"] == {"idle": False}

@@ -260,7 +260,7 @@ async def test_connect_and_user_channel_publication(server: Running) -> None:
     async with sdk_client(server, token("alice")) as c:
         await c.client.connect()
         connected = await c.rec.expect("connected")
-        assert connected.client in server.node.sessions
+        assert connected.client in server.node.registry
         assert c.client.state is ClientState.CONNECTED
         sub = await c.rec.expect("subscribed", "user:alice")
         assert sub.recoverable is True
@@ -271,7 +271,7 @@ async def test_connect_and_user_channel_publication(server: Running) -> None:
         assert pub.pub.data == {"n": 1}
         assert pub.pub.offset == result["offset"] == 1
 
-        await server.node.publish("user:alice", b'{"n":2,"text":"caf\xc3\xa9"}')
+        await server.node.ops.publish("user:alice", b'{"n":2,"text":"caf\xc3\xa9"}')
         pub = await c.rec.expect("publication", "user:alice")
         assert pub.pub.data == {"n": 2, "text": "café"}
         assert pub.pub.offset == 2
@@ -432,7 +432,7 @@ async def test_expired_token_refetched_with_get_token(server: Running) -> None:
         connected = await c.rec.expect("connected")
         await c.rec.expect("subscribed", "user:alice")
         assert len(fresh) == 1
-        assert server.node.sessions[connected.client].token_jti == claims(fresh[0])["jti"]
+        assert server.node.registry.get(connected.client).token_jti == claims(fresh[0])["jti"]
         assert not c.rec.all("disconnected")
 
 
@@ -462,11 +462,11 @@ async def test_refresh_keeps_connection_past_expiry(start_server: StartServer) -
         after = c.rec.kinds_after(connected)
         assert "connecting" not in after and "disconnected" not in after
         assert c.client.state is ClientState.CONNECTED
-        session = server.node.sessions[connected.client]
+        session = server.node.registry.get(connected.client)
         assert session.expires_at is not None and session.expires_at > claims(first)["exp"]
         assert session.token_jti in {claims(t)["jti"] for t in issued}
 
-        await server.node.publish("user:alice", b'{"alive":true}')
+        await server.node.ops.publish("user:alice", b'{"alive":true}')
         pub = await c.rec.expect("publication", "user:alice")
         assert pub.pub.data == {"alive": True}
 
@@ -502,7 +502,7 @@ async def test_unrefreshed_connection_closed_3005_then_reconnects(
             connected = await c.rec.expect("connected")
             await c.rec.expect("subscribed", "user:alice")
             assert calls == 2
-            assert connected.client in server.node.sessions
+            assert connected.client in server.node.registry
             assert not c.rec.all("disconnected")
             held.set()  # the stale refresh ends (its connection is gone: token unused)
     finally:
@@ -528,7 +528,7 @@ async def test_revoked_token_closes_4501_without_reconnect(server: Running) -> N
         after = c.rec.kinds_after(disconnected)
         assert "connecting" not in after and "connected" not in after
     assert server.node.metrics.connections_total == 1
-    assert "alice" not in server.node.by_user
+    assert server.node.registry.user_connections("alice") == 0
 
 
 # --- 7. reconnect after 3001 and recovery -------------------------------------------------
@@ -577,7 +577,7 @@ async def test_reconnect_after_3001_recovers_missed_publications(server: Running
         )
         closed = await c.rec.expect("connecting")
         assert (closed.code, closed.reason) == (3001, "shutdown")
-        assert "alice" not in server.node.by_user
+        assert server.node.registry.user_connections("alice") == 0
         for n in (3, 4, 5):
             await publish_both(n)
         gate.open()
@@ -626,7 +626,7 @@ async def test_ping_pong_keeps_idle_connection(start_server: StartServer) -> Non
         after = c.rec.kinds_after(connected)
         assert "connecting" not in after and "disconnected" not in after
         assert c.client.state is ClientState.CONNECTED
-        assert connected.client in server.node.sessions
-        await server.node.publish("user:alice", b'{"idle":false}')
+        assert connected.client in server.node.registry
+        await server.node.ops.publish("user:alice", b'{"idle":false}')
         pub = await c.rec.expect("publication", "user:alice")
         assert pub.pub.data == {"idle": False}

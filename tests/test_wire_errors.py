@@ -41,7 +41,7 @@ async def test_malformed_after_connect_closes_3501_and_others_unaffected(server:
     good = await connected(server, "2")
     await bad.ws.send("{oops")
     assert (await bad.closed())[0] == 3501
-    await server.node.publish("user:2", b'{"still":"here"}')
+    await server.node.ops.publish("user:2", b'{"still":"here"}')
     assert (await good.push("pub"))["pub"]["data"] == {"still": "here"}
 
 
@@ -207,7 +207,7 @@ async def test_rate_limit_111_then_3013(start_server: StartServer) -> None:
     assert replies[-1]["error"] == {"code": 111, "message": "too many requests", "temporary": True}
     await client.send(*[{"ping": {}} for _ in range(10)])
     assert (await client.closed())[0] == 3013
-    await server.node.publish("user:7", b"1")
+    await server.node.ops.publish("user:7", b"1")
     assert (await bystander.push("pub"))["pub"]["data"] == 1
 
 

@@ -68,7 +68,7 @@ async def test_closed_connections_leave_no_cycles(server: Running) -> None:
     client, ref = await _open(server, "kicked")
     refs.append(ref)
     # (a Session holds its connection: a Session left in a cycle would keep it alive)
-    session = next(iter(server.node.sessions.values()))
+    session = next(iter(server.node.registry))
     session.close(codes.CLOSE_SHUTDOWN)
     del session
     await _lost(ref)
@@ -113,6 +113,6 @@ async def test_handshake_leftovers_are_released(server: Running) -> None:
     # our own per-connection state stays out of websockets' (shared-key) instance dict
     assert not {"session", "flooded", "started"} & vars(conn).keys()
     # and the connection still works both ways
-    await server.node.publish("user:idle", b'{"still":"works"}')
+    await server.node.ops.publish("user:idle", b'{"still":"works"}')
     assert (await client.push("pub"))["pub"]["data"] == {"still": "works"}
     await client.close()

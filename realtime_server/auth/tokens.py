@@ -22,7 +22,7 @@ import jwt
 import orjson
 
 from ..errors import RealtimeError
-from ..protocol import RawJSON
+from ..model import RawJSON
 from .hmac_jws import HMAC_DIGESTS, MalformedToken, decode_hmac_jws
 from .keys import KeySet
 

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ..protocol import ClientInfo, Publication, RawJSON, StreamPosition
+from ..model import ClientInfo, Publication, RawJSON, StreamPosition
+from ..protocol import encode_client_info
 
 __all__ = [
     "Broker",
@@ -73,12 +74,17 @@ class HistoryQuery:
 class Membership:
     """A subscription arriving (:meth:`Engine.joined`) or going (:meth:`Engine.left`):
     add or remove ``info`` in the channel's presence when ``presence``, publish a join
-    or leave event when ``announce``."""
+    or leave event when ``announce``. ``info_json``: ``info`` already encoded (once per
+    subscription, not once per use), or None to encode it here."""
 
     channel: str
     info: ClientInfo
     presence: bool
     announce: bool
+    info_json: bytes | None = None
+
+    def encoded_info(self) -> bytes:
+        return self.info_json if self.info_json is not None else encode_client_info(self.info)
 
 
 @dataclass(frozen=True, slots=True)

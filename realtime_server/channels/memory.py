@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..protocol import ClientInfo, Publication, RawJSON, StreamPosition
+from ..model import ClientInfo, Publication, RawJSON, StreamPosition
 from .engine import (
     BrokerEventHandler,
     ControlMessage,

@@ -33,6 +33,10 @@ class NamespaceOptions:
     history_ttl: float = 300.0
     presence: bool = False
     join_leave: bool = False
+    join_leave_limit: int = 100
+    """Above this many subscribers of a channel on a node, join and leave pushes stop
+    for it (presence still answers): each one costs a push to every subscriber, so a
+    channel of N subscribers joining costs N squared. 0 means no bound."""
     allow_publish: bool = False
 
     @property
@@ -44,6 +48,12 @@ class NamespaceOptions:
         if not self.history:
             return None
         return HistoryOptions(self.history_size, self.history_ttl)
+
+    def announces(self, subscribers: int) -> bool:
+        """Whether join/leave pushes go out for a channel with this many subscribers."""
+        return self.join_leave and (
+            self.join_leave_limit == 0 or subscribers <= self.join_leave_limit
+        )
 
 
 DEFAULT_NAMESPACES: Final[Mapping[str, NamespaceOptions]] = {

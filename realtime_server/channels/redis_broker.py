@@ -27,7 +27,8 @@ from typing import Any
 import orjson
 
 from ..errors import BackendUnavailable
-from ..protocol import ClientInfo, Publication, RawJSON, StreamPosition
+from ..model import ClientInfo, Publication, RawJSON, StreamPosition
+from ..protocol import encode_client_info
 from .engine import (
     BrokerEventHandler,
     ControlMessage,
@@ -46,7 +47,7 @@ logger = logging.getLogger("realtime_server.redis")
 
 
 def _info_json(info: ClientInfo | None) -> str:
-    return orjson.dumps(info.to_json()).decode() if info is not None else ""
+    return encode_client_info(info).decode() if info is not None else ""
 
 
 def _entry_publication(entry: Any) -> Publication:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-import orjson
-
 from .engine import Membership
 from .redis_broker import RedisBroker
 from .redis_client import LuaScript, RedisCommands, ScriptArg, ScriptCall
@@ -36,7 +34,7 @@ class RedisEngine:
         key_ttl = int(presence_ttl * 2000)
 
         def args(m: Membership) -> list[ScriptArg]:
-            info = orjson.dumps(m.info.to_json())
+            info = m.encoded_info()
             return [m.info.client, info, expire_at, key_ttl, "1" if m.presence else "0"]
 
         await self._run(self.commands.presence_join_script, joins, args)
@@ -46,7 +44,7 @@ class RedisEngine:
         :meth:`joined`."""
 
         def args(m: Membership) -> list[ScriptArg]:
-            info = orjson.dumps(m.info.to_json()) if m.announce else b""
+            info = m.encoded_info() if m.announce else b""
             return [m.info.client, info, "1" if m.presence else "0"]
 
         await self._run(self.commands.presence_leave_script, leaves, args)

@@ -28,7 +28,8 @@ from typing import Any
 
 import orjson
 
-from ..protocol import ClientInfo, Publication
+from ..model import ClientInfo, Publication
+from ..protocol import client_info_json, encode_client_info
 
 __all__ = ["Decoded", "RedisNames", "decode_message", "encode_join_leave", "encode_publication"]
 
@@ -70,10 +71,6 @@ class RedisNames:
         return None
 
 
-def _info_json(info: ClientInfo) -> bytes:
-    return orjson.dumps(info.to_json())
-
-
 def encode_publication(pub: Publication, epoch: str = "") -> bytes:
     """The envelope of a publication (the Lua script builds the same for history)."""
     header: dict[str, Any] = {}
@@ -81,14 +78,14 @@ def encode_publication(pub: Publication, epoch: str = "") -> bytes:
         header["o"] = pub.offset
         header["e"] = epoch
     if pub.info is not None:
-        header["i"] = pub.info.to_json()
+        header["i"] = client_info_json(pub.info)
     if pub.tags:
         header["t"] = pub.tags
     return b"~p" + orjson.dumps(header) + b"\n" + pub.data
 
 
 def encode_join_leave(kind: str, info: ClientInfo) -> bytes:
-    return (b"~j" if kind == "join" else b"~l") + _info_json(info)
+    return (b"~j" if kind == "join" else b"~l") + encode_client_info(info)
 
 
 def _client_info(value: Any) -> ClientInfo | None:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import time
 
-import orjson
-
-from ..protocol import ClientInfo
+from ..model import ClientInfo
+from ..protocol import encode_client_info
 from .engine import PresenceStats
 from .redis_client import RedisCommands
 from .redis_names import decode_message
@@ -32,7 +31,7 @@ class RedisPresence:
         now_ms = int(time.time() * 1000)
         args: list[bytes | str | int] = [
             info.client,
-            orjson.dumps(info.to_json()),
+            encode_client_info(info),
             now_ms + int(ttl * 1000),
             int(ttl * 2000),
         ]

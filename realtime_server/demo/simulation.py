@@ -262,7 +262,7 @@ class Simulation:
         if signer is not None:
             event["signer"] = signer.to_json()
         event.update(extra)
-        await self.node.publish(self.document.channel, orjson.dumps(event), publisher="demo")
+        await self.node.ops.publish(self.document.channel, orjson.dumps(event), publisher="demo")
 
     async def _notify(self, status: str, text: str) -> None:
         note = {
@@ -275,4 +275,4 @@ class Simulation:
         }
         data = orjson.dumps(note)
         for user in self.viewers():
-            await self.node.publish(f"user:{user}", data, publisher="demo")
+            await self.node.ops.publish(f"user:{user}", data, publisher="demo")

@@ -21,13 +21,6 @@ class MeteredRecorder(EventRecorder, Protocol):
     def bind_metrics(self, metrics: Metrics) -> None: ...
 
 
-class DisabledRecorder(NullRecorder):
-    """``REALTIME_EVENTS_ENABLED=false``: records nothing, has no metrics."""
-
-    def bind_metrics(self, metrics: Metrics) -> None:
-        del metrics
-
-
 def build_store(
     settings: Settings, *, readonly: bool = False, timeout: float | None = None
 ) -> EventStore:
@@ -57,7 +50,7 @@ def spill_path(settings: Settings) -> str:
 def build_recorder(settings: Settings) -> MeteredRecorder:
     """The node's recorder: batching writer in front of the configured store."""
     if not settings.events_enabled:
-        return DisabledRecorder()
+        return NullRecorder()
     return BufferedRecorder(
         build_store(settings),
         spill_path(settings),

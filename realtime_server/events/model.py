@@ -94,7 +94,10 @@ class EventRecorder(Protocol):
 
 
 class NullRecorder:
-    """Records nothing (event log disabled)."""
+    """Records nothing (``REALTIME_EVENTS_ENABLED=false``, and tests); has no metrics."""
+
+    def bind_metrics(self, metrics: object) -> None:
+        del metrics
 
     def record(self, event: Event) -> None:
         return None

@@ -1,0 +1,182 @@
+"""Operations on channels, users and tokens, shared by the HTTP server API, the client
+commands (publish, presence, history) and the demo.
+
+Each checks the channel's namespace (107 malformed, 102 unknown, 108 when the namespace
+does not offer it), runs on the engine and records what the audit trail needs. Values
+in and out are typed (:mod:`model`, :mod:`channels.engine`); the wire shapes are the
+callers' business.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import __version__, codes
+from .auth.revocation import RevocationStore
+from .channels.engine import ControlMessage, Engine, HistoryResult, PresenceStats
+from .channels.namespaces import NamespaceOptions, Namespaces
+from .errors import CommandError
+from .events import EventType
+from .hub import Hub
+from .journal import Journal
+from .model import ClientInfo, RawJSON, StreamPosition
+from .protocol import HistoryRequest
+from .registry import Registry
+
+__all__ = ["NodeCounts", "Operations"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCounts:
+    """What ``info`` shows of one node."""
+
+    name: str
+    version: str
+    engine: str
+    num_clients: int
+    num_users: int
+    num_channels: int
+    num_subs: int
+    started_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uid": self.name,
+            "name": self.name,
+            "version": self.version,
+            "num_clients": self.num_clients,
+            "num_users": self.num_users,
+            "num_channels": self.num_channels,
+            "num_subs": self.num_subs,
+            "engine": self.engine,
+            "uptime": max(0, int(time.time() - self.started_at)),
+        }
+
+
+class Operations:
+    """The server's operations, as backends and clients reach them."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        engine: Engine,
+        namespaces: Namespaces,
+        revocations: RevocationStore,
+        registry: Registry,
+        hub: Hub,
+        journal: Journal,
+        max_token_lifetime: float,
+    ) -> None:
+        self.name = name
+        self._engine = engine
+        self._broker = engine.broker
+        self._namespaces = namespaces
+        self._revocations = revocations
+        self._registry = registry
+        self._hub = hub
+        self._journal = journal
+        self._max_token_lifetime = max_token_lifetime
+        self._started_at = time.time()
+
+    def options(self, channel: str) -> NamespaceOptions:
+        """The channel's namespace options. Raises CommandError (107, 102)."""
+        return self._namespaces.resolve(channel)[1]
+
+    async def publish(
+        self,
+        channel: str,
+        data: RawJSON,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        publisher: str = "api",
+    ) -> StreamPosition | None:
+        """Publish ``data`` (encoded JSON) to ``channel``; returns the stream position
+        when the channel keeps history. Raises :class:`CommandError` (107/102)."""
+        options = self.options(channel)
+        position = await self._broker.publish(
+            channel, data, info=info, tags=tags, history=options.history_options()
+        )
+        self._journal.record(
+            EventType.PUBLICATION,
+            channel=channel,
+            offset=position.offset if position is not None else None,
+            user=info.user if info is not None else None,
+            size=len(data),
+            publisher=publisher,
+        )
+        return position
+
+    async def disconnect_user(self, user: str, code: int, reason: str, client: str = "") -> None:
+        """Close the user's connections (one of them with ``client``) on every node."""
+        await self._broker.publish_control(
+            ControlMessage(
+                "disconnect", {"user": user, "code": code, "reason": reason, "client": client}
+            )
+        )
+
+    async def unsubscribe_user(self, user: str, channel: str) -> None:
+        """Unsubscribe the user's connections from ``channel`` on every node."""
+        self.options(channel)
+        await self._broker.publish_control(
+            ControlMessage("unsubscribe", {"user": user, "channel": channel})
+        )
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        if not self.options(channel).presence:
+            raise CommandError(codes.NOT_AVAILABLE)
+        return await self._engine.presence.presence(channel)
+
+    async def presence_stats(self, channel: str) -> PresenceStats:
+        if not self.options(channel).presence:
+            raise CommandError(codes.NOT_AVAILABLE)
+        return await self._engine.presence.stats(channel)
+
+    async def history(self, req: HistoryRequest) -> HistoryResult:
+        """Publications of the channel's stream, and its top. 108 without history; 112
+        when ``since`` names another epoch."""
+        hopts = self.options(req.channel).history_options()
+        if hopts is None:
+            raise CommandError(codes.NOT_AVAILABLE)
+        if req.reverse and req.since is not None and req.since.offset == 0:
+            raise CommandError(codes.BAD_REQUEST)
+        limit = req.limit
+        if limit < 0 or limit > hopts.size:
+            limit = hopts.size
+        found = await self._broker.history(
+            req.channel, since=req.since, limit=limit, reverse=req.reverse, options=hopts
+        )
+        if req.since is not None and req.since.epoch and req.since.epoch != found.top.epoch:
+            raise CommandError(codes.UNRECOVERABLE_POSITION)
+        return found
+
+    async def revoke_token(self, jti: str, expires_at: float | None = None) -> None:
+        """Revoke one token until its ``exp`` (default: the longest token lifetime)."""
+        if expires_at is None:
+            expires_at = time.time() + self._max_token_lifetime
+        await self._revocations.revoke_token(jti, expires_at)
+
+    async def revoke_user(self, user: str, issued_before: float | None = None) -> None:
+        """Revoke every token of ``user`` issued before a time (default: now)."""
+        await self._revocations.revoke_user(
+            user, issued_before if issued_before is not None else time.time()
+        )
+
+    def counts(self) -> NodeCounts:
+        """This node's counts (``info``)."""
+        return NodeCounts(
+            name=self.name,
+            version=__version__,
+            engine=self._engine.name,
+            num_clients=len(self._registry),
+            num_users=self._registry.num_users,
+            num_channels=self._hub.num_channels,
+            num_subs=self._hub.num_subscriptions,
+            started_at=self._started_at,
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {"nodes": [self.counts().to_json()]}
