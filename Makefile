@@ -50,8 +50,14 @@ lint: $(BIN)/.test-installed
 typecheck: $(BIN)/.test-installed
 	$(BIN)/mypy
 
+## The core's unit tests and the engine contract suites in asyncio debug mode, then the
+## whole suite (contract suites on both asyncio and uvloop) with the core's branch
+## coverage floor (pyproject.toml, [tool.coverage]).
+DEBUG_SUITES := tests/test_subscriptions.py tests/test_core_adversity.py \
+	tests/test_engine_contract.py tests/test_expiry.py tests/test_hub.py tests/test_protocol.py
 pytest: $(BIN)/.test-installed
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --asyncio-debug $(DEBUG_SUITES)
+	$(BIN)/pytest -q --cov --cov-report=term
 
 ## Fan-out benchmark: our server vs a bare websockets broadcast server (prints a table).
 bench: $(BIN)/.test-installed

@@ -13,7 +13,7 @@ exception text never reaches a client.
 
 from __future__ import annotations
 
-from .codes import INTERNAL, CloseCode, ErrorCode
+from .codes import CloseCode, ErrorCode
 
 __all__ = [
     "BackendUnavailable",
@@ -49,6 +49,5 @@ class CommandError(RealtimeError):
 
 
 class BackendUnavailable(RealtimeError, ConnectionError):
-    """A backend (revocation store, broker, history) could not be reached in time."""
-
-    error = INTERNAL
+    """A backend (revocation store, broker, history) could not be reached in time
+    (clients get error 100 ``temporary``)."""

@@ -164,7 +164,7 @@ class Node:
 
     def session_closed(self, session: Session) -> None:
         self.keepalive.remove(session)
-        self.subscriptions.closing(session)
+        self.subscriptions.session_closed(session)
         self.registry.unregister(session)
 
     def end_subscription(self, session: Session, channel: str, why: Ended) -> None:
@@ -184,7 +184,7 @@ class Node:
                 by="server" if code is not None else "client",
                 at=session.closed_at,
             )
-        await self.subscriptions.end_all(session)
+        await self.subscriptions.end_session(session)
 
     # --- lifecycle -------------------------------------------------------------------
 

@@ -331,14 +331,14 @@ class Subscriptions:
         if sub is not None:
             await self.settle((sub,))
 
-    def closing(self, s: Session) -> None:
+    def session_closed(self, s: Session) -> None:
         """The session is closing: out of the hub for every channel now (synchronous);
-        :meth:`end_all` settles its subscriptions, the setups in flight abort."""
+        :meth:`end_session` settles its subscriptions, the setups in flight abort."""
         hub = self._hub
         for channel in (*s.subs, *s.pending):
             hub.remove(channel, s)
 
-    async def end_all(self, s: Session) -> None:
+    async def end_session(self, s: Session) -> None:
         """After a session closed: its subscriptions end (recorded as disconnects),
         then presence, leave and the broker are settled."""
         subs = list(s.subs.values())

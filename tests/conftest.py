@@ -23,6 +23,28 @@ from realtime_server.server import WEBSOCKET_PATH
 from .helpers import RawClient, make_settings, token
 from .redis_server import REDIS_SERVER, free_port
 
+# The contract suites and the core's unit tests run on both event loops: the standard
+# one and uvloop, which `serve` uses in production.
+BOTH_LOOPS = frozenset(
+    {
+        "test_engine_contract.py",
+        "test_events_contract.py",
+        "test_subscriptions.py",
+        "test_core_adversity.py",
+        "test_live.py",
+    }
+)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if item.path.name not in BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop}
+    import uvloop
+
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
 
 def ws_url(server: Running) -> str:
     return f"ws://127.0.0.1:{server.port}{WEBSOCKET_PATH}"

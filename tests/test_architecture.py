@@ -104,7 +104,10 @@ def code_lines(source: str) -> int:
 
 
 def test_code_lines_counts_code_only() -> None:
-    source = '"""Doc."""\n\n# comment\nx = 1\n\n\ndef f() -> None:\n    """Doc\n    more."""\n    y = 2\n'
+    source = (
+        '"""Doc."""\n\n# comment\nx = 1\n\n\n'
+        'def f() -> None:\n    """Doc\n    more."""\n    y = 2\n'
+    )
     assert code_lines(source) == 3
 
 
