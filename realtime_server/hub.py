@@ -1,9 +1,11 @@
 """The in-node index of channel subscribers, and encode-once fan-out.
 
 Fan-out is synchronous: a publication is encoded into one WebSocket frame per channel
-(the same bytes serve every subscriber, :mod:`frames`) and written to each subscriber
-without awaiting anyone. A subscriber decides itself what to do with a frame it cannot
-take (a slow client is closed with 3008 instead of buffering more).
+(the same bytes serve every subscriber, :mod:`frames`) and handed to each subscriber
+without awaiting anyone (the :mod:`writer` writes it, coalesced with whatever else the
+subscriber gets in the same loop iteration). A subscriber decides itself what to do
+with a message it cannot take (a slow client is closed with 3008 instead of buffering
+more).
 
 A subscriber that is being set up (reading history for recovery) is *pending*: frames
 for it are kept, with their offsets, until its subscribe reply is written, then the ones
@@ -31,8 +33,9 @@ __all__ = ["Hub", "Subscriber"]
 class Subscriber(Protocol):
     """What the hub writes to (a session). Hashable by identity."""
 
-    def write(self, frame: bytes) -> bool:
-        """Write one frame synchronously, never awaiting; returns whether it was."""
+    def deliver(self, payload: bytes, frame: bytes | None = None) -> bool:
+        """Take one message (``frame``: already framed), synchronously, never
+        awaiting; returns whether it was taken."""
         ...
 
 
@@ -43,7 +46,7 @@ class Hub:
 
     def __init__(self, metrics: Metrics) -> None:
         self._live: MultiMap[str, Subscriber] = MultiMap()
-        self._pending: dict[str, dict[Subscriber, list[tuple[int, bytes]]]] = {}
+        self._pending: dict[str, dict[Subscriber, list[tuple[int, bytes, bytes]]]] = {}
         self._metrics = metrics
 
     # --- membership (synchronous: no await between check and update) ---------------
@@ -82,9 +85,9 @@ class Hub:
         buffered = pending.pop(subscriber, None) if pending is not None else None
         if pending is not None and not pending:
             del self._pending[channel]
-        for offset, frame in buffered or ():
+        for offset, payload, frame in buffered or ():
             if offset == 0 or offset > delivered_offset:
-                subscriber.write(frame)
+                subscriber.deliver(payload, frame)
         self._live.add(channel, subscriber)
 
     def remove(self, channel: str, subscriber: Subscriber) -> None:
@@ -104,13 +107,14 @@ class Hub:
         pending = self._pending.get(channel)
         if live is None and pending is None:
             return
-        frame = text_frame(encode_pub_push(orjson.dumps(channel), pub))
+        payload = encode_pub_push(orjson.dumps(channel), pub)
+        frame = text_frame(payload)
         self._metrics.publications_total += 1
         if pending is not None:
             for buffered in pending.values():
-                buffered.append((pub.offset, frame))
+                buffered.append((pub.offset, payload, frame))
         if live is not None:
-            self._fan_out(live, frame)
+            self._fan_out(live, payload, frame)
 
     def push(self, channel: str, payload: bytes) -> None:
         """Write a push without a stream position (join, leave) to every local
@@ -122,18 +126,18 @@ class Hub:
         frame = text_frame(payload)
         if pending is not None:
             for buffered in pending.values():
-                buffered.append((0, frame))
+                buffered.append((0, payload, frame))
         if live is not None:
-            self._fan_out(live, frame)
+            self._fan_out(live, payload, frame)
 
-    def _fan_out(self, live: Subscriber | set[Subscriber], frame: bytes) -> None:
+    def _fan_out(self, live: Subscriber | set[Subscriber], payload: bytes, frame: bytes) -> None:
         if not isinstance(live, set):
-            if live.write(frame):
+            if live.deliver(payload, frame):
                 self._metrics.deliveries_total += 1
             return
-        # Copy: a write may close a slow subscriber, which removes it from ``live``.
-        written = 0
+        # Copy: a delivery may close a slow subscriber, which removes it from ``live``.
+        delivered = 0
         for subscriber in tuple(live):
-            if subscriber.write(frame):
-                written += 1
-        self._metrics.deliveries_total += written
+            if subscriber.deliver(payload, frame):
+                delivered += 1
+        self._metrics.deliveries_total += delivered

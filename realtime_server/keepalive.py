@@ -78,5 +78,5 @@ class Keepalive:
             for session in list(buckets[count % n]):
                 if session.awaiting_pong:
                     session.close(codes.CLOSE_NO_PONG)
-                elif session.write(_PING_FRAME):
+                elif session.deliver(PING, _PING_FRAME):
                     session.awaiting_pong = True

@@ -45,6 +45,7 @@ from .protocol import Command, encode_join, encode_leave
 from .registry import Registry
 from .session import Ended, Session
 from .subscriptions import Subscriptions
+from .writer import Writer
 
 __all__ = ["Node"]
 
@@ -75,6 +76,7 @@ class Node:
         self._journal = Journal(self.name, events)
         self.events = self._journal.recorder
         self._expiry = ExpiryWheel(EXPIRY_TICK)  # token deadlines of sessions, subscriptions
+        self._writer = Writer()
         self.hub = Hub(self._metrics)
         self.registry = Registry(self._metrics)
         self.keepalive = Keepalive(settings.ping_interval, settings.pong_timeout)
@@ -125,6 +127,14 @@ class Node:
         self._metrics.gauge(
             "channels", "Channels with local subscribers.", lambda: self.hub.num_channels
         )
+        self._metrics.counter(
+            "frames_written",
+            "WebSocket frames written to clients (messages of one loop iteration share one).",
+            lambda: self._writer.frames,
+        )
+        self._metrics.counter(
+            "messages_written", "Messages written to clients.", lambda: self._writer.messages
+        )
 
     # --- what sessions use (SessionHost) ---------------------------------------------
 
@@ -143,6 +153,10 @@ class Node:
     @property
     def expiry(self) -> ExpiryWheel:
         return self._expiry
+
+    @property
+    def writer(self) -> Writer:
+        return self._writer
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, keeping a reference and logging failures."""

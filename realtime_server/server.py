@@ -189,6 +189,7 @@ def make_handler(node: Node) -> Any:
             code = session.close_code
             if code is not None:
                 # Close here rather than let the server close with 1000 first.
+                session.flush()
                 await conn.close(code.code, code.reason)
 
     return handler

@@ -33,7 +33,7 @@ async def test_one_reply_per_command_when_work_after_the_reply_fails() -> None:
     node.engine.joined = broken_joined  # type: ignore[method-assign]
     s, conn = await unit_connected(node, "a")
     await subscribe(s)
-    replies = [m for m in messages(conn) if m.get("id") == 2]
+    replies = [m for m in messages(node, conn) if m.get("id") == 2]
     assert len(replies) == 1 and "subscribe" in replies[0], replies
     assert CHANNEL in s.subs
 
@@ -49,7 +49,7 @@ async def test_one_reply_per_command_at_the_session_level() -> None:
 
     node.commands._handlers["ping"] = answers_then_fails
     await s.handle(Command(7, "ping", {}))
-    assert [m for m in messages(conn) if m.get("id") == 7] == [{"id": 7, "ping": {}}]
+    assert [m for m in messages(node, conn) if m.get("id") == 7] == [{"id": 7, "ping": {}}]
 
 
 async def test_writes_to_a_closing_connection_are_not_drops() -> None:

@@ -152,8 +152,10 @@ class FakeConnection:
         self.close_code = code
 
 
-def messages(conn: FakeConnection) -> list[dict[str, Any]]:
-    """Every JSON message written to the connection (frames unwrapped, lines split)."""
+def messages(node: Node, conn: FakeConnection) -> list[dict[str, Any]]:
+    """Every JSON message written to the connection (what the writer holds is written
+    first; frames unwrapped, lines split)."""
+    node.writer.flush()
     out = []
     for frame in conn.transport.frames:
         length = frame[1] & 0x7F
@@ -178,7 +180,7 @@ async def connected(node: Node, user: str) -> tuple[Session, FakeConnection]:
     conn = FakeConnection()
     session = Session(node, conn)  # type: ignore[arg-type]
     await session.handle(Command(1, "connect", {"token": token(user)}))
-    assert session.state is SessionState.CONNECTED, messages(conn)
+    assert session.state is SessionState.CONNECTED, messages(node, conn)
     return session, conn
 
 
@@ -238,7 +240,7 @@ async def first_subscribe_during_last_unsubscribe(variant: type[Subscriptions]) 
     await asyncio.wait_for(asyncio.gather(leaving, joining), 2000 * MS)
     found = violations(node, broker, [CHANNEL])
     await node.ops.publish(CHANNEL, b'{"n":1}')
-    if not any(m.get("push", {}).get("pub") for m in messages(b_conn)):
+    if not any(m.get("push", {}).get("pub") for m in messages(node, b_conn)):
         found.append("B received nothing")
     return found
 
@@ -255,7 +257,7 @@ async def disconnect_while_setting_up(variant: type[Subscriptions]) -> list[str]
     await asyncio.wait_for(task, 2000 * MS)
     await settled(node)
     found = violations(node, broker, [CHANNEL])
-    if any(m.get("id") == 2 for m in messages(conn)):
+    if any(m.get("id") == 2 for m in messages(node, conn)):
         found.append("a closed session was answered")
     if s.pending:
         found.append(f"pending left: {set(s.pending)}")
@@ -269,7 +271,7 @@ async def failure_between_pending_and_live(variant: type[Subscriptions]) -> list
     broker.fail_reads = True
     await subscribe(s)
     found = violations(node, broker, [CHANNEL])
-    replies = [m for m in messages(conn) if m.get("id") == 2]
+    replies = [m for m in messages(node, conn) if m.get("id") == 2]
     errors = [(r["error"]["code"], r["error"].get("temporary")) for r in replies if "error" in r]
     if len(replies) != 1 or errors != [(100, True)]:
         found.append(f"replies: {replies}")

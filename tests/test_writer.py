@@ -1,0 +1,92 @@
+"""Coalesced writes (realtime_server/writer.py): what one loop iteration produces for a
+connection reaches it as one frame, built once for every connection that got the same
+messages, bounded, and in order with replies and the close frame."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+from realtime_server.app import Running
+from realtime_server.channels.engine import ControlMessage
+from realtime_server.frames import text_frame
+from realtime_server.writer import MAX_BATCH_MESSAGES, Writer
+
+from .conftest import connected
+from .helpers import MS, sub_token
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def write_frame(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+
+async def test_one_frame_per_connection_per_iteration_shared_between_connections() -> None:
+    writer = Writer()
+    a, b, c = Sink(), Sink(), Sink()
+    burst = [b'{"n":%d}' % i for i in range(3)]
+    for payload in burst:
+        frame = text_frame(payload)
+        for sink in (a, b):
+            writer.queue(sink, payload, frame)
+    writer.queue(c, burst[0], text_frame(burst[0]))
+    assert a.frames == b.frames == c.frames == []  # nothing before the iteration ends
+    await asyncio.sleep(0)
+    assert len(a.frames) == len(b.frames) == 1
+    assert a.frames[0] is b.frames[0]  # built once for both
+    assert a.frames[0] == text_frame(b"\n".join(burst))
+    assert c.frames == [text_frame(burst[0])]
+    assert (writer.frames, writer.messages) == (3, 7)
+
+
+async def test_a_single_message_goes_out_as_the_frame_fan_out_built() -> None:
+    writer = Writer()
+    sink = Sink()
+    frame = text_frame(b'{"one":1}')
+    writer.queue(sink, b'{"one":1}', frame)
+    await asyncio.sleep(0)
+    assert sink.frames[0] is frame
+
+
+async def test_a_full_batch_is_written_at_once() -> None:
+    writer = Writer()
+    sink = Sink()
+    for i in range(MAX_BATCH_MESSAGES):
+        writer.queue(sink, b"%d" % i)
+    assert len(sink.frames) == 1  # written without waiting for the iteration to end
+    writer.queue(sink, b'"big"' + b" " * 70_000)
+    writer.queue(sink, b"1")
+    assert len(sink.frames) == 2  # past the byte bound too
+    await asyncio.sleep(0)
+    assert sink.frames[1].endswith(b"\n1")
+
+
+async def test_a_burst_reaches_a_client_as_one_frame(server: Running) -> None:
+    client = await connected(server, "42")
+    channel = "document:7"
+    await client.call("subscribe", {"channel": channel, "token": sub_token("42", channel)})
+    written = server.node.writer.frames
+    # Five publications in one loop iteration (the embedded broker delivers at once).
+    await asyncio.gather(*(server.node.ops.publish(channel, b"%d" % i) for i in range(5)))
+    frame = await asyncio.wait_for(client.ws.recv(), 2000 * MS)
+    lines = [orjson.loads(line) for line in str(frame).split("\n")]
+    assert [line["push"]["pub"]["data"] for line in lines] == [0, 1, 2, 3, 4]
+    assert server.node.writer.frames == written + 1
+
+
+async def test_what_was_queued_before_a_close_goes_out_before_the_close_frame(
+    server: Running,
+) -> None:
+    client = await connected(server, "42")
+    channel = "document:7"
+    await client.call("subscribe", {"channel": channel, "token": sub_token("42", channel)})
+    control = server.node.control
+    control.handle_control(ControlMessage("unsubscribe", {"user": "42", "channel": channel}))
+    control.handle_control(ControlMessage("disconnect", {"user": "42", "code": 4100}))
+    push = await client.push("unsubscribe")
+    assert push["unsubscribe"]["code"] == 2000
+    assert (await client.closed())[0] == 4100
