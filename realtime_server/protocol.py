@@ -22,7 +22,7 @@ import orjson
 
 from .codes import CLOSE_BAD_REQUEST, ErrorCode
 from .errors import ProtocolViolation
-from .model import ClientInfo, Publication, StreamPosition
+from .model import ClientInfo, Publication, StreamPosition, raw_json
 
 __all__ = [
     "METHODS",
@@ -274,7 +274,8 @@ def client_info_json(info: ClientInfo) -> dict[str, Any]:
 
 
 def encode_client_info(info: ClientInfo) -> bytes:
-    return orjson.dumps(client_info_json(info))
+    """``ClientInfo`` encoded (at its own size: it may be kept)."""
+    return raw_json(client_info_json(info))
 
 
 def publication_json(pub: Publication) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from .expiry import ExpiryWheel
 from .journal import Journal
 from .metrics import Metrics
 from .model import ClientInfo
-from .protocol import Command, encode_client_info, encode_error, encode_reply, parse_frame
+from .protocol import Command, encode_error, encode_reply, parse_frame
 from .writer import Writer
 
 __all__ = [
@@ -138,15 +138,6 @@ class Subscription:
     expires_at: float | None = None
     timer: SubscriptionExpiry | None = None
     """The subscription token's deadline, while it has one: ``timer.cancel()``."""
-    _info_json: bytes | None = None
-
-    @property
-    def info_json(self) -> bytes:
-        """``client_info`` encoded, once per subscription (presence, join, leave)."""
-        encoded = self._info_json
-        if encoded is None:
-            encoded = self._info_json = encode_client_info(self.client_info)
-        return encoded
 
 
 class SubscriptionExpiry:

@@ -22,13 +22,29 @@ from .conftest import StartServer, ws_url
 from .helpers import RawClient, token
 
 N = 120
-OURS = ("session.py", "hub.py", "expiry.py", "keepalive.py", "index.py")
-BUDGET = 600
-"""Bytes per idle connection in those modules: measured 480 (the client id 85, the
-``subs`` dict 64, a ``ClientInfo`` 64, the rate limiter's floats 45, index, hub, ping and
-expiry bucket entries 40-55 each); 1,200 before the expiry wheel (a loop timer per
-connection, 0.5 KiB), the lazy ``pending`` set (0.2 KiB) and single-session hub entries
-(a one-entry dict per ``user:`` channel, 0.2 KiB)."""
+OURS = (
+    "session.py",
+    "hub.py",
+    "expiry.py",
+    "keepalive.py",
+    "multimap.py",
+    "registry.py",
+    "subscriptions.py",
+    "commands.py",
+    "protocol.py",
+    "model.py",
+    "writer.py",
+    "node.py",
+)
+BUDGET = 1000
+"""Bytes per idle connection in those modules (a user channel, one document with
+presence): measured 900 after the core redesign: the session 260 (client id, rate
+limiter floats, its subs dict), the registry's and hub's entries 230, the two
+subscriptions 220, ping bucket 85, the subs dict's growth 70, expiry entry. Before the
+expiry wheel (a loop timer per connection, 0.5 KiB), the lazy ``pending`` set (0.2 KiB)
+and single-session hub entries (0.2 KiB) it was 1,200 for the first four modules alone;
+an encoded ClientInfo cached per subscription cost 4 KiB each (orjson keeps its buffer:
+``model.kept``)."""
 
 
 def _by_module(snapshot: tracemalloc.Snapshot) -> Counter[str]:
@@ -73,3 +89,17 @@ async def test_idle_connection_state_in_session_hub_and_timers(start_server: Sta
     assert all(s._pending is None and s.expiry_key >= 0 for s in sessions)
     assert len(server.node.expiry) == len(sessions)
     await asyncio.gather(*(client.close() for client in clients + warm))
+
+
+def test_kept_json_costs_its_own_size() -> None:
+    """Values kept in memory (history data, token info) do not keep orjson's buffer."""
+    from realtime_server.model import raw_json
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [raw_json({"name": f"Ann {i}", "role": "signer"}) for i in range(200)]
+        per_value = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_value < 200, per_value

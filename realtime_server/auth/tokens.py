@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import jwt
-import orjson
 
 from ..errors import RealtimeError
-from ..model import RawJSON
+from ..model import RawJSON, raw_json
 from .hmac_jws import HMAC_DIGESTS, MalformedToken, decode_hmac_jws
 from .keys import KeySet
 
@@ -219,7 +218,7 @@ class TokenVerifier:
             channels = []
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise TokenInvalid("malformed channels claim")
-        info = orjson.dumps(payload["info"]) if "info" in payload else None
+        info = raw_json(payload["info"]) if "info" in payload else None
         assert sub is not None and exp is not None
         self._check_time(exp, iat, nbf, now)
         return ConnectionClaims(sub, exp, iat, jti, info, tuple(dict.fromkeys(channels)))
@@ -234,7 +233,7 @@ class TokenVerifier:
         iat = _number(payload, "iat")
         nbf = _number(payload, "nbf")
         jti = _string(payload, "jti")
-        info = orjson.dumps(payload["info"]) if "info" in payload else None
+        info = raw_json(payload["info"]) if "info" in payload else None
         assert sub is not None and channel is not None
         self._check_time(exp, iat, nbf, now)
         return SubscriptionClaims(sub, channel, exp, iat, jti, info)

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..model import ClientInfo, Publication, RawJSON, StreamPosition
+from ..model import ClientInfo, Publication, RawJSON, StreamPosition, kept
 from .engine import (
     BrokerEventHandler,
     ControlMessage,
@@ -120,7 +120,7 @@ class MemoryBroker:
             self._sweep(now)
             stream = self._stream(channel, history, now)
             stream.top += 1
-            pub = Publication(data, stream.top, info, tags)
+            pub = Publication(kept(data), stream.top, info, tags)  # kept in history
             stream.append(now + history.ttl, pub)
             stream.trim(now, history.size)
             position = StreamPosition(stream.top, stream.epoch)

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from ..model import ClientInfo, Publication
+from ..model import ClientInfo, Publication, raw_json
 from ..protocol import client_info_json, encode_client_info
 
 __all__ = ["Decoded", "RedisNames", "decode_message", "encode_join_leave", "encode_publication"]
@@ -96,8 +96,8 @@ def _client_info(value: Any) -> ClientInfo | None:
     return ClientInfo(
         str(value.get("user", "")),
         str(value.get("client", "")),
-        orjson.dumps(conn_info) if conn_info is not None else None,
-        orjson.dumps(chan_info) if chan_info is not None else None,
+        raw_json(conn_info) if conn_info is not None else None,
+        raw_json(chan_info) if chan_info is not None else None,
     )
 
 
