@@ -30,6 +30,7 @@ from .session import Session, SessionState, Subscription
 
 if TYPE_CHECKING:
     from .node import Node
+    from .proxy import Allowed
 
 __all__ = ["COMMANDS"]
 
@@ -58,7 +59,8 @@ async def connect(s: Session, cmd: Command) -> None:
     req = parse_connect(cmd.params)
     now = time.time()
     # TokenInvalid -> close 3500, TokenExpired -> 109, BackendUnavailable -> 100 (session)
-    claims = node.verifier.verify_connection(req.token, now)
+    # Issue 13: "_fresh" may await the key set's rate-limited refetch on an unknown kid.
+    claims = await node.verifier.verify_connection_fresh(req.token, now)
     await _check_revoked(node, claims.jti, claims.sub, claims.iat)
     if s.state is not SessionState.CONNECTING:
         return
@@ -158,11 +160,18 @@ async def subscribe(s: Session, cmd: Command) -> None:
         raise CommandError(codes.LIMIT_EXCEEDED)
     now = time.time()
     claims: SubscriptionClaims | None = None
+    proxied: Allowed | None = None
     if needs_token(options):
-        if not req.token:
+        if req.token:
+            claims = await _verify_sub_token(s, name, req.token, now)
+            check_subscribe(channel, options, s.user, token_channel=claims.channel)
+        # --- issue 13: the subscribe proxy. No token, and the namespace asks the backend:
+        # its error or disconnect is raised from here; on failure, 100 (temporary).
+        elif options.subscribe_proxy and node.subscribe_proxy is not None:
+            proxied = await node.subscribe_proxy.authorize(s, name, cmd.params.get("data"))
+        # --- end of the subscribe proxy block
+        else:
             raise CommandError(codes.PERMISSION_DENIED)
-        claims = await _verify_sub_token(s, name, req.token, now)
-        check_subscribe(channel, options, s.user, token_channel=claims.channel)
     else:
         check_subscribe(channel, options, s.user)
     if s.state is not SessionState.CONNECTED:
@@ -182,6 +191,8 @@ async def subscribe(s: Session, cmd: Command) -> None:
         raise CommandError(codes.UNRECOVERABLE_POSITION)
     info = s.info
     sub = Subscription(name, options, info, server_side=False)
+    if proxied is not None and proxied.chan_info is not None:  # issue 13: backend's info
+        sub.info = type(info)(info.user, info.client, info.conn_info, proxied.chan_info)
     if claims is not None:
         sub.info = type(info)(info.user, info.client, info.conn_info, claims.info)
         sub.token_jti, sub.token_iat = claims.jti, claims.iat
@@ -259,7 +270,8 @@ async def refresh(s: Session, cmd: Command) -> None:
     token = cmd.params.get("token")
     now = time.time()
     try:
-        claims = node.verifier.verify_connection(token, now)
+        # Issue 13: "_fresh" may await the key set's rate-limited refetch on an unknown kid.
+        claims = await node.verifier.verify_connection_fresh(token, now)
     except TokenExpired:
         raise ProtocolViolation(codes.CLOSE_EXPIRED) from None
     if claims.sub != s.user:

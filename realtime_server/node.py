@@ -14,7 +14,7 @@ import logging
 import time
 import zlib
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, codes
 from .auth.revocation import Revocation, RevocationStore
@@ -52,6 +52,9 @@ from .protocol import (
     encode_unsubscribe_push,
 )
 from .session import Session, SessionState, Subscription
+
+if TYPE_CHECKING:
+    from .proxy import SubscribeProxy
 
 __all__ = ["Node"]
 
@@ -126,6 +129,9 @@ class Node:
         self.broker = engine.broker
         self.revocations = revocations
         self.verifier = verifier
+        # Issue 13 (identity): the subscribe proxy's client, set by app.build_node when
+        # REALTIME_SUBSCRIBE_PROXY_URL is set; read by commands.subscribe.
+        self.subscribe_proxy: SubscribeProxy | None = None
         self.namespaces: Namespaces = settings.namespaces()
         self.metrics = Metrics(self.name)
         self.hub = Hub(self.metrics)
