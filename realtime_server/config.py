@@ -199,9 +199,7 @@ class Settings:
         "RS256,PS256,ES256,EdDSA with a key set, plus HS256 when a secret is set too)",
         metavar="ALGS",
     )
-    jwt_audience: str | None = setting(
-        None, "required aud claim, checked when set", metavar="AUD"
-    )
+    jwt_audience: str | None = setting(None, "required aud claim, checked when set", metavar="AUD")
     jwt_issuer: str | None = setting(None, "required iss claim, checked when set", metavar="ISS")
     jwt_leeway: float = setting(
         1.0, "seconds of clock leeway for exp/nbf/iat", minimum=0, metavar="SECONDS"
@@ -413,9 +411,7 @@ class Settings:
         namespaces = _parse_namespaces(self.namespaces_json)
         object.__setattr__(self, "_namespaces", namespaces)
         object.__setattr__(self, "_origins", _parse_origins(self.allowed_origins))
-        object.__setattr__(
-            self, "_proxy_headers", _parse_header_names(self.proxy_http_headers)
-        )
+        object.__setattr__(self, "_proxy_headers", _parse_header_names(self.proxy_http_headers))
         if self.subscribe_proxy_url:
             _check_proxy_url(self.subscribe_proxy_url)
         else:

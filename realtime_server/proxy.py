@@ -372,7 +372,7 @@ class SubscribeProxy:
             code = decision.close.code
         elif isinstance(decision, Failed):
             code = codes.INTERNAL.code
-            details["kind"] = decision.kind
+            details["failure"] = decision.kind  # not "kind": node.log's first parameter
         s.node.log(EventType.SUBSCRIBE_PROXY, s, channel=channel, code=code, **details)
         if isinstance(decision, Allowed):
             return decision

@@ -148,9 +148,7 @@ class TokenVerifier:
         self._algorithms = list(keys.algorithms)
         # HMAC keys: our own compact-JWS check (hmac_jws); public keys: PyJWT.
         self._hmac_digests: dict[str, str] | None = (
-            {alg: HMAC_DIGESTS[alg] for alg in keys.algorithms}
-            if keys.secret is not None
-            else None
+            {alg: HMAC_DIGESTS[alg] for alg in keys.algorithms} if keys.secret is not None else None
         )
         if keys.jwks_url is not None and source is None:
             raise ValueError("a key set (jwks_url) needs a key source")

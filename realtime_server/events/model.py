@@ -27,7 +27,8 @@ class EventType(enum.StrEnum):
     SUBSCRIBE_REJECTED = "subscribe_rejected"
     SUBSCRIBE_PROXY = "subscribe_proxy"
     """The backend's answer about a subscription: details ``decision`` (allowed, denied,
-    disconnect, failed), ``kind`` of a failure, ``ms``; ``code`` of a refusal."""
+    disconnect, failed), ``failure`` (its kind: timeout, status...), ``ms``; ``code`` of
+    a refusal (100 for a failure)."""
     UNSUBSCRIBE = "unsubscribe"
     PUBLICATION = "publication"
     TOKEN_REFRESHED = "token_refreshed"  # noqa: S105 - an event name
