@@ -239,6 +239,9 @@ class SubscribeProxy:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_concurrency),
                 timeout=aiohttp.ClientTimeout(total=None),  # asyncio.timeout per call
+                # No cookie jar: a Set-Cookie in one user's answer must never ride along
+                # with another user's request.
+                cookie_jar=aiohttp.DummyCookieJar(),
                 headers={"User-Agent": f"realtime-server/{__version__}"},
             )
 

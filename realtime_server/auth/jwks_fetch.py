@@ -67,6 +67,7 @@ def _session(timeout: float) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=timeout),
         connector=aiohttp.TCPConnector(limit=4),
+        cookie_jar=aiohttp.DummyCookieJar(),  # nothing the provider sets is sent back
         headers={"User-Agent": f"realtime-server/{__version__}", "Accept": "application/json"},
     )
 
