@@ -91,7 +91,10 @@ class Backend:
         if name == "redirect":
             raise web.HTTPFound("/elsewhere")
         answer = ANSWERS.get(name, {"result": {}})
-        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+        response = web.Response(body=orjson.dumps(answer), content_type="application/json")
+        if name == "set-cookie":  # a backend framework setting its session cookie
+            response.set_cookie("backend_session", "user-" + body["user"])
+        return response
 
 
 @pytest.fixture
@@ -306,6 +309,21 @@ async def test_no_headers_kept_or_forwarded_unless_configured(
     request = session.conn.request
     assert request is not None and len(request.headers) == 0
     await client.close()
+
+
+async def test_cookies_set_by_the_backend_are_never_sent_back(
+    backend: Backend, start_server: StartServer
+) -> None:
+    # "localhost", not an IP address: aiohttp's default jar would keep this cookie.
+    url = backend.url.replace("127.0.0.1", "localhost")
+    server = await start_server(NAMESPACES=PROXIED, SUBSCRIBE_PROXY_URL=url)
+    first, second = await client_of(server, "1"), await client_of(server, "2")
+    assert "subscribe" in await first.call("subscribe", {"channel": "document:set-cookie"})
+    assert "subscribe" in await second.call("subscribe", {"channel": "document:plain"})
+    assert [body["user"] for body, _ in backend.requests] == ["1", "2"]
+    assert "Cookie" not in backend.requests[1][1]
+    await first.close()
+    await second.close()
 
 
 async def test_concurrent_calls_are_bounded(backend: Backend, start_server: StartServer) -> None:
