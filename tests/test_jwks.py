@@ -4,6 +4,7 @@ given a key source holding a parsed set. Key confusion attempts are here."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -27,6 +28,7 @@ from realtime_server.auth.jwks import (
 from realtime_server.auth.keys import load_keys
 from realtime_server.auth.tokens import (
     KeysUnavailable,
+    TokenExpired,
     TokenInvalid,
     TokenVerifier,
     UnknownKey,
@@ -395,8 +397,6 @@ def test_unknown_kid_is_invalid_and_a_refetch_is_asked_once() -> None:
             await v.verify_connection_fresh(ec_signer("made-up").sign(), time.time())
         assert source.refetches == 2
 
-    import asyncio
-
     asyncio.run(go())
 
 
@@ -408,8 +408,6 @@ def test_subscription_tokens_verify_with_the_set_too() -> None:
 
 
 def test_expired_jwks_token_is_expired_not_invalid() -> None:
-    from realtime_server.auth.tokens import TokenExpired
-
     es = ec_signer("e")
     with pytest.raises(TokenExpired):
         verifier(_parse(es)).verify_connection(es.sign(ttl=-60), time.time())

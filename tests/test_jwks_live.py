@@ -245,7 +245,7 @@ async def test_check_command_prints_the_key_set(jwks: JwksServer) -> None:
     assert "kid hmac: key type oct not used" in line
     jwks.mode = "500"
     code, out, _ = await run_cli("check", env=cli_env(JWT_JWKS_URL=jwks.url))
-    assert code == 1 and "key set (127.0.0.1): unreachable (status: status 500)" in out
+    assert code == 1 and "key set (127.0.0.1): unreachable (status: HTTP 500)" in out
 
 
 async def test_serve_refuses_plain_http_to_a_remote_host() -> None:

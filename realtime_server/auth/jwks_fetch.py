@@ -79,9 +79,9 @@ async def _read(session: aiohttp.ClientSession, url: str, within: float, max_byt
             session.get(url, allow_redirects=False) as resp,
         ):
             if 300 <= resp.status < 400:
-                raise JwksFetchError("redirect", f"status {resp.status} (not followed)")
+                raise JwksFetchError("redirect", f"HTTP {resp.status} (not followed)")
             if resp.status != 200:
-                raise JwksFetchError("status", f"status {resp.status}")
+                raise JwksFetchError("status", f"HTTP {resp.status}")
             if resp.content_length is not None and resp.content_length > max_bytes:
                 raise JwksFetchError("too_large", f"more than {max_bytes} bytes")
             chunks: list[bytes] = []
