@@ -168,7 +168,9 @@ async def subscribe(s: Session, cmd: Command) -> None:
         # --- issue 13: the subscribe proxy. No token, and the namespace asks the backend:
         # its error or disconnect is raised from here; on failure, 100 (temporary).
         elif options.subscribe_proxy and node.subscribe_proxy is not None:
-            proxied = await node.subscribe_proxy.authorize(s, name, cmd.params.get("data"))
+            proxied = await node.subscribe_proxy.authorize(
+                s, name, cmd.params.get("data"), node.log
+            )
         # --- end of the subscribe proxy block
         else:
             raise CommandError(codes.PERMISSION_DENIED)

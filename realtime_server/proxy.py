@@ -38,9 +38,9 @@ import binascii
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import aiohttp
 import orjson
@@ -53,9 +53,10 @@ from .metrics import Histogram
 from .protocol import RawJSON
 
 if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
     from .config import Settings
     from .metrics import Metrics
-    from .session import Session
 
 __all__ = [
     "MAX_ANSWER_BYTES",
@@ -64,7 +65,9 @@ __all__ = [
     "Disconnect",
     "Failed",
     "ProxyDecision",
+    "Record",
     "SubscribeProxy",
+    "Subscriber",
     "parse_answer",
 ]
 
@@ -112,6 +115,24 @@ class Failed:
 ProxyDecision = Allowed | Denied | Disconnect | Failed
 
 
+class Subscriber(Protocol):
+    """Who asks to subscribe: a session (its verified user, its id, its connection,
+    whose request keeps the handshake headers named in ``REALTIME_PROXY_HTTP_HEADERS``)."""
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def client_id(self) -> str: ...
+
+    @property
+    def conn(self) -> ServerConnection: ...
+
+
+Record = Callable[..., None]
+"""The event log's record call: ``record(kind, actor, *, channel, code, **details)``."""
+
+
 def _reason(value: object) -> str:
     """A close reason the SDKs can show: printable ASCII, at most 100 bytes (a close
     frame holds 123), and never JSON text (centrifuge-js would try to parse it)."""
@@ -133,7 +154,9 @@ def _code(value: object) -> int | None:
 def _allowed(result: dict[str, Any]) -> ProxyDecision:
     info = result.get("info")
     if info is not None:
-        return Allowed(orjson.dumps(info))
+        # Kept per subscription: copied to its own size (orjson's result holds a 4 KiB
+        # buffer; main's model.raw_json does the same).
+        return Allowed(bytes(memoryview(orjson.dumps(info))))
     b64info = result.get("b64info")
     if b64info is None or b64info == "":
         return Allowed()
@@ -350,9 +373,10 @@ class SubscribeProxy:
 
     # --- the subscribe command's use ------------------------------------------------------
 
-    async def authorize(self, s: Session, channel: str, data: Any) -> Allowed:
+    async def authorize(self, s: Subscriber, channel: str, data: Any, record: Record) -> Allowed:
         """Ask about ``s`` subscribing to ``channel`` and record the decision in the
-        event log (``subscribe_proxy``).
+        event log (``subscribe_proxy``) with ``record`` (the node's event-log call:
+        ``record(kind, actor, *, channel, code, **details)``).
 
         Raises:
             CommandError: the backend's error, or 100 (temporary) on a failure.
@@ -376,7 +400,7 @@ class SubscribeProxy:
         elif isinstance(decision, Failed):
             code = codes.INTERNAL.code
             details["failure"] = decision.kind  # not "kind": node.log's first parameter
-        s.node.log(EventType.SUBSCRIBE_PROXY, s, channel=channel, code=code, **details)
+        record(EventType.SUBSCRIBE_PROXY, s, channel=channel, code=code, **details)
         if isinstance(decision, Allowed):
             return decision
         if isinstance(decision, Denied):
