@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import socket
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from functools import cache
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import orjson
 
 from .channels.namespaces import Namespaces
 from .errors import ConfigError
+from .proxy_settings import check_proxy_settings
 
 __all__ = ["ALL_VARIABLES", "SECRET_FIELDS", "VARIABLES", "Settings", "Variable", "setting"]
 
@@ -128,51 +127,6 @@ def _parse_origins(text: str | None) -> tuple[str, ...] | None:
     return tuple(_normalize_origin(o.strip()) for o in text.split(",") if o.strip())
 
 
-_HEADER_NAME: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
-# Never forwarded: they describe the handshake or the proxy request itself.
-_NOT_FORWARDED: Final = frozenset(
-    {
-        "connection",
-        "content-length",
-        "content-type",
-        "host",
-        "keep-alive",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-
-
-def _parse_header_names(text: str | None) -> frozenset[str] | None:
-    if not text:
-        return None
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    for name in names:
-        if not _HEADER_NAME.fullmatch(name):
-            raise ConfigError("REALTIME_PROXY_HTTP_HEADERS: comma-separated header names")
-        lowered = name.lower()
-        if lowered in _NOT_FORWARDED or lowered.startswith("sec-websocket-"):
-            raise ConfigError(f"REALTIME_PROXY_HTTP_HEADERS: {name} is never forwarded")
-    return frozenset(n.lower() for n in names) or None
-
-
-def _check_proxy_url(url: str) -> None:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise ConfigError("REALTIME_SUBSCRIBE_PROXY_URL: not a URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError("REALTIME_SUBSCRIBE_PROXY_URL: expected http(s)://host/path")
-    if parts.username is not None or parts.password is not None:
-        # It is a serve option (visible in the process list): no credentials in it.
-        raise ConfigError("REALTIME_SUBSCRIBE_PROXY_URL: no credentials in the URL")
-
-
 @dataclass(frozen=True)
 class Settings:
     """Validated configuration: build with :meth:`from_env`, or directly (tests).
@@ -195,8 +149,8 @@ class Settings:
     )
     jwt_algorithms: str | None = setting(
         None,
-        "comma-separated allow-list (default HS256 with a secret, RS256 with an RSA key, "
-        "RS256,PS256,ES256,EdDSA with a key set, plus HS256 when a secret is set too)",
+        "comma-separated allow-list (default HS256 with a secret, RS256 with an RSA key; "
+        "with a key set RS256,PS256,ES256,EdDSA, and HS256 with a secret too)",
         metavar="ALGS",
     )
     jwt_audience: str | None = setting(None, "required aud claim, checked when set", metavar="AUD")
@@ -214,19 +168,13 @@ class Settings:
         metavar="CHARS",
     )
     jwt_jwks_url: str | None = setting(
-        None,
-        "JSON Web Key Set of an identity provider, for RS*/PS*/ES*/EdDSA tokens "
-        "(https; http only to a loopback host)",
-        metavar="URL",
+        None, "identity provider's JSON Web Key Set (https; http to loopback)", metavar="URL"
     )
     jwt_jwks_refresh: float = setting(
         300.0, "seconds between key-set refreshes", minimum=1, metavar="SECONDS"
     )
     jwt_jwks_min_interval: float = setting(
-        10.0,
-        "least seconds between key-set fetches caused by tokens with an unknown kid",
-        minimum=0,
-        metavar="SECONDS",
+        10.0, "least seconds between refetches for an unknown kid", minimum=0, metavar="SECONDS"
     )
     jwt_jwks_timeout: float = setting(
         5.0, "seconds one key-set fetch may take", minimum=0.05, metavar="SECONDS"
@@ -312,29 +260,16 @@ class Settings:
         metavar="JSON",
     )
     subscribe_proxy_url: str | None = setting(
-        None,
-        "backend asked whether a user may subscribe to a channel of a namespace with "
-        "subscribe_proxy (Centrifugo's subscribe-proxy request and answer)",
-        metavar="URL",
+        None, "backend asked about subscribes to namespaces with subscribe_proxy", metavar="URL"
     )
     proxy_http_headers: str | None = setting(
-        None,
-        "comma-separated WebSocket handshake headers forwarded to the subscribe proxy "
-        "(e.g. Cookie,Authorization; none by default)",
-        metavar="HEADERS",
+        None, "handshake headers forwarded to the subscribe proxy (e.g. Cookie)", metavar="NAMES"
     )
     proxy_timeout: float = setting(
-        1.0,
-        "seconds a subscribe-proxy call may take, waiting for a free slot included "
-        "(then error 100)",
-        minimum=0.01,
-        metavar="SECONDS",
+        1.0, "seconds per subscribe-proxy call (then error 100)", minimum=0.01, metavar="SECONDS"
     )
     proxy_max_concurrency: int = setting(
-        100,
-        "subscribe-proxy calls in flight per process; more wait (within the timeout)",
-        minimum=1,
-        metavar="N",
+        100, "subscribe-proxy calls in flight per process", minimum=1, metavar="N"
     )
     max_message_size: int = setting(
         65536, "largest client frame, bytes (larger: close 1009)", minimum=1024, metavar="BYTES"
@@ -408,19 +343,9 @@ class Settings:
         if any(c in self.redis_prefix for c in "{} \n"):
             raise ConfigError("REALTIME_REDIS_PREFIX: no braces, spaces or newlines")
         # Derived once: read on every subscribe and handshake.
-        namespaces = _parse_namespaces(self.namespaces_json)
-        object.__setattr__(self, "_namespaces", namespaces)
+        object.__setattr__(self, "_namespaces", _parse_namespaces(self.namespaces_json))
         object.__setattr__(self, "_origins", _parse_origins(self.allowed_origins))
-        object.__setattr__(self, "_proxy_headers", _parse_header_names(self.proxy_http_headers))
-        if self.subscribe_proxy_url:
-            _check_proxy_url(self.subscribe_proxy_url)
-        else:
-            proxied = [name for name, opts in namespaces if opts.subscribe_proxy]
-            if proxied:
-                raise ConfigError(
-                    f"REALTIME_NAMESPACES: {proxied[0]}.subscribe_proxy needs "
-                    "REALTIME_SUBSCRIBE_PROXY_URL"
-                )
+        check_proxy_settings(self.subscribe_proxy_url, self.proxy_http_headers, self.namespaces())
 
     @classmethod
     def from_env(
@@ -454,12 +379,6 @@ class Settings:
         """The normalized ``Origin`` allow-list; None allows any."""
         parsed: tuple[str, ...] | None = self._origins  # type: ignore[attr-defined]
         return list(parsed) if parsed is not None else None
-
-    def proxy_header_names(self) -> frozenset[str] | None:
-        """The handshake headers kept for the subscribe proxy (lower case); None when
-        no header is forwarded (nothing is kept per connection then)."""
-        names: frozenset[str] | None = self._proxy_headers  # type: ignore[attr-defined]
-        return names
 
     def node(self) -> str:
         """This process's node name: ``REALTIME_NODE_NAME`` or the host name, with

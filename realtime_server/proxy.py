@@ -51,6 +51,7 @@ from .errors import CommandError, ProtocolViolation
 from .events import EventType
 from .metrics import Histogram
 from .protocol import RawJSON
+from .proxy_settings import header_names
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -253,7 +254,7 @@ class SubscribeProxy:
         return cls(
             settings.subscribe_proxy_url,
             timeout=settings.proxy_timeout,
-            header_names=settings.proxy_header_names(),
+            header_names=header_names(settings.proxy_http_headers),
             max_concurrency=settings.proxy_max_concurrency,
         )
 

@@ -22,7 +22,14 @@ from realtime_server.codes import ErrorCode
 from realtime_server.config import Settings
 from realtime_server.errors import ConfigError
 from realtime_server.events import Event, EventType
-from realtime_server.proxy import Allowed, Denied, Disconnect, Failed, parse_answer
+from realtime_server.proxy import (
+    Allowed,
+    Denied,
+    Disconnect,
+    Failed,
+    SubscribeProxy,
+    parse_answer,
+)
 
 from .conftest import StartServer, ws_url
 from .helpers import MS, RawClient, make_settings, quiet_period, sub_token, token
@@ -446,6 +453,11 @@ def test_bad_proxy_configuration(env: dict[str, str], variable: str) -> None:
 
 
 def test_header_names_are_kept_lower_case_and_none_by_default() -> None:
-    assert make_settings().proxy_header_names() is None
-    settings: Settings = make_settings(PROXY_HTTP_HEADERS="Cookie, Authorization")
-    assert settings.proxy_header_names() == {"cookie", "authorization"}
+    assert (
+        SubscribeProxy.from_settings(make_settings(SUBSCRIBE_PROXY_URL="http://a/")).header_names
+        is None
+    )
+    settings: Settings = make_settings(
+        SUBSCRIBE_PROXY_URL="http://a/", PROXY_HTTP_HEADERS="Cookie, Authorization"
+    )
+    assert SubscribeProxy.from_settings(settings).header_names == {"cookie", "authorization"}
