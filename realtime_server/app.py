@@ -30,6 +30,7 @@ from .node import Node
 from .server import WEBSOCKET_PATH, start_websocket_server
 
 if TYPE_CHECKING:
+    from .auth.jwks_fetch import JwksRefresher
     from .demo import Demo
 
 __all__ = ["Running", "build_node", "build_verifier", "run", "running"]
@@ -38,9 +39,22 @@ logger = logging.getLogger("realtime_server")
 
 
 def build_verifier(settings: Settings) -> TokenVerifier:
-    keys = load_keys(settings.jwt_secret, settings.jwt_public_key, settings.jwt_algorithms)
+    """The token verifier; with ``REALTIME_JWT_JWKS_URL``, its key source is a
+    :class:`JwksRefresher` (not started: no I/O here)."""
+    keys = load_keys(
+        settings.jwt_secret,
+        settings.jwt_public_key,
+        settings.jwt_algorithms,
+        settings.jwt_jwks_url,
+    )
+    source = None
+    if keys.jwks_url is not None:
+        from .auth.jwks_fetch import JwksRefresher
+
+        source = JwksRefresher.from_settings(settings, keys.jwks_algorithms)
     return TokenVerifier(
         keys,
+        source=source,
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
         leeway=settings.jwt_leeway,
@@ -71,9 +85,48 @@ def build_node(settings: Settings) -> Node:
     from .events.factory import build_recorder
 
     events = build_recorder(settings)
-    node = Node(settings, engine, revocations, verifier, events=events)
+    proxy = None
+    if settings.subscribe_proxy_url:
+        from .proxy import SubscribeProxy
+
+        proxy = SubscribeProxy.from_settings(settings)
+    node = Node(settings, engine, revocations, verifier, events=events, subscribe_proxy=proxy)
     events.bind_metrics(node.metrics)
+    refresher = _refresher(node)
+    if refresher is not None:
+        refresher.bind(node.health, node.metrics)
+    if proxy is not None:
+        proxy.bind(node.metrics)
     return node
+
+
+def _refresher(node: Node) -> JwksRefresher | None:
+    """The verifier's key-set refresher, if a key set is configured (aiohttp is only
+    imported then)."""
+    if node.verifier.source is None:
+        return None
+    from .auth.jwks_fetch import JwksRefresher
+
+    source = node.verifier.source
+    return source if isinstance(source, JwksRefresher) else None
+
+
+async def start_identity(node: Node) -> None:
+    """Start the key-set refresher (its first fetch is awaited, bounded by
+    ``REALTIME_JWT_JWKS_TIMEOUT``) and the subscribe proxy's session, when configured."""
+    refresher = _refresher(node)
+    if refresher is not None:
+        await refresher.start()
+    if node.subscribe_proxy is not None:
+        await node.subscribe_proxy.start()
+
+
+async def close_identity(node: Node) -> None:
+    refresher = _refresher(node)
+    if refresher is not None:
+        await refresher.close()
+    if node.subscribe_proxy is not None:
+        await node.subscribe_proxy.close()
 
 
 @dataclass
@@ -114,6 +167,7 @@ class Running:
 
             await stop_api(self.api)
         await node.close()
+        await close_identity(node)
 
 
 @contextlib.asynccontextmanager
@@ -124,6 +178,12 @@ async def running(
     (``serve --demo``) adds the demo page and runs its simulation while serving."""
     node = build_node(settings)
     await node.start()
+    try:
+        await start_identity(node)
+    except BaseException:
+        await node.close()
+        await close_identity(node)
+        raise
     ws = await start_websocket_server(node, demo=demo, reuse_port=reuse_port)
     api = None
     if settings.api_key:

@@ -98,7 +98,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         raise ConfigError("REALTIME_JWT_SECRET must be set to mint tokens")
     from .auth.keys import load_keys
 
-    keys = load_keys(settings.jwt_secret, None, settings.jwt_algorithms)
+    keys = load_keys(settings.jwt_secret, None, settings.jwt_algorithms, settings.jwt_jwks_url)
     now = int(time.time())
     if args.ttl <= 0 or args.ttl > settings.jwt_max_lifetime:
         raise ConfigError(f"--ttl must be between 1 and {int(settings.jwt_max_lifetime)}")
@@ -181,11 +181,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from .app import build_verifier
 
-    build_verifier(settings)
+    verifier = build_verifier(settings)
     print(f"configuration: ok (engine {'redis' if settings.redis_url else 'memory'})")
 
     async def reach() -> int:
         failures = 0
+        if settings.jwt_jwks_url:  # issue 13: the identity provider's key set
+            from .auth.jwks_fetch import check_key_set
+
+            ok, line = await check_key_set(
+                settings.jwt_jwks_url, verifier.jwks_algorithms, settings.jwt_jwks_timeout
+            )
+            print(line)
+            failures += not ok
         if settings.redis_url:
             from .channels.redis_client import RedisCommands
             from .channels.redis_names import RedisNames

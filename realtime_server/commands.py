@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import orjson
 
@@ -44,6 +44,9 @@ from .registry import Registry
 from .session import Session, SessionState, Subscription
 from .subscriptions import Request, Subscriptions
 
+if TYPE_CHECKING:
+    from .proxy import Allowed, SubscribeProxy
+
 __all__ = ["REFRESH_AHEAD", "Commands"]
 
 Handler = Callable[[Session, Command], Awaitable[None]]
@@ -71,6 +74,7 @@ class Commands:
         subscriptions: Subscriptions,
         operations: Operations,
         journal: Journal,
+        subscribe_proxy: SubscribeProxy | None = None,
     ) -> None:
         self._settings = settings
         self._namespaces: Namespaces = settings.namespaces()
@@ -80,6 +84,7 @@ class Commands:
         self._subscriptions = subscriptions
         self._operations = operations
         self._journal = journal
+        self._proxy = subscribe_proxy
         self._handlers: dict[str, Handler] = {
             "connect": self.connect,
             "subscribe": self.subscribe,
@@ -109,8 +114,9 @@ class Commands:
         settings = self._settings
         req = parse_connect(cmd.params)
         now = time.time()
-        # TokenInvalid -> close 3500, TokenExpired -> 109, BackendUnavailable -> 100
-        claims = self._verifier.verify_connection(req.token, now)
+        # TokenInvalid -> close 3500, TokenExpired -> 109, BackendUnavailable -> 100; may
+        # await the key set's rate-limited refetch on an unknown kid.
+        claims = await self._verifier.verify_connection_fresh(req.token, now)
         s.user = claims.sub  # the signature verified: refusals from here name the user
         await self._check_revoked(claims.jti, claims.sub, claims.iat)
         if s.state is not SessionState.CONNECTING:
@@ -179,16 +185,26 @@ class Commands:
             raise CommandError(codes.LIMIT_EXCEEDED)
         now = time.time()
         claims: SubscriptionClaims | None = None
+        proxied: Allowed | None = None
         if needs_token(options):
-            if not req.token:
+            if req.token:  # a token, when sent, is checked; the backend is not asked
+                claims = await self._verify_sub_token(s, name, req.token, now)
+                check_subscribe(channel, options, s.user, token_channel=claims.channel)
+            elif options.subscribe_proxy and self._proxy is not None:
+                # The backend decides; its error or disconnect is raised from here, and
+                # a failure is 100 (temporary), never a subscription.
+                proxied = await self._proxy.authorize(
+                    s, name, cmd.params.get("data"), self._journal.record
+                )
+            else:
                 raise CommandError(codes.PERMISSION_DENIED)
-            claims = await self._verify_sub_token(s, name, req.token, now)
-            check_subscribe(channel, options, s.user, token_channel=claims.channel)
         else:
             check_subscribe(channel, options, s.user)
         if s.state is not SessionState.CONNECTED:
             return
         sub = Subscription(name, options, s.client_info(), server_side=False)
+        if proxied is not None and proxied.chan_info is not None:
+            sub.client_info = s.client_info(proxied.chan_info)
         ttl: int | None = None
         if claims is not None:
             sub.client_info = s.client_info(claims.info)
@@ -271,7 +287,7 @@ class Commands:
         token = cmd.params.get("token")
         now = time.time()
         try:
-            claims = self._verifier.verify_connection(token, now)
+            claims = await self._verifier.verify_connection_fresh(token, now)
         except TokenExpired:
             raise ProtocolViolation(codes.CLOSE_EXPIRED) from None
         if claims.sub != s.user:

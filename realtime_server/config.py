@@ -15,83 +15,20 @@ environment.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
-import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
-from functools import cache
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
 from .channels.namespaces import Namespaces
 from .errors import ConfigError
+from .proxy_settings import check_proxy_settings
+from .settings_table import Variable, check_value, convert, setting, variables_of
 
 __all__ = ["ALL_VARIABLES", "SECRET_FIELDS", "VARIABLES", "Settings", "Variable", "setting"]
-
-_META: Final = "realtime_setting"
-
-
-@dataclass(frozen=True, slots=True)
-class Variable:
-    """One configuration variable, as declared on its :class:`Settings` field."""
-
-    name: str
-    """The environment variable (``REALTIME_PORT``)."""
-    field: str
-    """The :class:`Settings` field (``port``)."""
-    default: str | None
-    """The default as text (what ``--help`` shows), None when unset by default."""
-    help: str
-    kind: type
-    """``str``, ``int``, ``float`` or ``bool``: how text is converted."""
-    minimum: float | None = None
-    maximum: float | None = None
-    secret: bool = False
-    """Environment only: never an option, never shown, never logged."""
-    metavar: str = "VALUE"
-    option: str | None = None
-    """The ``serve`` option (``--port``); None for secrets and internal variables."""
-    internal: bool = False
-    """Set by the server itself (a worker's index); not documented."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Declared:
-    help: str
-    env: str | None
-    minimum: float | None
-    maximum: float | None
-    secret: bool
-    metavar: str | None
-    option: str | None
-    internal: bool
-
-
-def setting(
-    default: Any,
-    help: str,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    secret: bool = False,
-    metavar: str | None = None,
-    env: str | None = None,
-    option: str | None = None,
-    internal: bool = False,
-) -> Any:
-    """Declare a :class:`Settings` field: its default, help text and bounds.
-
-    ``env`` names the variable when it is not ``REALTIME_`` + the field name in upper
-    case; ``option`` the ``serve`` option when it is not ``--`` + the field name with
-    dashes. ``internal`` variables are set by the server itself (a worker's index) and
-    are neither documented nor options.
-    """
-    declared = _Declared(help, env, minimum, maximum, secret, metavar, option, internal)
-    return field(default=default, repr=not secret, metadata={_META: declared})
-
 
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -148,7 +85,8 @@ class Settings:
     )
     jwt_algorithms: str | None = setting(
         None,
-        "comma-separated allow-list (default HS256 with a secret, RS256 with an RSA key)",
+        "comma-separated allow-list (default HS256 with a secret, RS256 with an RSA key; "
+        "with a key set RS256,PS256,ES256,EdDSA, and HS256 with a secret too)",
         metavar="ALGS",
     )
     jwt_audience: str | None = setting(None, "required aud claim, checked when set", metavar="AUD")
@@ -164,6 +102,18 @@ class Settings:
         "longest accepted token, characters (checked before decoding)",
         minimum=64,
         metavar="CHARS",
+    )
+    jwt_jwks_url: str | None = setting(
+        None, "identity provider's JSON Web Key Set (https; http to loopback)", metavar="URL"
+    )
+    jwt_jwks_refresh: float = setting(
+        300.0, "seconds between key-set refreshes", minimum=1, metavar="SECONDS"
+    )
+    jwt_jwks_min_interval: float = setting(
+        10.0, "least seconds between refetches for an unknown kid", minimum=0, metavar="SECONDS"
+    )
+    jwt_jwks_timeout: float = setting(
+        5.0, "seconds one key-set fetch may take", minimum=0.05, metavar="SECONDS"
     )
     api_key: str | None = setting(
         None,
@@ -245,6 +195,18 @@ class Settings:
         option="--namespaces",
         metavar="JSON",
     )
+    subscribe_proxy_url: str | None = setting(
+        None, "backend asked about subscribes to namespaces with subscribe_proxy", metavar="URL"
+    )
+    proxy_http_headers: str | None = setting(
+        None, "handshake headers forwarded to the subscribe proxy (e.g. Cookie)", metavar="NAMES"
+    )
+    proxy_timeout: float = setting(
+        1.0, "seconds per subscribe-proxy call (then error 100)", minimum=0.01, metavar="SECONDS"
+    )
+    proxy_max_concurrency: int = setting(
+        100, "subscribe-proxy calls in flight per process", minimum=1, metavar="N"
+    )
     max_message_size: int = setting(
         65536, "largest client frame, bytes (larger: close 1009)", minimum=1024, metavar="BYTES"
     )
@@ -303,8 +265,8 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        for var in _all_variables():
-            _check_value(var, getattr(self, var.field))
+        for var in variables_of(Settings):
+            check_value(var, getattr(self, var.field))
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(f"REALTIME_LOG_LEVEL: one of {', '.join(_LOG_LEVELS)}")
         if self.workers > 1 and not self.redis_url:
@@ -319,6 +281,7 @@ class Settings:
         # Derived once: read on every subscribe and handshake.
         object.__setattr__(self, "_namespaces", _parse_namespaces(self.namespaces_json))
         object.__setattr__(self, "_origins", _parse_origins(self.allowed_origins))
+        check_proxy_settings(self.subscribe_proxy_url, self.proxy_http_headers, self.namespaces())
 
     @classmethod
     def from_env(
@@ -334,13 +297,13 @@ class Settings:
         """
         source = os.environ if env is None else env
         values: dict[str, Any] = {}
-        for var in _all_variables():
+        for var in variables_of(Settings):
             raw = overrides.get(var.field) if overrides else None
             if raw is None:
                 raw = source.get(var.name)
             if raw is None or raw == "":
                 continue
-            values[var.field] = _convert(var, raw)
+            values[var.field] = convert(var, raw)
         return cls(**values)
 
     def namespaces(self) -> Namespaces:
@@ -370,108 +333,13 @@ class Settings:
     def public(self) -> dict[str, Any]:
         """Settings safe to show: secrets replaced by whether they are set."""
         out: dict[str, Any] = {}
-        for var in _all_variables():
+        for var in variables_of(Settings):
             value = getattr(self, var.field)
             out[var.field] = ("set" if value else "unset") if var.secret else value
         return out
 
 
-# --- the table, read off the fields ------------------------------------------------
-
-
-def _kind(annotation: Any) -> type:
-    """``int`` for ``int`` and ``int | None``, and so on."""
-    if isinstance(annotation, type):
-        return annotation
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if len(args) == 1 and isinstance(args[0], type):
-        return args[0]
-    raise TypeError(f"unsupported setting type {annotation!r}")
-
-
-def _default_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-@cache
-def _all_variables() -> tuple[Variable, ...]:
-    hints = typing.get_type_hints(Settings)
-    out: list[Variable] = []
-    for f in fields(Settings):
-        declared: _Declared = f.metadata[_META]
-        kind = _kind(hints[f.name])
-        option = None
-        if not declared.secret and not declared.internal:
-            option = declared.option or "--" + f.name.replace("_", "-")
-        metavar = declared.metavar or ("SECRET" if declared.secret else "VALUE")
-        out.append(
-            Variable(
-                name=declared.env or "REALTIME_" + f.name.upper(),
-                field=f.name,
-                default=_default_text(f.default if f.default is not MISSING else None),
-                help=declared.help,
-                kind=kind,
-                minimum=declared.minimum,
-                maximum=declared.maximum,
-                secret=declared.secret,
-                metavar=metavar,
-                option=option,
-                internal=declared.internal,
-            )
-        )
-    return tuple(out)
-
-
-def _convert(var: Variable, raw: str) -> Any:
-    """Text (an environment variable or an option) to the field's type."""
-    if var.kind is bool:
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{var.name}: expected true or false")
-    if var.kind is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f"{var.name}: expected an integer") from None
-    if var.kind is float:
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(f"{var.name}: expected a number") from None
-    return raw
-
-
-def _check_value(var: Variable, value: Any) -> None:
-    """Type and bounds of one field, however the settings were built."""
-    if value is None:
-        if var.default is not None:
-            raise ConfigError(f"{var.name}: must be set")
-        return
-    if var.kind is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value):
-            raise ConfigError(f"{var.name}: must be a finite number")
-    elif var.kind is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{var.name}: expected an integer")
-    elif not isinstance(value, var.kind):
-        raise ConfigError(f"{var.name}: expected {var.kind.__name__}")
-    if var.minimum is not None and value < var.minimum:
-        raise ConfigError(f"{var.name}: must be >= {_default_text(var.minimum)}")
-    if var.maximum is not None and value > var.maximum:
-        raise ConfigError(f"{var.name}: must be <= {_default_text(var.maximum)}")
-
-
-ALL_VARIABLES: Final = _all_variables()
+ALL_VARIABLES: Final = variables_of(Settings)
 """Every variable, internal ones included (what :meth:`Settings.from_env` reads)."""
 VARIABLES: Final = tuple(v for v in ALL_VARIABLES if not v.internal)
 """The documented variables (``--help``, README)."""

@@ -6,10 +6,42 @@ Plain integer attributes: the hot path increments them without locks or lookups
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["Metrics"]
+__all__ = ["Histogram", "Metrics"]
+
+
+class Histogram:
+    """A Prometheus histogram: cumulative bucket counts, a sum and a count.
+
+    ``observe`` is one bisect and three additions (for calls that take milliseconds,
+    such as a subscribe-proxy request; not for per-delivery paths)."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def samples(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, None), self.counts, strict=True):
+            running += n
+            le = "+Inf" if bound is None else f"{bound:g}"
+            out.append((f'_bucket{{le="{le}"}}', running))
+        out.append(("_sum", self.total))
+        out.append(("_count", self.count))
+        return out
 
 
 class Metrics:
@@ -30,6 +62,8 @@ class Metrics:
         self.revocations_total = 0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.labelled: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
+        self.histograms: dict[str, tuple[str, Histogram]] = {}
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, read)
@@ -37,6 +71,17 @@ class Metrics:
     def counter(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A monotonic count read at scrape time (exposed as ``realtime_<name>_total``)."""
         self.counters[name] = (help_text, read)
+
+    def counter_by(
+        self, name: str, help_text: str, label: str, read: Callable[[], Mapping[str, float]]
+    ) -> None:
+        """Monotonic counts by one label (``realtime_<name>_total{<label>="..."}``),
+        read at scrape time. Label values are ours (a fixed set of kinds), never input."""
+        self.labelled[name] = (help_text, label, read)
+
+    def histogram(self, name: str, help_text: str, histogram: Histogram) -> None:
+        """A histogram, exposed as ``realtime_<name>_bucket/_sum/_count``."""
+        self.histograms[name] = (help_text, histogram)
 
     def render(self) -> bytes:
         lines: list[str] = []
@@ -51,6 +96,15 @@ class Metrics:
             metric(name, "gauge", help_text, [("", read())])
         for name, (help_text, read) in sorted(self.counters.items()):
             metric(f"{name}_total", "counter", help_text, [("", read())])
+        for name, (help_text, label, read_by) in sorted(self.labelled.items()):
+            by = read_by()
+            samples = [(f'{{{label}="{k}"}}', n) for k, n in sorted(by.items())]
+            metric(f"{name}_total", "counter", help_text, samples)
+        for name, (help_text, histogram) in sorted(self.histograms.items()):
+            lines.append(f"# HELP realtime_{name} {help_text}")
+            lines.append(f"# TYPE realtime_{name} histogram")
+            for suffix, value in histogram.samples():
+                lines.append(f"realtime_{name}{suffix} {value:.15g}")
         metric(
             "connections_total",
             "counter",

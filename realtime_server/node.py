@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, codes
 from .auth.revocation import RevocationStore
@@ -47,6 +47,9 @@ from .session import Ended, Session
 from .subscriptions import Subscriptions
 from .writer import Writer
 
+if TYPE_CHECKING:
+    from .proxy import SubscribeProxy
+
 __all__ = ["Node"]
 
 logger = logging.getLogger("realtime_server.node")
@@ -64,6 +67,7 @@ class Node:
         revocations: RevocationStore,
         verifier: TokenVerifier,
         events: EventRecorder | None = None,
+        subscribe_proxy: SubscribeProxy | None = None,
     ) -> None:
         self._settings = settings
         self.name = settings.node()
@@ -71,6 +75,8 @@ class Node:
         self.broker = engine.broker
         self.revocations = revocations
         self.verifier = verifier
+        self.subscribe_proxy = subscribe_proxy
+        """The subscribe proxy's client (``REALTIME_SUBSCRIBE_PROXY_URL``), or None."""
         self.namespaces = settings.namespaces()
         self._metrics = Metrics(self.name)
         self._journal = Journal(self.name, events)
@@ -112,6 +118,7 @@ class Node:
             self.subscriptions,
             self.ops,
             self._journal,
+            subscribe_proxy,
         )
         self.broker.set_handler(self)
         revocations.set_listener(self.control.handle_revocation)

@@ -171,8 +171,12 @@ def _flooded(conn: GuardedConnection) -> None:
 
 
 def make_handler(node: Node) -> Any:
+    # Issue 13: the handshake headers the subscribe proxy forwards (None: keep none).
+    proxy = node.subscribe_proxy
+    keep_headers = proxy.header_names if proxy is not None else None
+
     async def handler(conn: ServerConnection) -> None:
-        release_headers(conn)
+        release_headers(conn, keep_headers)
         session = Session(node, conn)
         if isinstance(conn, GuardedConnection):
             conn.session = session  # cleared when the connection is lost

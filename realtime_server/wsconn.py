@@ -132,14 +132,20 @@ def release_after_handshake(conn: ServerConnection, request: Request, response: 
         waiter.add_done_callback(lambda _: _break_cycles(conn))
 
 
-def release_headers(conn: ServerConnection) -> None:
+def release_headers(conn: ServerConnection, keep: frozenset[str] | None = None) -> None:
     """Drop what websockets keeps per connection after the handshake and never reads
     again: the handshake's headers (cleared in place: websockets' parser generator also
     holds the request object for the connection's life; ~2.5 KiB per idle connection)
     and the ``drain_waiters`` deque (0.75 KiB empty; websockets only appends to,
-    removes from and iterates over it, which a list does in 56 bytes)."""
+    removes from and iterates over it, which a list does in 56 bytes).
+
+    ``keep``: lower-case names of request headers to keep (the subscribe proxy's
+    ``REALTIME_PROXY_HTTP_HEADERS``); None keeps none."""
     if conn.request is not None:
-        conn.request.headers = _NO_HEADERS
+        kept = None
+        if keep is not None:
+            kept = [(k, v) for k, v in conn.request.headers.raw_items() if k.lower() in keep]
+        conn.request.headers = Headers(kept) if kept else _NO_HEADERS
     if conn.response is not None:
         conn.response.headers = _NO_HEADERS
         conn.response.body = b""

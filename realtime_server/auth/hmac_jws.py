@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import orjson
 
-__all__ = ["HMAC_DIGESTS", "MalformedToken", "decode_hmac_jws"]
+__all__ = ["HMAC_DIGESTS", "MalformedToken", "decode_hmac_jws", "parse_header"]
 
 HMAC_DIGESTS: Final = {"HS256": "sha256", "HS384": "sha384", "HS512": "sha512"}
 
@@ -67,6 +67,19 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise MalformedToken(f"malformed {what}")
     return value
+
+
+def parse_header(token: str) -> dict[str, Any]:
+    """The (unverified) header of a compact JWS, strictly decoded: what picks the key
+    when several may verify (an HMAC secret next to a key set). Nothing in it is
+    trusted until the signature is checked with the key it led to.
+
+    Raises:
+        MalformedToken: not three segments, or the header is not a JSON object.
+    """
+    if token.count(".") != 2:
+        raise MalformedToken("bad signature or malformed token")
+    return _json_object(_segment(token.split(".", 1)[0]), "header")
 
 
 def decode_hmac_jws(

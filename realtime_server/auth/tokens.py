@@ -6,31 +6,41 @@ Subscription token: ``sub`` and ``channel`` required; optional ``exp``, ``iat``,
 ``nbf``, ``jti``, ``info``.
 
 Outcomes: :class:`TokenInvalid` (bad signature, algorithm, claims, audience, issuer,
-lifetime, length, ``crit`` header) or :class:`TokenExpired` (expired or not yet valid).
-The messages of both are safe to log: they never include the token. HMAC tokens are
-checked by :mod:`.hmac_jws` (strict compact JWS, constant-time compare), public-key
-tokens by PyJWT.
+lifetime, length, ``crit`` header; :class:`UnknownKey` when the ``kid`` is not in the
+key set) or :class:`TokenExpired` (expired or not yet valid); :class:`KeysUnavailable`
+when a token needs the key set and none was fetched yet. The messages are safe to log:
+they never include the token. HMAC tokens are checked by :mod:`.hmac_jws` (strict
+compact JWS, constant-time compare), public-key tokens by PyJWT.
+
+With a key set (``REALTIME_JWT_JWKS_URL``) the verifier reads the current keys from the
+:class:`KeySource` it is given and does no I/O itself; only
+:meth:`TokenVerifier.verify_connection_fresh` may await the source's rate-limited
+refetch.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import jwt
 
-from ..errors import RealtimeError
+from ..errors import BackendUnavailable, RealtimeError
 from ..model import RawJSON, raw_json
-from .hmac_jws import HMAC_DIGESTS, MalformedToken, decode_hmac_jws
+from .hmac_jws import HMAC_DIGESTS, MalformedToken, decode_hmac_jws, parse_header
+from .jwks import JwkSet, KeyMismatch, UnknownKid
 from .keys import KeySet
 
 __all__ = [
     "ConnectionClaims",
+    "KeySource",
+    "KeysUnavailable",
     "SubscriptionClaims",
     "TokenExpired",
     "TokenInvalid",
     "TokenVerifier",
+    "UnknownKey",
 ]
 
 DEFAULT_MAX_LENGTH: Final = 8192
@@ -42,6 +52,29 @@ class TokenInvalid(RealtimeError):
 
 class TokenExpired(RealtimeError):
     """The token is expired or not yet valid: the client should get a new one."""
+
+
+class UnknownKey(TokenInvalid):
+    """The token's ``kid`` is not in the current key set (a refetch may bring it)."""
+
+
+class KeysUnavailable(BackendUnavailable):
+    """No key set was fetched yet: the client retries (error 100, temporary)."""
+
+
+class KeySource(Protocol):
+    """Where a verifier finds the identity provider's current keys."""
+
+    @property
+    def current(self) -> JwkSet | None:
+        """The last good key set; None before any was fetched."""
+        ...
+
+    async def refetch_unknown(self) -> bool:
+        """Called for a token whose ``kid`` is unknown: fetch the set again if allowed
+        (at most once per interval; a fetch in flight is joined). Returns whether a
+        fetch completed, i.e. whether verifying again can help. Never raises."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +131,7 @@ class TokenVerifier:
         self,
         keys: KeySet,
         *,
+        source: KeySource | None = None,
         audience: str | None = None,
         issuer: str | None = None,
         leeway: float = 1.0,
@@ -113,8 +147,14 @@ class TokenVerifier:
         self._algorithms = list(keys.algorithms)
         # HMAC keys: our own compact-JWS check (hmac_jws); public keys: PyJWT.
         self._hmac_digests: dict[str, str] | None = (
-            {alg: HMAC_DIGESTS[alg] for alg in keys.algorithms} if keys.is_hmac else None
+            {alg: HMAC_DIGESTS[alg] for alg in keys.algorithms} if keys.secret is not None else None
         )
+        if keys.jwks_url is not None and source is None:
+            raise ValueError("a key set (jwks_url) needs a key source")
+        self.source = source if keys.jwks_url is not None else None
+        self._jwks_algorithms = frozenset(keys.jwks_algorithms)
+        self.jwks_algorithms = keys.jwks_algorithms
+        """The algorithms tokens verified with the key set may use."""
         self._options: Any = {
             "verify_signature": True,
             "verify_exp": False,  # checked below against the injected time
@@ -132,21 +172,57 @@ class TokenVerifier:
             raise TokenInvalid("missing token")
         if len(raw) > self._max_length:
             raise TokenInvalid("token too long")
+        if self.source is not None:
+            return self._decode_by_header(raw)
         if self._hmac_digests is not None:
-            try:
-                _header, payload = decode_hmac_jws(raw, self._keys.key, self._hmac_digests)
-            except MalformedToken as exc:
-                raise TokenInvalid(exc.args[0]) from None
-            self._check_audience_and_issuer(payload)
-            return payload
+            return self._decode_hmac(raw, self._hmac_digests)
+        return self._decode_public(raw, self._keys.key, self._algorithms)
+
+    def _decode_hmac(self, raw: str, digests: dict[str, str]) -> dict[str, Any]:
+        try:
+            _header, payload = decode_hmac_jws(raw, self._keys.key, digests)
+        except MalformedToken as exc:
+            raise TokenInvalid(exc.args[0]) from None
+        self._check_audience_and_issuer(payload)
+        return payload
+
+    def _decode_by_header(self, raw: str) -> dict[str, Any]:
+        """With a key set: the header's ``alg`` picks the secret (HS*) or the set, and
+        its ``kid`` the key of the set. ``jku``/``x5u``/``jwk``/``x5c`` are never read."""
+        try:
+            header = parse_header(raw)
+        except MalformedToken as exc:
+            raise TokenInvalid(exc.args[0]) from None
+        alg = header.get("alg")
+        digests = self._hmac_digests
+        if digests is not None and alg in digests:
+            return self._decode_hmac(raw, digests)
+        if not isinstance(alg, str) or alg not in self._jwks_algorithms:
+            raise TokenInvalid("algorithm not allowed")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenInvalid("malformed header")
+        assert self.source is not None
+        keys = self.source.current
+        if keys is None:
+            raise KeysUnavailable("no key set fetched yet")
+        try:
+            jwk = keys.find(kid, alg)
+        except UnknownKid:
+            raise UnknownKey("unknown key id") from None
+        except KeyMismatch as exc:
+            raise TokenInvalid(exc.args[0]) from None
+        return self._decode_public(raw, jwk.key, [alg])
+
+    def _decode_public(self, raw: str, key: Any, algorithms: list[str]) -> dict[str, Any]:
         try:
             # One parse: the signature is checked with the pinned algorithms only (PyJWT
             # refuses any other "alg", "none" included); the header is then checked
             # again here. (A separate unverified-header parse was 25% of this call.)
             decoded = jwt.decode_complete(
                 raw,
-                self._keys.key,
-                algorithms=self._algorithms,
+                key,
+                algorithms=algorithms,
                 audience=self._audience,
                 issuer=self._issuer,
                 options=self._options,
@@ -162,7 +238,7 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise TokenInvalid("bad signature or malformed token") from None
         header, payload = decoded["header"], decoded["payload"]
-        if header.get("alg") not in self._keys.algorithms:
+        if header.get("alg") not in algorithms:
             raise TokenInvalid("algorithm not allowed")
         if "crit" in header:
             raise TokenInvalid("unsupported critical header")
@@ -222,6 +298,18 @@ class TokenVerifier:
         assert sub is not None and exp is not None
         self._check_time(exp, iat, nbf, now)
         return ConnectionClaims(sub, exp, iat, jti, info, tuple(dict.fromkeys(channels)))
+
+    async def verify_connection_fresh(self, raw: object, now: float) -> ConnectionClaims:
+        """:meth:`verify_connection`; when the token names a ``kid`` the key set lacks,
+        once more after the key source's refetch, if it allows one (at most one per
+        ``REALTIME_JWT_JWKS_MIN_INTERVAL``, bounded by the fetch timeout): the only
+        network a connect may wait on. A made-up ``kid`` ends as :class:`UnknownKey`."""
+        try:
+            return self.verify_connection(raw, now)
+        except UnknownKey:
+            if self.source is None or not await self.source.refetch_unknown():
+                raise
+        return self.verify_connection(raw, now)
 
     def verify_subscription(self, raw: object, now: float) -> SubscriptionClaims:
         """Verify a subscription token at time ``now``. The caller checks ``sub`` and

@@ -3,7 +3,8 @@
 Two namespaces are built in (``user`` and ``document``, see PROTOCOL.md); operators may
 change their options or add namespaces with ``REALTIME_NAMESPACES`` (a JSON object of
 namespace name -> options). Every namespace other than ``user`` is private: a
-subscription needs a subscription token or the connection token's ``channels`` claim.
+subscription needs a subscription token or the connection token's ``channels`` claim,
+or, for a namespace with ``subscribe_proxy``, the backend's yes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class NamespaceOptions:
     for it (presence still answers): each one costs a push to every subscriber, so a
     channel of N subscribers joining costs N squared. 0 means no bound."""
     allow_publish: bool = False
+    subscribe_proxy: bool = False
+    """Without a subscription token, ask the backend (``REALTIME_SUBSCRIBE_PROXY_URL``)
+    whether the user may subscribe; a token, when sent, is checked as usual."""
 
     @property
     def history(self) -> bool:
@@ -123,5 +127,10 @@ class Namespaces:
                 base = replace(base, **{key: expected(value)})
             if name == "user" and base.access != "owner":
                 raise ConfigError("REALTIME_NAMESPACES: user namespace access is fixed")
+            if base.subscribe_proxy and base.access != "token":
+                raise ConfigError(
+                    f"REALTIME_NAMESPACES: {name}.subscribe_proxy needs access token "
+                    "(owner channels need no backend)"
+                )
             merged[name] = base
         return cls(merged)

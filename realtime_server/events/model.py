@@ -25,6 +25,10 @@ class EventType(enum.StrEnum):
     DISCONNECT = "disconnect"
     SUBSCRIBE = "subscribe"
     SUBSCRIBE_REJECTED = "subscribe_rejected"
+    SUBSCRIBE_PROXY = "subscribe_proxy"
+    """The backend's answer about a subscription: details ``decision`` (allowed, denied,
+    disconnect, failed), ``failure`` (its kind: timeout, status...), ``ms``; ``code`` of
+    a refusal (100 for a failure)."""
     UNSUBSCRIBE = "unsubscribe"
     PUBLICATION = "publication"
     TOKEN_REFRESHED = "token_refreshed"  # noqa: S105 - an event name

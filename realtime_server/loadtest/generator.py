@@ -254,6 +254,7 @@ class Generator:
         self.c = Counters()
         self.users: list[User] = []
         self.cfg: dict[str, Any] = {}
+        self._signing_key: Any = None  # the secret, or a parsed private key (setup)
         self.reconnect = True
         self.discard = 0
         self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
@@ -273,10 +274,17 @@ class Generator:
             claims["aud"] = cfg["audience"]
         if cfg.get("issuer"):
             claims["iss"] = cfg["issuer"]
-        return jwt.encode(claims, cfg["secret"], algorithm=cfg["algorithm"])
+        return jwt.encode(claims, self._signing_key, algorithm=cfg["algorithm"])
 
     def setup(self, cfg: dict[str, Any], users: list[tuple[str, tuple[str, ...]]]) -> None:
         self.cfg = cfg
+        self._signing_key = cfg["secret"]
+        if not str(cfg["algorithm"]).startswith("HS"):
+            # A PEM private key (--jwt-algorithm): parsed once, not by PyJWT on every
+            # token (an RSA key's load-time check took ~30 ms; the churn loop fell behind).
+            from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+            self._signing_key = load_pem_private_key(str(cfg["secret"]).encode(), None)
         self.reconnect = bool(cfg.get("reconnect", True))
         self.discard = int(cfg.get("discard", 0))
         for name, docs in users:

@@ -223,6 +223,8 @@ class LoadTest:
                 check_target(o.redis_url, o.allow_remote, "Redis URL")
         if not o.spawn and not o.secret:
             raise LoadTestError("no JWT secret: set REALTIME_JWT_SECRET (or --secret-env NAME)")
+        if o.spawn and o.algorithm != "HS256":
+            raise LoadTestError("--jwt-algorithm other than HS256 needs a running server (--url)")
         limit = raise_nofile()
         needed = users // max(1, o.procs) + 512
         if limit < needed:
