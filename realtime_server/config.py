@@ -27,6 +27,7 @@ from typing import Any, Final
 import orjson
 
 from .channels.namespaces import Namespaces
+from .channels.redis_url import check_redis_url
 from .errors import ConfigError
 
 __all__ = ["ALL_VARIABLES", "SECRET_FIELDS", "VARIABLES", "Settings", "Variable", "setting"]
@@ -316,6 +317,8 @@ class Settings:
             )
         if self.workers > 1 and (self.port == 0 or self.api_port == 0):
             raise ConfigError("REALTIME_WORKERS: workers need fixed ports (not 0)")
+        if self.redis_url:
+            check_redis_url(self.redis_url)
         if any(c in self.redis_prefix for c in "{} \n"):
             raise ConfigError("REALTIME_REDIS_PREFIX: no braces, spaces or newlines")
         # Derived once: read on every subscribe and handshake.
