@@ -23,17 +23,22 @@ import orjson
 
 from . import __version__
 from .config import VARIABLES, Settings
-from .errors import BackendUnavailable, ConfigError, RealtimeError
+from .errors import BackendUnavailable, ConfigError, RealtimeError, missing_dependency
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
+def _run(coro: Coroutine[Any, Any, int], *, serving: bool = False) -> int:
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+    except ImportError:  # uvloop is a dependency where it builds (not on Windows)
+        if serving:
+            logging.getLogger("realtime_server").warning(
+                "uvloop is not installed (pip install uvloop): serving on asyncio's "
+                "default event loop, which is slower"
+            )
         return asyncio.run(coro)
     result: int = uvloop.run(coro)
     return result
@@ -91,7 +96,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .workers import run_workers
 
         return run_workers(settings.workers)
-    return _run(run(settings, reuse_port=settings.worker_id is not None, demo=demo))
+    return _run(
+        run(settings, reuse_port=settings.worker_id is not None, demo=demo), serving=True
+    )
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -442,6 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except OSError as exc:
         print(f"realtime-server: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ModuleNotFoundError as exc:  # an install without the locked dependencies
+        print(f"realtime-server: {missing_dependency(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE

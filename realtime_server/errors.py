@@ -24,6 +24,7 @@ __all__ = [
     "ProtocolViolation",
     "RealtimeError",
     "describe_cause",
+    "missing_dependency",
 ]
 
 
@@ -82,3 +83,28 @@ def describe_cause(exc: BaseException, timeout: float | None = None) -> str:
             if isinstance(inner, BaseException) and id(inner) not in seen:
                 current = inner
     return type(exc).__name__
+
+
+_DISTRIBUTIONS = {
+    "redis": "redis[hiredis]",
+    "hiredis": "redis[hiredis]",
+    "asyncpg": "asyncpg",
+    "uvloop": "uvloop",
+    "aiohttp": "aiohttp",
+    "jwt": "pyjwt[crypto]",
+    "cryptography": "pyjwt[crypto]",
+    "orjson": "orjson",
+    "websockets": "websockets",
+}
+
+
+def missing_dependency(exc: ModuleNotFoundError) -> str:
+    """One line for a module that is not installed: which package provides it and how
+    to install the locked set."""
+    module = (exc.name or "?").split(".")[0]
+    package = _DISTRIBUTIONS.get(module, module)
+    return (
+        f"the Python package {package} is not installed (import {module} failed): install "
+        "the locked dependencies with `make .venv/bin/.installed`, or "
+        "`pip install -r requirements/main.txt`"
+    )

@@ -7,7 +7,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -93,15 +93,19 @@ class ServerProcess:
 
 @asynccontextmanager
 async def server_process(
-    *args: str, command: Sequence[str] = ("serve",), **env: str | None
+    *args: str,
+    command: Sequence[str] = ("serve",),
+    os_env: Mapping[str, str] | None = None,
+    **env: str | None,
 ) -> AsyncIterator[ServerProcess]:
     """Start ``realtime-server serve`` (or ``command``, e.g. none at all) with ``args``
-    on free ports; wait until it says it listens."""
+    on free ports; wait until it says it listens. ``env`` holds REALTIME_* suffixes,
+    ``os_env`` other variables (``PYTHONPATH``)."""
     proc = await asyncio.create_subprocess_exec(
         *CLI,
         *command,
         *args,
-        env=cli_env(**{"LOG_LEVEL": "INFO", **env}),
+        env={**cli_env(**{"LOG_LEVEL": "INFO", **env}), **(os_env or {})},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -4,8 +4,10 @@ closed port or a real server."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,3 +121,53 @@ async def test_broker_link_restored_only_after_a_real_loss() -> None:
         assert not any("link restored" in line for line in srv.log), srv.log
         await redis.restart()
         await srv.wait_log("broker link restored", timeout=15000 * MS)
+
+
+def _shadow(tmp_path: Path, *modules: str) -> dict[str, str]:
+    """An environment where importing ``modules`` fails as if they were not installed."""
+    for module in modules:
+        (tmp_path / module).mkdir()
+        (tmp_path / module / "__init__.py").write_text(
+            f"raise ModuleNotFoundError({f'No module named {module!r}'!r}, name={module!r})\n"
+        )
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+    return env
+
+
+async def test_a_missing_package_is_one_line_naming_what_to_install(
+    tmp_path: Path, closed_port: int
+) -> None:
+    env = _shadow(tmp_path, "redis", "asyncpg", "uvloop")
+    env["REALTIME_REDIS_URL"] = f"redis://127.0.0.1:{closed_port}/0"
+    code, _, err = await run_cli("publish", "document:1", "{}", env=env)
+    assert code == 1 and "redis[hiredis]" in one_line(err) and "requirements/main.txt" in err
+    del env["REALTIME_REDIS_URL"]
+    env["REALTIME_DATABASE_URL"] = f"postgresql://u:{PASSWORD}@127.0.0.1:{closed_port}/db"
+    code, _, err = await run_cli("migrate", env=env)
+    assert code == 1 and "asyncpg" in one_line(err)
+
+
+async def test_serve_without_uvloop_says_so_and_serves(tmp_path: Path) -> None:
+    async with server_process() as srv:  # the reference: uvloop present, nothing said
+        assert not any("uvloop" in line for line in srv.log)
+    env = _shadow(tmp_path, "uvloop")
+    async with server_process(os_env={"PYTHONPATH": env["PYTHONPATH"]}) as srv:
+        line = await srv.wait_log("uvloop")
+        assert "pip install uvloop" in line and srv.port
+
+
+async def test_bench_baseline_without_its_packages_is_one_line(tmp_path: Path) -> None:
+    env = _shadow(tmp_path, "starlette", "broadcaster", "uvicorn")
+    bench = Path(__file__).parent.parent / "bench"
+    for script in ("compare.py", "starlette_broadcaster.py"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(bench / script),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 30000 * MS)
+        line = one_line(err.decode())
+        assert proc.returncode != 0 and "make bench-deps" in line and "starlette" in line
