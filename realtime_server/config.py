@@ -241,6 +241,14 @@ class Settings:
         "name of this node in logs and metrics (default: the host name; workers add -w<N>)",
         metavar="NAME",
     )
+    node_info_interval: float = setting(
+        3.0,
+        "seconds between this node's announcements to the others (info lists the nodes "
+        "heard within three of their intervals)",
+        minimum=0.05,
+        maximum=3600,
+        metavar="SECONDS",
+    )
     namespaces_json: str | None = setting(
         None,
         "JSON object of namespace -> options, merged over the built-in user/document",

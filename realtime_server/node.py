@@ -29,6 +29,7 @@ from .channels.engine import (
     PresenceStats,
 )
 from .channels.namespaces import NamespaceOptions, Namespaces
+from .cluster import NODE_KIND, NodeCounts, NodeDirectory
 from .codes import CloseCode
 from .commands import COMMANDS
 from .config import Settings
@@ -141,6 +142,19 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.broker.set_handler(self)
         revocations.set_listener(self.handle_revocation)
+        self.directory = NodeDirectory(  # every live node, for info (cluster.py)
+            name=self.name,
+            version=self.version,
+            engine=engine.name,
+            counts=lambda: NodeCounts(
+                len(self.sessions),
+                len(self.by_user),
+                self.hub.num_channels,
+                self.hub.num_subscriptions,
+            ),
+            publish=self.broker.publish_control,
+            interval=settings.node_info_interval,
+        )
         self.health = Health()
         self.health.require("node", lambda: "draining" if self.draining else None)
         self.health.require("broker", lambda: None if self.broker.ready else "unreachable")
@@ -160,6 +174,7 @@ class Node:
     async def start(self) -> None:
         await self.events.start()
         await self.broker.start()
+        self.directory.start()  # announces this node to the others (cluster.py)
         self.keepalive.start()
         self.spawn(self._refresh_presence())
 
@@ -185,6 +200,7 @@ class Node:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.directory.stop()  # tells the others this node leaves
         await self.broker.close()
         await self.engine.presence.close()
         await self.revocations.close()
@@ -498,6 +514,9 @@ class Node:
                 self.spawn(self.unsubscribe(s, channel, reason="insufficient state"))
 
     def handle_control(self, message: ControlMessage) -> None:
+        if message.kind == NODE_KIND:  # another node's announcement (cluster.py)
+            self.directory.hear(message.params)
+            return
         params = message.params
         user = str(params.get("user") or "")
         if message.kind == "revoke":
@@ -630,17 +649,5 @@ class Node:
         }
 
     def info(self) -> dict[str, Any]:
-        return {
-            "nodes": [
-                {
-                    "uid": self.name,
-                    "name": self.name,
-                    "version": self.version,
-                    "num_clients": len(self.sessions),
-                    "num_users": len(self.by_user),
-                    "num_channels": self.hub.num_channels,
-                    "num_subs": self.hub.num_subscriptions,
-                    "engine": self.engine.name,
-                }
-            ]
-        }
+        """Every live node with its counts (this one first; cluster.py)."""
+        return {"nodes": self.directory.nodes()}
