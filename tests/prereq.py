@@ -14,7 +14,15 @@ from typing import Final, NoReturn
 
 import pytest
 
-__all__ = ["MISSING", "NODE_INSTALL", "NPM_CI", "ON_CI", "missing", "need_program"]
+__all__ = [
+    "MISSING",
+    "NODE_INSTALL",
+    "NPM_CI",
+    "ON_CI",
+    "missing",
+    "need_program",
+    "optional",
+]
 
 NODE_INSTALL: Final = "install Node.js 20+ (nodejs.org, or your package manager)"
 NPM_CI: Final = "run `npm ci --prefix tests/js` (make test does)"
@@ -30,6 +38,13 @@ def missing(line: str) -> NoReturn:
     install it."""
     if ON_CI:
         pytest.fail(f"{line} (CI=true: every suite must run)", pytrace=False)
+    MISSING[line] = None
+    pytest.skip(line)
+
+
+def optional(line: str) -> NoReturn:
+    """Skip the running test, also on CI: for tools the project does not require (the
+    docker CLI's compose, haproxy), checked when they happen to be there."""
     MISSING[line] = None
     pytest.skip(line)
 
