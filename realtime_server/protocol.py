@@ -2,9 +2,9 @@
 pushes in, JSON bytes out.
 
 It never imports asyncio or websockets and is unit-tested with plain calls. The wire
-format is the Centrifugo client protocol v2 in its JSON form (see
-``shared/protocol/centrifuge-json-v2.md``): one frame holds one or more JSON objects
-separated by ``\\n``; replies carry the command ``id``; pushes and pings carry none.
+format is the Centrifugo client protocol v2 in its JSON form (see ``docs/WIRE.md``):
+one frame holds one or more JSON objects separated by ``\\n``; replies carry the command
+``id``; pushes and pings carry none.
 
 ``data`` and ``info`` values are kept as raw JSON bytes (:class:`RawJSON`) from the
 publisher to the socket, so a publication is encoded once, whatever the number of

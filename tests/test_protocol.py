@@ -1,6 +1,6 @@
 """Unit tests of the sans-I/O protocol core (realtime_server/protocol.py): no sockets.
 
-Shapes follow shared/protocol/centrifuge-json-v2.md (sections 2 to 4 and 11).
+Shapes follow docs/WIRE.md (sections 2 to 4 and 9).
 """
 
 from __future__ import annotations
