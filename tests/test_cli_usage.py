@@ -38,11 +38,12 @@ async def test_serve_help_names_the_secret_variables_never_their_values() -> Non
     )
     code, out, _ = await run_cli("serve", "--help", env=env)
     assert code == 0
-    for name in SECRET_NAMES:
+    secrets = [v.name for v in VARIABLES if v.secret]
+    assert set(SECRET_NAMES) <= set(secrets)
+    for name in secrets:  # every secret by name: it has no option to show it
         assert name in out
     for value in (SECRET, API_KEY, "redis-password-xyz", "pg-password-xyz"):
         assert value not in out
-    assert [v.name for v in VARIABLES if v.secret] == list(SECRET_NAMES)
 
 
 def _commands(parser: argparse.ArgumentParser, path: str = "") -> list[tuple[str, str]]:
