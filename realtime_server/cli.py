@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 import textwrap
 import time
@@ -96,9 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .workers import run_workers
 
         return run_workers(settings.workers)
-    return _run(
-        run(settings, reuse_port=settings.worker_id is not None, demo=demo), serving=True
-    )
+    return _run(run(settings, reuse_port=settings.worker_id is not None, demo=demo), serving=True)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -193,65 +190,12 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from .app import build_verifier
+    from .check import reach_backends, store_name
 
     build_verifier(settings)
     print(f"configuration: ok (engine {'redis' if settings.redis_url else 'memory'})")
-    store_name = _event_log_name(settings)
-
-    async def reach() -> int:
-        failures = 0
-        if settings.redis_url:
-            from .channels.redis_client import RedisCommands
-            from .channels.redis_names import RedisNames
-            from .channels.redis_url import redis_address
-
-            commands = RedisCommands(
-                settings.redis_url, RedisNames(settings.redis_prefix), settings.redis_timeout
-            )
-            try:
-                await commands.run(commands.client.ping)
-                print(f"redis at {redis_address(settings.redis_url)}: ok")
-            except BackendUnavailable as exc:  # names the address and the cause
-                print(str(exc))
-                failures += 1
-            finally:
-                await commands.close()
-        if settings.events_enabled:
-            failures += await _check_event_log(settings, store_name)
-        return EXIT_OK if not failures else EXIT_FAILURE
-
-    return _run(reach())
-
-
-def _event_log_name(settings: Settings) -> str:
-    if settings.database_url:
-        return "PostgreSQL (REALTIME_DATABASE_URL)"
-    return f"SQLite {os.path.abspath(settings.sqlite_path)} (REALTIME_SQLITE_PATH)"
-
-
-async def _check_event_log(settings: Settings, kind: str) -> int:
-    """Reach the event store with a real query (connecting alone proves nothing: the
-    PostgreSQL pool opens no connection until one is needed). 1 on failure."""
-    from .events.factory import build_store
-    from .events.store import EventQuery, NotInitialised
-
-    store = build_store(settings)
-    try:
-        await store.connect()
-        await store.query(EventQuery(document="", limit=1))
-        print(f"event log, {kind}: ok")
-        return 0
-    except NotInitialised:
-        if settings.events_migrate:  # serve applies the schema at start
-            print(f"event log, {kind}: reachable; schema applied when serve starts")
-            return 0
-        print(f"event log, {kind}: schema not applied (run realtime-server migrate)")
-        return 1
-    except RealtimeError as exc:  # StoreUnavailable: one line, no credentials
-        print(f"event log, {kind}: {exc}")
-        return 1
-    finally:
-        await store.close()
+    failures = _run(reach_backends(settings, store_name(settings)))
+    return EXIT_OK if not failures else EXIT_FAILURE
 
 
 _HELP_WIDTH = 79
