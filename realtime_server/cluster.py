@@ -7,7 +7,8 @@ version, engine, counts and uptime. Every node keeps a directory of what it hear
 
 - a node not heard for :data:`FORGET_AFTER` of its own intervals is dropped (a crashed
   or unreachable process);
-- a node that stops cleanly says so, and is dropped at once;
+- a node that stops cleanly says so, and is dropped at once (an announcement of its that
+  arrives after that one is ignored);
 - a node heard for the first time makes this node announce itself at once, so that a
   node starting learns of the others within a round trip rather than an interval.
 
@@ -112,6 +113,7 @@ class NodeDirectory:
         self._clock = clock
         self._started = clock()
         self._others: dict[str, _Heard] = {}
+        self._gone: dict[str, float] = {}  # uid -> until when its announcements are stale
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -185,12 +187,16 @@ class NodeDirectory:
         uid = info["uid"]
         if uid == self.uid:
             return
+        now = self._clock()
         if params.get("leaving"):
             self._others.pop(uid, None)
-        else:
+            # An announcement it sent just before may arrive after this one (its messages
+            # travel over several connections): it must not bring the node back.
+            self._gone[uid] = now + FORGET_AFTER * interval
+        elif self._gone.get(uid, 0.0) <= now:
             if uid not in self._others:
                 self._wake.set()  # introduce ourselves to the newcomer now
-            self._others[uid] = _Heard(info, self._clock() + FORGET_AFTER * interval)
+            self._others[uid] = _Heard(info, now + FORGET_AFTER * interval)
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -199,6 +205,8 @@ class NodeDirectory:
         now = self._clock()
         for uid in [uid for uid, heard in self._others.items() if heard.expires <= now]:
             del self._others[uid]
+        for uid in [uid for uid, until in self._gone.items() if until <= now]:
+            del self._gone[uid]
         others = sorted((h.info for h in self._others.values()), key=lambda i: i["name"])
         return [self.snapshot(), *others]
 

@@ -153,6 +153,18 @@ async def test_directory_ignores_itself_and_malformed_announcements() -> None:
     assert [n["name"] for n in mine.nodes()] == ["me"]
 
 
+async def test_a_late_announcement_does_not_bring_back_a_node_that_left() -> None:
+    clock, sent = Clock(), []
+    mine, theirs = directory(clock, sent), directory(clock, [], name="other")
+    late = theirs._announcement()  # sent before it left, delivered after its leaving
+    mine.hear(theirs._announcement().params)
+    mine.hear(theirs._announcement(leaving=True).params)
+    mine.hear(late.params)
+    assert [n["name"] for n in mine.nodes()] == ["me"]
+    clock.now += FORGET_AFTER * theirs.interval  # long after: a uid is never reused anyway
+    assert [n["name"] for n in mine.nodes()] == ["me"] and not mine._gone
+
+
 async def test_hearing_a_newcomer_announces_at_once() -> None:
     clock, sent = Clock(), []
     mine = directory(clock, sent)
