@@ -6,7 +6,9 @@ Everything here is Linux-specific (``/proc``) and loopback-only.
 
 from __future__ import annotations
 
+import importlib
 import signal
+import sys
 from typing import Final
 
 # The /proc readers and limits are the load test's (realtime_server.loadtest.procfs).
@@ -31,6 +33,7 @@ __all__ = [
     "machine_busy_s",
     "raise_nofile",
     "read_proc",
+    "require_bench_deps",
     "wait_port",
 ]
 
@@ -49,3 +52,23 @@ def ignore_sigint() -> None:
 def wait_port(port: int, timeout: float) -> bool:
     """Whether something accepts TCP connections on ``HOST:port`` within ``timeout``."""
     return _wait_port(HOST, port, timeout)
+
+
+BENCH_MODULES: Final = ("starlette", "broadcaster", "uvicorn")
+"""What the Starlette + broadcaster baseline imports beyond the server's dependencies."""
+
+
+def require_bench_deps(script: str) -> None:
+    """Exit with one line naming what to install when the baseline's packages are
+    missing (they are not the server's dependencies: ``make bench-deps``)."""
+    missing = []
+    for module in BENCH_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        sys.exit(
+            f"{script}: the Starlette + broadcaster baseline needs {', '.join(missing)}: "
+            "run `make bench-deps` (installs requirements/bench.txt into .venv)"
+        )

@@ -46,6 +46,7 @@ from common import (
     machine_busy_s,
     raise_nofile,
     read_proc,
+    require_bench_deps,
     wait_port,
 )
 
@@ -891,6 +892,8 @@ def _signals_as_interrupt() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    if ALTERNATIVE in opts.servers:
+        require_bench_deps("fanout")  # one line naming what to install, not a traceback
     limit = raise_nofile()
     needed = max(opts.subscribers) + 256
     if limit < needed:

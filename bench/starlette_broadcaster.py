@@ -44,20 +44,23 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Final
 
-import anyio
-import jwt
-import orjson
-import uvicorn
-import uvloop
-from broadcaster import Broadcast
-from broadcaster._backends.redis import RedisBackend
-from broadcaster._base import Event, Subscriber
-from common import API_KEY, HOST, JWT_SECRET, raise_nofile
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from common import API_KEY, HOST, JWT_SECRET, raise_nofile, require_bench_deps
+
+require_bench_deps("starlette_broadcaster")  # one line naming what to install
+
+import anyio  # noqa: E402 - after the check above
+import jwt  # noqa: E402
+import orjson  # noqa: E402
+import uvicorn  # noqa: E402
+import uvloop  # noqa: E402
+from broadcaster import Broadcast  # noqa: E402
+from broadcaster._backends.redis import RedisBackend  # noqa: E402
+from broadcaster._base import Event, Subscriber  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.requests import Request  # noqa: E402
+from starlette.responses import Response  # noqa: E402
+from starlette.routing import Route, WebSocketRoute  # noqa: E402
+from starlette.websockets import WebSocket, WebSocketDisconnect  # noqa: E402
 
 __all__ = ["FixedRedisBackend", "build_app", "main"]
 

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
@@ -21,17 +22,22 @@ import orjson
 
 from . import __version__
 from .config import VARIABLES, Settings
-from .errors import BackendUnavailable, ConfigError, RealtimeError
+from .errors import BackendUnavailable, ConfigError, RealtimeError, missing_dependency
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
+def _run(coro: Coroutine[Any, Any, int], *, serving: bool = False) -> int:
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+    except ImportError:  # uvloop is a dependency where it builds (not on Windows)
+        if serving:
+            logging.getLogger("realtime_server").warning(
+                "uvloop is not installed (pip install uvloop): serving on asyncio's "
+                "default event loop, which is slower"
+            )
         return asyncio.run(coro)
     result: int = uvloop.run(coro)
     return result
@@ -89,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .workers import run_workers
 
         return run_workers(settings.workers)
-    return _run(run(settings, reuse_port=settings.worker_id is not None, demo=demo))
+    return _run(run(settings, reuse_port=settings.worker_id is not None, demo=demo), serving=True)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -123,7 +129,11 @@ def cmd_token(args: argparse.Namespace) -> int:
         claims["channel"] = args.subscription
     elif args.channel:
         claims["channels"] = args.channel
-    print(jwt.encode(claims, keys.key, algorithm=keys.algorithms[0]))
+    encoded = jwt.encode(claims, keys.key, algorithm=keys.algorithms[0])
+    if args.json:  # what `revoke --jti` needs, without decoding the token
+        print(orjson.dumps({"token": encoded, "jti": claims["jti"], "exp": claims["exp"]}).decode())
+    else:
+        print(encoded)
     return EXIT_OK
 
 
@@ -180,58 +190,76 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from .app import build_verifier
+    from .check import reach_backends, store_name
 
     verifier = build_verifier(settings)
     print(f"configuration: ok (engine {'redis' if settings.redis_url else 'memory'})")
+    failures = _run(reach_backends(settings, store_name(settings), verifier.jwks_algorithms))
+    return EXIT_OK if not failures else EXIT_FAILURE
 
-    async def reach() -> int:
-        failures = 0
-        if settings.jwt_jwks_url:  # issue 13: the identity provider's key set
-            from .auth.jwks_fetch import check_key_set
 
-            ok, line = await check_key_set(
-                settings.jwt_jwks_url, verifier.jwks_algorithms, settings.jwt_jwks_timeout
+_HELP_WIDTH = 79
+
+
+def _secrets_epilog() -> str:
+    """The secret variables by name (never their values): they have no option."""
+    lines = ["secrets, from the environment only (never options, never printed):"]
+    for var in VARIABLES:
+        if var.secret:
+            lines.append(
+                textwrap.fill(
+                    f"{var.name:<23} {var.help}",
+                    width=_HELP_WIDTH,
+                    initial_indent="  ",
+                    subsequent_indent=" " * 26,
+                )
             )
-            print(line)
-            failures += not ok
-        if settings.redis_url:
-            from .channels.redis_client import RedisCommands
-            from .channels.redis_names import RedisNames
+    lines.append("")
+    lines.append(
+        textwrap.fill(
+            "Every option above is also a REALTIME_* environment variable (named in its "
+            "help); an option wins over its variable. Options without a command go to "
+            "serve: realtime-server --port 8002.",
+            width=_HELP_WIDTH,
+        )
+    )
+    return "\n".join(lines)
 
-            commands = RedisCommands(
-                settings.redis_url, RedisNames(settings.redis_prefix), settings.redis_timeout
-            )
-            ok = await commands.ping()
-            await commands.close()
-            print(f"redis: {'ok' if ok else 'unreachable'}")
-            failures += not ok
-        if settings.events_enabled:
-            from .events.factory import build_store
 
-            store = build_store(settings)
-            kind = "postgres" if settings.database_url else f"sqlite {settings.sqlite_path}"
-            try:
-                await store.connect()
-                print(f"event log ({kind}): ok")
-            except Exception as exc:  # report any failure as one line
-                print(f"event log ({kind}): unreachable ({type(exc).__name__})")
-                failures += 1
-            finally:
-                await store.close()
-        return EXIT_OK if not failures else EXIT_FAILURE
-
-    return _run(reach())
+def _command(
+    sub: Any, name: str, help_text: str, description: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """A subcommand with its one-line ``help`` (in the command list) and its
+    ``description`` (at the top of its own ``--help``)."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=description, **kwargs
+    )
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="realtime-server",
-        description="Real-time notification server for document e-signing platforms.",
+        description="Real-time notification server for document e-signing platforms "
+        "(Centrifugo client protocol v2, JSON). Without a command, runs serve.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the server (the default command)")
+    serve = _command(
+        sub,
+        "serve",
+        "run the server (the default command)",
+        textwrap.fill(  # pre-wrapped: the epilog's layout needs the raw formatter
+            "Run the server: WebSocket clients on REALTIME_HOST:REALTIME_PORT "
+            "(/connection/websocket, /healthz, /readyz, /metrics), the HTTP server API on "
+            "REALTIME_API_HOST:REALTIME_API_PORT when REALTIME_API_KEY is set. Needs "
+            "REALTIME_JWT_SECRET or REALTIME_JWT_PUBLIC_KEY. SIGTERM drains (close 3001).",
+            width=_HELP_WIDTH,
+        ),
+        epilog=_secrets_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_serve_options(serve)
     serve.add_argument(
         "--demo",
@@ -248,38 +276,81 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    token = sub.add_parser("token", help="mint a token with the configured HMAC secret")
-    token.add_argument("--user", required=True, help="the sub claim")
+    token = _command(
+        sub,
+        "token",
+        "mint a token with the configured HMAC secret",
+        "Mint a connection token (or, with --subscription, a subscription token) signed "
+        "with REALTIME_JWT_SECRET, for development and tests; your backend mints the "
+        'real ones. Prints the token, or with --json {"token", "jti", "exp"} '
+        "(the jti is what revoke --jti takes).",
+    )
+    token.add_argument("--user", required=True, metavar="ID", help="the sub claim")
     token.add_argument(
         "--channel",
         action="append",
         default=[],
+        metavar="CHANNEL",
         help="a channel for the channels claim (repeatable)",
     )
     token.add_argument(
         "--subscription", metavar="CHANNEL", help="mint a subscription token for CHANNEL instead"
     )
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (3600)")
-    token.add_argument("--info", help="JSON for the info claim")
+    token.add_argument(
+        "--ttl", type=int, default=3600, metavar="SECONDS", help="lifetime in seconds (3600)"
+    )
+    token.add_argument("--info", metavar="JSON", help="JSON for the info claim")
+    token.add_argument(
+        "--json", action="store_true", help='print {"token", "jti", "exp"} as one JSON line'
+    )
     token.set_defaults(func=cmd_token)
 
-    publish = sub.add_parser("publish", help="publish JSON to a channel, print the position")
-    publish.add_argument("channel")
-    publish.add_argument("json")
+    publish = _command(
+        sub,
+        "publish",
+        "publish JSON to a channel, print the position",
+        'Publish JSON to a channel and print {"channel", "offset", "epoch"}. With '
+        "REALTIME_REDIS_URL it writes to Redis directly; otherwise it calls a running "
+        "server's HTTP API at REALTIME_API_URL (default from REALTIME_API_HOST/PORT) with "
+        "REALTIME_API_KEY.",
+    )
+    publish.add_argument("channel", metavar="CHANNEL", help="e.g. document:7")
+    publish.add_argument("json", metavar="JSON", help='the data, e.g. \'{"status":"signed"}\'')
     publish.set_defaults(func=cmd_publish)
 
-    revoke = sub.add_parser("revoke", help="revoke one token or all of a user's tokens")
-    revoke.add_argument("--jti", help="revoke the token with this jti")
-    revoke.add_argument("--expires-at", type=float, help="the token's exp (default: max lifetime)")
-    revoke.add_argument("--user", help="revoke every token of this user")
+    revoke = _command(
+        sub,
+        "revoke",
+        "revoke one token or all of a user's tokens",
+        "Revoke one token by its jti, or every token of a user issued before a time. "
+        "Connections holding them are closed with 4501 on every node. Like publish: "
+        "through Redis with REALTIME_REDIS_URL, else through the server's HTTP API.",
+    )
+    revoke.add_argument("--jti", metavar="ID", help="revoke the token with this jti")
+    revoke.add_argument(
+        "--expires-at",
+        type=float,
+        metavar="UNIX_TIME",
+        help="the token's exp (default: now + REALTIME_JWT_MAX_LIFETIME)",
+    )
+    revoke.add_argument("--user", metavar="ID", help="revoke every token of this user")
     revoke.add_argument(
         "--issued-before",
         type=float,
+        metavar="UNIX_TIME",
         help="only tokens issued before this unix time (default: now)",
     )
     revoke.set_defaults(func=cmd_revoke)
 
-    check = sub.add_parser("check", help="verify configuration and reach every backend")
+    check = _command(
+        sub,
+        "check",
+        "verify configuration and reach every backend",
+        "Verify the configuration (the same checks as serve), then reach Redis "
+        "(REALTIME_REDIS_URL) and the event log (REALTIME_DATABASE_URL or "
+        "REALTIME_SQLITE_PATH). Prints one line per backend; exit 0 when all are "
+        "reachable, 1 when one is not, 2 for a configuration error.",
+    )
     check.set_defaults(func=cmd_check)
 
     from .events.cli import register as register_event_commands
@@ -291,11 +362,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_GLOBAL_FLAGS = frozenset({"-h", "--help", "--version"})
+
+
+def _with_default_command(argv: list[str]) -> list[str]:
+    """``serve`` is the default command: no arguments, or options first
+    (``realtime-server --port 8002``), run it."""
+    if not argv:
+        return ["serve"]
+    first = argv[0]
+    if first.startswith("-") and first.split("=", 1)[0] not in _GLOBAL_FLAGS:
+        return ["serve", *argv]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        args = parser.parse_args(["serve", *(argv if argv is not None else sys.argv[1:])])
+    args = parser.parse_args(_with_default_command(list(sys.argv[1:] if argv is None else argv)))
     try:
         code: int = args.func(args)
         return code
@@ -310,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except OSError as exc:
         print(f"realtime-server: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ModuleNotFoundError as exc:  # an install without the locked dependencies
+        print(f"realtime-server: {missing_dependency(exc)}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE

@@ -24,6 +24,7 @@ from typing import Any, Final
 import orjson
 
 from .channels.namespaces import Namespaces
+from .channels.redis_url import check_redis_url
 from .errors import ConfigError
 from .proxy_settings import check_proxy_settings
 from .settings_table import Variable, check_value, convert, setting, variables_of
@@ -188,6 +189,14 @@ class Settings:
         "name of this node in logs and metrics (default: the host name; workers add -w<N>)",
         metavar="NAME",
     )
+    node_info_interval: float = setting(
+        3.0,
+        "seconds between this node's announcements to the others (info lists the nodes "
+        "heard within three of their intervals)",
+        minimum=0.05,
+        maximum=3600,
+        metavar="SECONDS",
+    )
     namespaces_json: str | None = setting(
         None,
         "JSON object of namespace -> options, merged over the built-in user/document",
@@ -276,6 +285,8 @@ class Settings:
             )
         if self.workers > 1 and (self.port == 0 or self.api_port == 0):
             raise ConfigError("REALTIME_WORKERS: workers need fixed ports (not 0)")
+        if self.redis_url:
+            check_redis_url(self.redis_url)
         if any(c in self.redis_prefix for c in "{} \n"):
             raise ConfigError("REALTIME_REDIS_PREFIX: no braces, spaces or newlines")
         # Derived once: read on every subscribe and handshake.

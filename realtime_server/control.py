@@ -1,7 +1,8 @@
 """What other nodes and the revocation store ask of this node's sessions.
 
 - Control messages (through the broker, from any node's operations): disconnect a
-  user's connections, unsubscribe a user from a channel, revocations.
+  user's connections, unsubscribe a user from a channel, revocations, and other nodes'
+  announcements (:mod:`cluster`).
 - Revocations: every local session holding a revoked token is closed with 4501 at once;
   after the broker's link came back (announcements of the gap were lost), every live
   token is checked against the store again.
@@ -22,6 +23,7 @@ from typing import Any
 from . import codes
 from .auth.revocation import Revocation, RevocationStore
 from .channels.engine import ControlMessage
+from .cluster import NODE_KIND, NodeDirectory
 from .codes import CloseCode
 from .errors import BackendUnavailable
 from .events import EventType
@@ -50,6 +52,7 @@ class Control:
 
     def __init__(
         self,
+        directory: NodeDirectory,
         registry: Registry,
         hub: Hub,
         subscriptions: Subscriptions,
@@ -58,6 +61,7 @@ class Control:
         metrics: Metrics,
         spawn: Callable[[Coroutine[Any, Any, Any]], None],
     ) -> None:
+        self._directory = directory
         self._registry = registry
         self._hub = hub
         self._subscriptions = subscriptions
@@ -69,6 +73,9 @@ class Control:
     # --- control messages ------------------------------------------------------------
 
     def handle_control(self, message: ControlMessage) -> None:
+        if message.kind == NODE_KIND:  # another node's announcement (cluster.py)
+            self._directory.hear(message.params)
+            return
         params = message.params
         user = str(params.get("user") or "")
         if message.kind == "revoke":

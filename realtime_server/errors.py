@@ -13,6 +13,8 @@ exception text never reaches a client.
 
 from __future__ import annotations
 
+import os
+
 from .codes import CloseCode, ErrorCode
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "ConfigError",
     "ProtocolViolation",
     "RealtimeError",
+    "describe_cause",
+    "missing_dependency",
 ]
 
 
@@ -51,3 +55,55 @@ class CommandError(RealtimeError):
 class BackendUnavailable(RealtimeError, ConnectionError):
     """A backend (revocation store, broker, history) could not be reached in time
     (clients get error 100 ``temporary``)."""
+
+
+def describe_cause(exc: BaseException, timeout: float | None = None) -> str:
+    """Why a connection failed, in a few words safe to print: the operating system's
+    reason (``Connection refused``, ``Name or service not known``) found anywhere in the
+    exception's chain, ``no answer within Ns`` for a timeout, else the exception's type.
+
+    Never the exception's own text: client libraries put connection parameters there,
+    and a URL can hold a password.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TimeoutError) or type(current).__name__ == "TimeoutError":
+            return f"no answer within {timeout:g}s" if timeout else "timed out"
+        if isinstance(current, OSError) and current.errno is not None:
+            if current.errno > 0:
+                return os.strerror(current.errno)
+            if current.strerror:  # getaddrinfo's negative codes
+                return current.strerror
+        current = current.__cause__ or current.__context__
+        if current is None:
+            inner = getattr(exc, "os_error", None)  # aiohttp keeps it as an attribute
+            if isinstance(inner, BaseException) and id(inner) not in seen:
+                current = inner
+    return type(exc).__name__
+
+
+_DISTRIBUTIONS = {
+    "redis": "redis[hiredis]",
+    "hiredis": "redis[hiredis]",
+    "asyncpg": "asyncpg",
+    "uvloop": "uvloop",
+    "aiohttp": "aiohttp",
+    "jwt": "pyjwt[crypto]",
+    "cryptography": "pyjwt[crypto]",
+    "orjson": "orjson",
+    "websockets": "websockets",
+}
+
+
+def missing_dependency(exc: ModuleNotFoundError) -> str:
+    """One line for a module that is not installed: which package provides it and how
+    to install the locked set."""
+    module = (exc.name or "?").split(".")[0]
+    package = _DISTRIBUTIONS.get(module, module)
+    return (
+        f"the Python package {package} is not installed (import {module} failed): install "
+        "the locked dependencies with `make .venv/bin/.installed`, or "
+        "`pip install -r requirements/main.txt`"
+    )

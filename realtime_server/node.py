@@ -27,6 +27,7 @@ from . import __version__, codes
 from .auth.revocation import RevocationStore
 from .auth.tokens import TokenVerifier
 from .channels.engine import ControlMessage, Engine
+from .cluster import NodeCounts, NodeDirectory
 from .codes import CloseCode
 from .commands import Commands
 from .config import Settings
@@ -88,6 +89,19 @@ class Node:
         self.keepalive = Keepalive(settings.ping_interval, settings.pong_timeout)
         self.draining = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.directory = NodeDirectory(  # every live node, for info (cluster.py)
+            name=self.name,
+            version=self.version,
+            engine=engine.name,
+            counts=lambda: NodeCounts(
+                len(self.registry),
+                self.registry.num_users,
+                self.hub.num_channels,
+                self.hub.num_subscriptions,
+            ),
+            publish=self.broker.publish_control,
+            interval=settings.node_info_interval,
+        )
         self.subscriptions = Subscriptions(
             engine, self.hub, self.registry, self._journal, settings.presence_ttl, self.spawn
         )
@@ -96,12 +110,12 @@ class Node:
             engine=engine,
             namespaces=self.namespaces,
             revocations=revocations,
-            registry=self.registry,
-            hub=self.hub,
             journal=self._journal,
+            directory=self.directory,
             max_token_lifetime=settings.jwt_max_lifetime,
         )
         self.control = Control(
+            self.directory,
             self.registry,
             self.hub,
             self.subscriptions,
@@ -212,6 +226,7 @@ class Node:
     async def start(self) -> None:
         await self.events.start()
         await self.broker.start()
+        self.directory.start()  # announces this node to the others
         self.keepalive.start()
         self.spawn(self._refresh_presence())
 
@@ -227,6 +242,7 @@ class Node:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.directory.stop()  # tells the others this node leaves
         await self.broker.close()
         await self.engine.presence.close()
         await self.revocations.close()

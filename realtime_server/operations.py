@@ -10,49 +10,20 @@ callers' business.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from . import __version__, codes
+from . import codes
 from .auth.revocation import RevocationStore
 from .channels.engine import ControlMessage, Engine, HistoryResult, PresenceStats
 from .channels.namespaces import NamespaceOptions, Namespaces
+from .cluster import NodeDirectory
 from .errors import CommandError
 from .events import EventType
-from .hub import Hub
 from .journal import Journal
 from .model import ClientInfo, RawJSON, StreamPosition
 from .protocol import HistoryRequest
-from .registry import Registry
 
-__all__ = ["NodeCounts", "Operations"]
-
-
-@dataclass(frozen=True, slots=True)
-class NodeCounts:
-    """What ``info`` shows of one node."""
-
-    name: str
-    version: str
-    engine: str
-    num_clients: int
-    num_users: int
-    num_channels: int
-    num_subs: int
-    started_at: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "uid": self.name,
-            "name": self.name,
-            "version": self.version,
-            "num_clients": self.num_clients,
-            "num_users": self.num_users,
-            "num_channels": self.num_channels,
-            "num_subs": self.num_subs,
-            "engine": self.engine,
-            "uptime": max(0, int(time.time() - self.started_at)),
-        }
+__all__ = ["Operations"]
 
 
 class Operations:
@@ -65,9 +36,8 @@ class Operations:
         engine: Engine,
         namespaces: Namespaces,
         revocations: RevocationStore,
-        registry: Registry,
-        hub: Hub,
         journal: Journal,
+        directory: NodeDirectory,
         max_token_lifetime: float,
     ) -> None:
         self.name = name
@@ -75,11 +45,9 @@ class Operations:
         self._broker = engine.broker
         self._namespaces = namespaces
         self._revocations = revocations
-        self._registry = registry
-        self._hub = hub
         self._journal = journal
+        self._directory = directory
         self._max_token_lifetime = max_token_lifetime
-        self._started_at = time.time()
 
     def options(self, channel: str) -> NamespaceOptions:
         """The channel's namespace options. Raises CommandError (107, 102)."""
@@ -165,18 +133,6 @@ class Operations:
             user, issued_before if issued_before is not None else time.time()
         )
 
-    def counts(self) -> NodeCounts:
-        """This node's counts (``info``)."""
-        return NodeCounts(
-            name=self.name,
-            version=__version__,
-            engine=self._engine.name,
-            num_clients=len(self._registry),
-            num_users=self._registry.num_users,
-            num_channels=self._hub.num_channels,
-            num_subs=self._hub.num_subscriptions,
-            started_at=self._started_at,
-        )
-
     def info(self) -> dict[str, Any]:
-        return {"nodes": [self.counts().to_json()]}
+        """Every live node with its counts (this one first: :mod:`cluster`)."""
+        return {"nodes": self._directory.nodes()}

@@ -5,8 +5,8 @@ Every wire field name (``was_recovering``, ``conn_info``, ``positioned``...) liv
 this module; the rest of the server passes typed values (:mod:`realtime_server.model`,
 the request and result classes here). It never imports asyncio or websockets and is
 unit-tested with plain calls. The wire format is the Centrifugo client protocol v2 in
-its JSON form: one frame holds one or more JSON objects separated by ``\\n``; replies
-carry the command ``id``; pushes and pings carry none.
+its JSON form (see ``docs/WIRE.md``): one frame holds one or more JSON objects
+separated by ``\\n``; replies carry the command ``id``; pushes and pings carry none.
 
 ``data`` and ``info`` values stay raw JSON bytes from the publisher to the socket
 (``orjson.Fragment``), so a publication is encoded once, whatever the number of

@@ -19,17 +19,19 @@ from __future__ import annotations
 import time
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 
+from . import codes
 from .auth.redis_revocation import RedisRevocationStore
 from .channels.namespaces import Namespaces
 from .channels.redis_broker import RedisBroker
 from .channels.redis_client import RedisCommands
 from .channels.redis_names import RedisNames
 from .config import Settings
-from .errors import BackendUnavailable, CommandError, ConfigError, RealtimeError
+from .errors import BackendUnavailable, CommandError, ConfigError, RealtimeError, describe_cause
 from .model import StreamPosition
 
 __all__ = ["PublishError", "Publisher"]
@@ -52,8 +54,12 @@ class Publisher:
         if self.settings.redis_url:
             self._redis = _RedisBackend(self.settings)
         elif not self.settings.api_key:
-            raise ConfigError("REALTIME_API_KEY must be set to publish through the server API")
+            raise ConfigError(
+                "REALTIME_API_KEY must be set to publish through the server API "
+                "(or REALTIME_REDIS_URL to publish through Redis)"
+            )
         self._url = self.settings.api_base_url() + "/api/"
+        self._where = _without_credentials(self.settings.api_base_url())
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -89,18 +95,30 @@ class Publisher:
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendUnavailable(
-                f"server API at {self.settings.api_base_url()} unreachable: {type(exc).__name__}"
+                f"server API at {self._where} (REALTIME_API_URL) unreachable: "
+                f"{describe_cause(exc, self._timeout.total)} (is a server running there with "
+                "REALTIME_API_KEY set?)"
             ) from None
+        if status == 401:
+            raise PublishError(
+                codes.UNAUTHORIZED.code,
+                f"server API at {self._where} refused REALTIME_API_KEY: not the key the "
+                "server was started with",
+            )
         try:
             reply = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise PublishError(100, f"unexpected HTTP {status} from the server API") from None
+            raise PublishError(
+                100, f"unexpected HTTP {status} from the server API at {self._where}"
+            ) from None
         if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
             error = reply["error"]
             raise PublishError(int(error.get("code", 100)), str(error.get("message", "error")))
         result = reply.get("result") if isinstance(reply, dict) else None
         if status != 200 or not isinstance(result, dict):
-            raise PublishError(100, f"unexpected HTTP {status} from the server API")
+            raise PublishError(
+                100, f"unexpected HTTP {status} from the server API at {self._where}"
+            )
         return result
 
     async def publish(self, channel: str, data: Any) -> StreamPosition | None:
@@ -130,6 +148,14 @@ class Publisher:
         if issued_before is not None:
             params["issued_before"] = issued_before
         await self.call("invalidate_user_tokens", params)
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` for messages: any ``user:password@`` removed."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class _RedisBackend:

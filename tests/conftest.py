@@ -21,7 +21,8 @@ from realtime_server.loadtest.spawn import redis_command
 from realtime_server.server import WEBSOCKET_PATH
 
 from .helpers import RawClient, make_settings, token
-from .redis_server import REDIS_SERVER, free_port
+from .prereq import MISSING, ON_CI
+from .redis_server import free_port, require_redis_server
 
 # The contract suites and the core's unit tests run on both event loops: the standard
 # one and uvloop, which `serve` uses in production.
@@ -110,10 +111,11 @@ async def loop_guard() -> AsyncIterator[None]:
 def redis_url() -> Iterator[str]:
     """One private redis-server for the session's Redis tests (each test uses its own
     key prefix); fault tests start their own."""
+    server = require_redis_server()
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="rt-redis-")
     proc = subprocess.Popen(
-        redis_command(REDIS_SERVER, port, data_dir),
+        redis_command(server, port, data_dir),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -139,3 +141,15 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def redis_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}:"
+
+
+def pytest_report_header() -> str:
+    return f"CI={'true: a missing prerequisite fails' if ON_CI else 'unset: missing ones skip'}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line per missing prerequisite (the tests needing it were skipped)."""
+    if MISSING:
+        terminalreporter.section("missing prerequisites: the tests needing them were skipped")
+        for line in MISSING:
+            terminalreporter.line(line)

@@ -5,7 +5,8 @@ at the end, also on failure.
 ``initdb`` and ``postgres`` refuse to run as root: as root, they run as the
 ``postgres`` user (``runuser``) in a folder that user owns. Binaries come from
 ``REALTIME_TEST_PG_BIN``, else ``pg_config --bindir``, else the newest
-``/usr/lib/postgresql/*/bin``; tests using the cluster are skipped when none is found.
+``/usr/lib/postgresql/*/bin``; tests using the cluster are skipped when none is found
+(and fail on CI: ``tests/prereq.py``).
 
 Use :func:`pg_cluster` (a session fixture shared by every module that imports it) or
 ``async with PgCluster() as pg:`` for a cluster of one's own (the outage tests stop and
@@ -30,7 +31,7 @@ from types import TracebackType
 
 import pytest
 
-__all__ = ["PgCluster", "find_bindir", "pg_cluster"]
+__all__ = ["PgCluster", "find_bindir", "pg_cluster", "require_postgres"]
 
 _COMMAND_TIMEOUT = 60.0
 
@@ -56,6 +57,17 @@ def find_bindir() -> Path | None:
         if (folder / "initdb").exists() and (folder / "pg_ctl").exists():
             return folder
     return None
+
+
+def require_postgres() -> None:
+    """Skip the running test (fail it on CI) when the server binaries are missing."""
+    if find_bindir() is None:
+        from .prereq import missing
+
+        missing(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install "
+            "postgresql (or brew install postgresql), or set REALTIME_TEST_PG_BIN"
+        )
 
 
 def _free_port() -> int:
@@ -226,8 +238,7 @@ def pg_cluster() -> Iterator[PgCluster]:
     (each importing module gets its own fixture definition: a reference count keeps one
     cluster and stops it after the last user). Skips when PostgreSQL is not installed."""
     global _shared, _users
-    if find_bindir() is None:
-        pytest.skip("PostgreSQL server binaries not found (set REALTIME_TEST_PG_BIN)")
+    require_postgres()
     if _shared is None:
         cluster = PgCluster()
         try:

@@ -7,7 +7,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -28,11 +28,14 @@ def cli_env(**env: str | None) -> dict[str, str]:
     return overlay_env(inherited, **env)
 
 
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+async def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: str | None = None
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *CLI,
         *args,
         env=env or cli_env(),
+        cwd=cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -48,6 +51,7 @@ class ServerProcess:
     api_port: int = 0
     log: list[str] = field(default_factory=list)
     _reader: asyncio.Task[None] | None = None
+    _logged: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @property
     def ws_url(self) -> str:
@@ -61,6 +65,17 @@ class ServerProcess:
         assert self.proc.stderr is not None
         async for line in self.proc.stderr:
             self.log.append(line.decode(errors="replace"))
+            async with self._logged:
+                self._logged.notify_all()
+
+    async def wait_log(self, text: str, timeout: float = 10000 * MS) -> str:
+        """The first log line containing ``text``, awaiting it if not logged yet."""
+        async with asyncio.timeout(timeout), self._logged:
+            while True:
+                for line in self.log:
+                    if text in line:
+                        return line
+                await self._logged.wait()
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10000 * MS) -> int:
         if self.proc.returncode is None:
@@ -77,12 +92,20 @@ class ServerProcess:
 
 
 @asynccontextmanager
-async def server_process(**env: str | None) -> AsyncIterator[ServerProcess]:
-    """Start ``realtime-server serve`` on free ports; wait until it says it listens."""
+async def server_process(
+    *args: str,
+    command: Sequence[str] = ("serve",),
+    os_env: Mapping[str, str] | None = None,
+    **env: str | None,
+) -> AsyncIterator[ServerProcess]:
+    """Start ``realtime-server serve`` (or ``command``, e.g. none at all) with ``args``
+    on free ports; wait until it says it listens. ``env`` holds REALTIME_* suffixes,
+    ``os_env`` other variables (``PYTHONPATH``)."""
     proc = await asyncio.create_subprocess_exec(
         *CLI,
-        "serve",
-        env=cli_env(**{"LOG_LEVEL": "INFO", **env}),
+        *command,
+        *args,
+        env={**cli_env(**{"LOG_LEVEL": "INFO", **env}), **(os_env or {})},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )

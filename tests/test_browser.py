@@ -16,8 +16,8 @@ Each scenario is a Node script under tests/browser/ that prints JSON lines; the 
 gets a fresh profile directory, the script a hard deadline, and whatever it leaves running
 (the script, its Chromium) is killed by id when the test ends.
 
-Needs Node.js, ``npm ci --prefix tests/js`` and /usr/bin/chromium (``make chromium``; the
-Makefile's test target does both).
+Needs Node.js, ``npm ci --prefix tests/js`` (``make test`` runs it) and /usr/bin/chromium
+(``.ci/run`` installs it on CI); skipped with one line without them (``tests/prereq.py``).
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from .conftest import StartServer, ws_url
 from .helpers import MS, sub_token, token
 from .jsproc import Event, JsonLinesProcess
+from .prereq import NODE_INSTALL, NPM_CI, missing, need_program
 from .procs import CLI, cli_env
 from .redis_server import free_port
 
@@ -54,18 +54,14 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("Node.js is required for the browser tests (node not found on PATH)")
+    node = need_program("node", NODE_INSTALL)
     for module in ("playwright-core", "centrifuge"):
         if not (JS_DIR / "node_modules" / module).is_dir():
-            pytest.fail(
-                f"tests/js/node_modules/{module} is missing: run `npm ci --prefix tests/js`"
-            )
+            missing(f"tests/js/node_modules/{module} not found: {NPM_CI}")
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(
-            f"{CHROMIUM} is missing: install Debian's chromium (`make chromium`, or "
-            "`apt-get install -y --no-install-recommends chromium`)"
+        missing(
+            f"Chromium not found at {CHROMIUM}: apt-get install --no-install-recommends "
+            "chromium, or set REALTIME_TEST_CHROMIUM to a Chromium or Chrome binary"
         )
     return node
 
@@ -334,6 +330,7 @@ async def backend_site(user: str) -> AsyncIterator[tuple[str, list[str]]]:
 
 
 async def test_official_sdk_in_browser(start_server: StartServer) -> None:
+    _node()  # the prerequisites first: skipped (failed on CI) without them
     assert SDK_BUNDLE.is_file(), "tests/js/node_modules/centrifuge/dist/centrifuge.js is missing"
     doc = "document:contract-7"
     async with backend_site("alice") as (origin, token_requests):

@@ -28,7 +28,7 @@ from realtime_server.errors import CommandError, ConfigError
 
 PROPERTY = settings(max_examples=80, derandomize=True, database=None, deadline=None)
 GRAMMAR = re.compile(r"[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9_.@=-]{1,200}")
-"""The grammar of PROTOCOL.md, written out independently of the implementation."""
+"""The grammar of docs/PROTOCOL.md, written out independently of the implementation."""
 
 
 def error_code(call: Any, *args: Any, **kwargs: Any) -> int:

@@ -19,9 +19,7 @@ from realtime_server.events.model import Event
 
 from .conftest import StartServer, ws_url
 from .helpers import MS, RawClient, make_settings, sub_token, token
-from .pg import PgCluster, find_bindir
-
-pytestmark = pytest.mark.skipif(find_bindir() is None, reason="PostgreSQL not installed")
+from .pg import PgCluster, require_postgres
 
 DOC = "document:live"
 
@@ -29,6 +27,7 @@ DOC = "document:live"
 @pytest.fixture
 async def pg() -> AsyncIterator[PgCluster]:
     """A cluster of this test's own: it gets killed."""
+    require_postgres()
     async with PgCluster() as cluster:
         yield cluster
 

@@ -1,6 +1,6 @@
 """Unit tests of the sans-I/O protocol core (realtime_server/protocol.py): no sockets.
 
-Shapes follow the Centrifugo client protocol v2 (JSON) as the SDKs speak it.
+Shapes follow docs/WIRE.md (sections 2 to 4 and 9).
 """
 
 from __future__ import annotations

@@ -210,7 +210,10 @@ async def test_connect_round_trips(
     """A connect with its user channel and a document channel another client of the
     node already holds: one MGET (revocation), one SUBSCRIBE (the new user channel),
     one script call reading both streams, one adding presence and publishing the join."""
-    server = await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix)
+    # No periodic node announcement (a PUBLISH) inside the measured window.
+    server = await start_server(
+        REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, NODE_INFO_INTERVAL="3600"
+    )
     watcher = await connected(server, "w", channels=["document:rt"])
     assert (await watcher.push("join"))["join"]["info"]["user"] == "w"  # its own, done
     admin = aioredis.Redis.from_url(redis_url)

@@ -17,20 +17,18 @@ import asyncio
 import contextlib
 import inspect
 import json
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from realtime_server.app import Running
 
 from .conftest import StartServer, ws_url
 from .helpers import MS, QUIET, api, claims, quiet_period, sub_token, token
 from .jsproc import Event, Gate, JsonLinesProcess
+from .prereq import NODE_INSTALL, NPM_CI, missing, need_program
 
 JS_DIR = Path(__file__).parent / "js"
 CLIENT_SCRIPT = JS_DIR / "client.mjs"
@@ -45,17 +43,10 @@ WAIT = 3000 * MS
 
 
 def _node_executable() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("Node.js is required for the centrifuge-js tests (node not found on PATH)")
-    if (
-        not (JS_DIR / "node_modules" / "centrifuge").is_dir()
-        or not (JS_DIR / "node_modules" / "ws").is_dir()
-    ):
-        pytest.fail(
-            "tests/js/node_modules is missing: run `npm ci --prefix tests/js` "
-            "(the Makefile's test target does it)"
-        )
+    node = need_program("node", NODE_INSTALL)
+    for module in ("centrifuge", "ws"):
+        if not (JS_DIR / "node_modules" / module).is_dir():
+            missing(f"tests/js/node_modules/{module} not found: {NPM_CI}")
     return node
 
 

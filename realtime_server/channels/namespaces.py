@@ -1,6 +1,6 @@
 """Namespaces and their options.
 
-Two namespaces are built in (``user`` and ``document``, see PROTOCOL.md); operators may
+Two namespaces are built in (``user`` and ``document``, see docs/PROTOCOL.md); operators may
 change their options or add namespaces with ``REALTIME_NAMESPACES`` (a JSON object of
 namespace name -> options). Every namespace other than ``user`` is private: a
 subscription needs a subscription token or the connection token's ``channels`` claim,

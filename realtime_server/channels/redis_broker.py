@@ -40,6 +40,7 @@ from .memory import new_epoch
 from .redis_client import RedisCommands, ScriptCall
 from .redis_names import RedisNames, decode_message, encode_join_leave, encode_publication
 from .redis_pubsub import PubSubShard, PubSubShards
+from .redis_url import redis_address
 
 __all__ = ["RedisBroker"]
 
@@ -109,14 +110,16 @@ class RedisBroker:
             self._started = True
             try:
                 await self.commands.run(self.commands.detect)
-            except BackendUnavailable:
-                logger.warning(
-                    "redis unreachable at start; assuming a single Redis (not a cluster)"
-                )
+            except BackendUnavailable as exc:  # the message names the address and cause
+                logger.warning("%s; assuming a single Redis (not a cluster)", exc)
             self._shards = self._build_shards()
             self._shards.start()
             if not await self._shards.wait_ready(self.commands.timeout * 2):
-                logger.warning("redis not reachable yet; serving as not ready and retrying")
+                logger.warning(
+                    "redis at %s not reachable yet; serving as not ready (/readyz 503) "
+                    "and retrying",
+                    redis_address(self.commands.url),
+                )
 
     async def close(self) -> None:
         if self._started:
@@ -441,5 +444,5 @@ class RedisBroker:
                 if top is not None:
                     self._positions[channel] = top
                 handler.handle_insufficient_state(channel)
-        if shard.index == 0:
+        if shard.index == 0 and shard.reconnects:  # a link that was lost, not the first one
             handler.handle_reconnect()

@@ -18,12 +18,20 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, describe_cause
 from .redis_names import RedisNames
+from .redis_url import redis_address
 
-__all__ = ["LuaScript", "RedisCommands", "ScriptCall", "connect_redis", "load_script"]
+__all__ = [
+    "LuaScript",
+    "RedisCommands",
+    "ScriptCall",
+    "connect_redis",
+    "describe_redis_error",
+    "load_script",
+]
 
 T = TypeVar("T")
 
@@ -101,6 +109,18 @@ def connect_redis(url: str, timeout: float, retries: int = 0, **kwargs: Any) -> 
 
 POOL_SIZE = 64
 """Command connections per process (pub/sub links are separate)."""
+
+
+def describe_redis_error(url: str, exc: BaseException, timeout: float) -> str:
+    """One line for a failed Redis call: the address (never the password), the
+    variable to change and the cause, e.g. ``redis at 127.0.0.1:6390
+    (REALTIME_REDIS_URL) unreachable: Connection refused``."""
+    where = f"redis at {redis_address(url)} (REALTIME_REDIS_URL)"
+    if isinstance(exc, AuthenticationError | ResponseError):
+        # The server's own words (NOAUTH, WRONGPASS...): they never echo a password.
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"{where} refused the command: {text}"
+    return f"{where} unreachable: {describe_cause(exc, timeout)}"
 
 
 class RedisCommands:
@@ -229,7 +249,7 @@ class RedisCommands:
                     await self.detect()
                 return await call()
         except (RedisError, OSError, TimeoutError) as exc:
-            raise BackendUnavailable(f"redis: {type(exc).__name__}") from None
+            raise BackendUnavailable(describe_redis_error(self.url, exc, self.timeout)) from None
 
     async def ping(self) -> bool:
         try:

@@ -22,7 +22,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from ..errors import BackendUnavailable
-from .redis_client import connect_redis
+from .redis_client import connect_redis, describe_redis_error
 
 __all__ = ["PubSubShard", "PubSubShards"]
 
@@ -188,8 +188,10 @@ class PubSubShard:
                 raise
             except Exception as exc:  # any failure of the link: rebuild it
                 if self.ready or attempt == 0:
-                    logger.warning(
-                        "redis pub/sub shard %d link down: %s", self.index, type(exc).__name__
+                    logger.warning(  # address and cause, never the password
+                        "redis pub/sub shard %d link down: %s",
+                        self.index,
+                        describe_redis_error(self._url, exc, self._timeout),
                     )
                 await self._drop_link()
                 delay = random.uniform(0, min(2.0, 0.05 * 2**attempt))

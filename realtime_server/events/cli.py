@@ -106,17 +106,28 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add the event-log commands to the main parser's subparsers."""
     migrate = sub.add_parser(
-        "migrate", help="apply the event-log schema migrations (PostgreSQL or SQLite)"
+        "migrate",
+        help="apply the event-log schema migrations (PostgreSQL or SQLite)",
+        description="Apply the event log's pending schema migrations, each once, under a "
+        "lock: PostgreSQL at REALTIME_DATABASE_URL, else the SQLite file at "
+        "REALTIME_SQLITE_PATH. serve does the same at start unless "
+        "REALTIME_EVENTS_MIGRATE=false; run this first for long migrations.",
     )
     migrate.set_defaults(func=cmd_migrate)
 
-    audit = sub.add_parser("audit", help="print the events of a document or a user, in order")
+    audit = sub.add_parser(
+        "audit",
+        help="print the events of a document or a user, in order",
+        description="Print what happened on a document, or what a user did and received, "
+        "in order, from the event log (REALTIME_DATABASE_URL, else REALTIME_SQLITE_PATH; "
+        "read-only).",
+    )
     kinds = audit.add_subparsers(dest="subject", metavar="SUBJECT", required=True)
     for subject, text in (
         ("document", "what happened on document ID (channel document:ID)"),
         ("user", "what user ID did, and what was published to user:ID"),
     ):
-        parser = kinds.add_parser(subject, help=text)
+        parser = kinds.add_parser(subject, help=text, description=text[0].upper() + text[1:] + ".")
         parser.add_argument("id", metavar="ID")
         parser.add_argument(
             "--since", metavar="TIME", help="from TIME, inclusive (ISO 8601 or unix seconds)"
@@ -130,9 +141,17 @@ def register(sub: Any) -> None:
         )
         parser.set_defaults(func=cmd_audit)
 
-    events = sub.add_parser("events", help="event-log maintenance")
+    events = sub.add_parser(
+        "events",
+        help="event-log maintenance",
+        description="Event-log maintenance (REALTIME_DATABASE_URL, else REALTIME_SQLITE_PATH).",
+    )
     actions = events.add_subparsers(dest="events_command", metavar="ACTION", required=True)
-    cleanup = actions.add_parser("cleanup", help="delete events older than --retain DAYS")
+    cleanup = actions.add_parser(
+        "cleanup",
+        help="delete events older than --retain DAYS",
+        description="Delete events older than --retain DAYS, in chunks (run it from cron).",
+    )
     cleanup.add_argument(
         "--retain", type=float, required=True, metavar="DAYS", help="days of events to keep"
     )

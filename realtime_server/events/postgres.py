@@ -25,6 +25,7 @@ from .model import Event
 from .store import (
     EventQuery,
     EventsRejected,
+    NotInitialised,
     StoreUnavailable,
     clean_optional,
     clean_text,
@@ -270,5 +271,5 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
     if isinstance(exc, TimeoutError):
         return StoreUnavailable("PostgreSQL did not answer in time")
     if getattr(exc, "sqlstate", None) == "42P01":  # undefined table
-        return StoreUnavailable("event log not initialised (run realtime-server migrate)")
+        return NotInitialised("event log not initialised (run realtime-server migrate)")
     return StoreUnavailable(f"PostgreSQL unreachable ({_describe(exc)})")

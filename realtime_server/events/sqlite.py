@@ -25,6 +25,7 @@ from .model import Event
 from .store import (
     EventQuery,
     EventsRejected,
+    NotInitialised,
     StoreUnavailable,
     clean_optional,
     clean_text,
@@ -88,7 +89,7 @@ class SqliteStore:
             raise StoreUnavailable(f"SQLite did not answer within {self.timeout:g}s") from None
         except sqlite3.OperationalError as exc:  # locked, disk I/O, cannot open...
             if str(exc).startswith("no such table"):
-                raise StoreUnavailable(_NOT_INITIALISED) from None
+                raise NotInitialised(_NOT_INITIALISED) from None
             raise StoreUnavailable(f"SQLite: {exc}") from None
         except (sqlite3.DataError, sqlite3.IntegrityError, ValueError) as exc:
             raise EventsRejected(f"SQLite refused the batch: {exc}") from None
@@ -106,7 +107,10 @@ class SqliteStore:
         busy = max(1, int(self.timeout * 1000))
         if self.readonly:
             if not self.path.exists():
-                raise sqlite3.OperationalError(f"no event log at {self.path}")
+                raise sqlite3.OperationalError(  # say where we looked, and how to look elsewhere
+                    f"no event log at {self.path.absolute()} (set REALTIME_SQLITE_PATH, or "
+                    "REALTIME_DATABASE_URL for PostgreSQL)"
+                )
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
             conn = sqlite3.connect(
                 uri, uri=True, isolation_level=None, timeout=busy / 1000, check_same_thread=False

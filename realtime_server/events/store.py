@@ -30,6 +30,7 @@ __all__ = [
     "EventQuery",
     "EventStore",
     "EventsRejected",
+    "NotInitialised",
     "StoreUnavailable",
     "clean_text",
     "encode_details",
@@ -41,6 +42,10 @@ __all__ = [
 
 class StoreUnavailable(BackendUnavailable):
     """The store could not be reached or did not answer in time (try again later)."""
+
+
+class NotInitialised(StoreUnavailable):
+    """The store answers but has no schema yet (``realtime-server migrate``)."""
 
 
 class EventsRejected(RealtimeError):

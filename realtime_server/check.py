@@ -1,0 +1,84 @@
+"""``realtime-server check``: reach every configured backend, one line each.
+
+Each line names the backend, its address (never a password) and, on failure, the
+variable to change and the cause. Connecting alone proves nothing for PostgreSQL (its
+pool opens no connection until one is needed): the event log is checked with a real
+query.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from .config import Settings
+from .errors import BackendUnavailable, RealtimeError
+
+__all__ = ["reach_backends", "store_name"]
+
+
+def store_name(settings: Settings) -> str:
+    """The event store as the lines name it (an absolute path for SQLite)."""
+    if settings.database_url:
+        return "PostgreSQL (REALTIME_DATABASE_URL)"
+    return f"SQLite {os.path.abspath(settings.sqlite_path)} (REALTIME_SQLITE_PATH)"
+
+
+async def reach_backends(
+    settings: Settings, store: str, jwks_algorithms: Sequence[str] = ()
+) -> int:
+    """Print one line per configured backend; returns how many could not be reached."""
+    failures = 0
+    if settings.jwt_jwks_url:  # the identity provider's key set
+        from .auth.jwks_fetch import check_key_set
+
+        ok, line = await check_key_set(
+            settings.jwt_jwks_url, jwks_algorithms, settings.jwt_jwks_timeout
+        )
+        print(line)
+        failures += not ok
+    if settings.redis_url:
+        failures += await _reach_redis(settings, settings.redis_url)
+    if settings.events_enabled:
+        failures += await _reach_event_log(settings, store)
+    return failures
+
+
+async def _reach_redis(settings: Settings, url: str) -> int:
+    from .channels.redis_client import RedisCommands
+    from .channels.redis_names import RedisNames
+    from .channels.redis_url import redis_address
+
+    commands = RedisCommands(url, RedisNames(settings.redis_prefix), settings.redis_timeout)
+    try:
+        await commands.run(commands.client.ping)
+        print(f"redis at {redis_address(url)}: ok")
+        return 0
+    except BackendUnavailable as exc:  # names the address, the variable and the cause
+        print(str(exc))
+        return 1
+    finally:
+        await commands.close()
+
+
+async def _reach_event_log(settings: Settings, name: str) -> int:
+    from .events.factory import build_store
+    from .events.store import EventQuery, NotInitialised
+
+    store = build_store(settings)
+    try:
+        await store.connect()
+        await store.query(EventQuery(document="", limit=1))
+        print(f"event log, {name}: ok")
+        return 0
+    except NotInitialised:
+        if settings.events_migrate:  # serve applies the schema at start
+            print(f"event log, {name}: reachable; schema applied when serve starts")
+            return 0
+        print(f"event log, {name}: schema not applied (run realtime-server migrate)")
+        return 1
+    except RealtimeError as exc:  # StoreUnavailable: one line, no credentials
+        print(f"event log, {name}: {exc}")
+        return 1
+    finally:
+        await store.close()
