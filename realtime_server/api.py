@@ -6,6 +6,10 @@ apikey <KEY>``) and a JSON object body. Answers ``{"result": {...}}`` or ``{"err
 API so that its client libraries (``cent``) work unchanged. A missing or wrong key gets
 401 (compared in constant time); a body that is not a JSON object gets 400; an unknown
 method 404.
+
+:func:`execute` runs one method on its parsed body; the HTTP handler and the outbox
+consumer (:mod:`realtime_server.outbox`) both call it, so a row of the outbox behaves
+exactly as the same call of the API.
 """
 
 from __future__ import annotations
@@ -26,11 +30,23 @@ from .errors import BackendUnavailable, CommandError
 from .node import Node
 from .protocol import StreamPosition, parse_history
 
-__all__ = ["bound_port", "build_api", "start_api", "stop_api"]
+__all__ = [
+    "IDEMPOTENCY_KEY_MAX",
+    "METHODS",
+    "bound_port",
+    "build_api",
+    "execute",
+    "start_api",
+    "stop_api",
+]
 
 logger = logging.getLogger("realtime_server.api")
 
 Method = Callable[[Node, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+IDEMPOTENCY_KEY_MAX = 256
+"""Longest accepted ``idempotency_key``, in characters (it is kept in the engine for
+``REALTIME_IDEMPOTENCY_TTL`` seconds)."""
 
 
 def _bad(detail: str) -> CommandError:
@@ -74,11 +90,24 @@ def _tags(params: dict[str, Any]) -> dict[str, str] | None:
     return tags
 
 
+def _idempotency_key(params: dict[str, Any]) -> str | None:
+    """The optional ``idempotency_key`` (absent or empty: none)."""
+    key = _str(params, "idempotency_key", required=False)
+    if len(key) > IDEMPOTENCY_KEY_MAX:
+        raise _bad(f"idempotency_key longer than {IDEMPOTENCY_KEY_MAX} characters")
+    return key or None
+
+
 async def publish(node: Node, params: dict[str, Any]) -> dict[str, Any]:
     channel = _str(params, "channel")
     if "data" not in params:
         raise _bad("data required")
-    pos = await node.publish(channel, orjson.dumps(params["data"]), tags=_tags(params))
+    pos = await node.publish(
+        channel,
+        orjson.dumps(params["data"]),
+        tags=_tags(params),
+        idempotency_key=_idempotency_key(params),
+    )
     return _position(pos)
 
 
@@ -90,10 +119,13 @@ async def broadcast(node: Node, params: dict[str, Any]) -> dict[str, Any]:
         raise _bad("data required")
     data = orjson.dumps(params["data"])
     tags = _tags(params)
+    # The key applies per channel (as in Centrifugo): retrying a partly failed
+    # broadcast with the same key publishes only to the channels that failed.
+    key = _idempotency_key(params)
     responses: list[dict[str, Any]] = []
     for channel in channels:
         try:
-            pos = await node.publish(channel, data, tags=tags)
+            pos = await node.publish(channel, data, tags=tags, idempotency_key=key)
             responses.append({"result": _position(pos)})
         except CommandError as exc:
             responses.append({"error": {"code": exc.error.code, "message": exc.error.message}})
@@ -172,6 +204,19 @@ METHODS: dict[str, Method] = {
 }
 
 
+async def execute(node: Node, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run API ``method`` with its JSON body ``params``; its ``result`` object.
+
+    Raises:
+        CommandError: an unknown method (104) or a call refused (107, 102, 108...).
+        BackendUnavailable: Redis could not be reached (a temporary failure).
+    """
+    run = METHODS.get(method)
+    if run is None:
+        raise CommandError(codes.METHOD_NOT_FOUND, f"unknown method {method[:64]!r}")
+    return await run(node, params)
+
+
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
@@ -194,8 +239,8 @@ def build_api(node: Node, api_key: str) -> web.Application:
     async def handle(request: web.Request) -> web.Response:
         if not authorized(request):
             return _error(codes.UNAUTHORIZED, 401)
-        method = METHODS.get(request.match_info["method"])
-        if method is None:
+        method = request.match_info["method"]
+        if method not in METHODS:
             return _error(codes.METHOD_NOT_FOUND, 404)
         try:
             params = orjson.loads(await request.read())
@@ -204,13 +249,13 @@ def build_api(node: Node, api_key: str) -> web.Application:
         if not isinstance(params, dict):
             return _error(codes.BAD_REQUEST, 400, "body must be a JSON object")
         try:
-            return _json({"result": await method(node, params)})
+            return _json({"result": await execute(node, method, params)})
         except CommandError as exc:
             return _error(exc.error, message=str(exc) or None)
         except BackendUnavailable:
             return _error(codes.INTERNAL)
         except Exception:
-            logger.exception("API method %s failed", request.match_info["method"])
+            logger.exception("API method %s failed", method)
             return _error(codes.INTERNAL)
 
     app = web.Application(client_max_size=1024 * 1024)

@@ -567,13 +567,32 @@ class Node:
         info: ClientInfo | None = None,
         tags: dict[str, str] | None = None,
         publisher: str = "api",
+        idempotency_key: str | None = None,
     ) -> StreamPosition | None:
         """Publish ``data`` (encoded JSON) to ``channel``; returns the stream position
-        when the channel keeps history. Raises :class:`CommandError` (107/102)."""
+        when the channel keeps history. Raises :class:`CommandError` (107/102).
+
+        With ``idempotency_key``, a repeat of the key on the channel within
+        ``REALTIME_IDEMPOTENCY_TTL`` (on any node) delivers and logs nothing and returns
+        the first call's position."""
         options = self.channel_options(channel)
-        position = await self.broker.publish(
-            channel, data, info=info, tags=tags, history=options.history_options()
-        )
+        # outbox (issue 14): the key passes through to Broker.publish_once.
+        if idempotency_key is None:
+            position = await self.broker.publish(
+                channel, data, info=info, tags=tags, history=options.history_options()
+            )
+        else:
+            position, published = await self.broker.publish_once(
+                channel,
+                data,
+                idempotency_key,
+                self.settings.idempotency_ttl,
+                info=info,
+                tags=tags,
+                history=options.history_options(),
+            )
+            if not published:
+                return position
         self.log(
             EventType.PUBLICATION,
             channel=channel,

@@ -92,7 +92,7 @@ async def test_a_gap_right_after_subscribing_is_filled_from_history(setup: Setup
         "0",
     ]
     keys = [names.stream(channel), names.meta(channel)]
-    offset, _ = await commands.script(commands.publish_script, keys, lost)
+    offset, _, _published = await commands.script(commands.publish_script, keys, lost)
     assert offset == 1
     await engine.broker.publish(channel, b'{"n":2}', history=HISTORY)
     await setup.events.wait_for(lambda: len(setup.events.pubs(channel)) == 2)

@@ -203,23 +203,60 @@ class RedisBroker:
             payload = encode_publication(pub) if (info or tags) else data
             await self.commands.publish(names.channel(channel), payload)
             return None
+        position, _ = await self._run_publish(channel, data, info, tags, history, None, 0.0)
+        return position
+
+    async def publish_once(
+        self,
+        channel: str,
+        data: RawJSON,
+        key: str,
+        ttl: float,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        history: HistoryOptions | None = None,
+    ) -> tuple[StreamPosition | None, bool]:
+        """``publish.lua`` with the key ``P{C}:i:<key>`` (also without history: the
+        script then only checks the key, publishes and stores it)."""
+        return await self._run_publish(channel, data, info, tags, history, key, ttl)
+
+    async def _run_publish(
+        self,
+        channel: str,
+        data: RawJSON,
+        info: ClientInfo | None,
+        tags: dict[str, str] | None,
+        history: HistoryOptions | None,
+        key: str | None,
+        ttl: float,
+    ) -> tuple[StreamPosition | None, bool]:
+        names = self.names
         if not self.commands.detected:
             await self.commands.run(self.commands.detect)
+        size = history.size if history is not None and history.size > 0 else 0
         args: list[bytes | str | int] = [
             names.channel(channel),
             data,
             _info_json(info),
             orjson.dumps(tags).decode() if tags else "",
-            history.size,
-            int(history.ttl * 1000),
-            int(max(history.meta_ttl, history.ttl) * 1000),
+            size,
+            int(history.ttl * 1000) if history is not None else 0,
+            int(max(history.meta_ttl, history.ttl) * 1000) if history is not None else 0,
             new_epoch(),
             int(time.time() * 1000),
             "1" if self.commands.cluster else "0",
         ]
         keys = [names.stream(channel), names.meta(channel)]
-        offset, epoch = await self.commands.script(self.commands.publish_script, keys, args)
-        return StreamPosition(int(offset), epoch.decode() if isinstance(epoch, bytes) else epoch)
+        if key is not None:
+            keys.append(names.idempotency(channel, key))
+            args.append(max(1, int(ttl * 1000)))
+        offset, epoch, published = await self.commands.script(
+            self.commands.publish_script, keys, args
+        )
+        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+        position = StreamPosition(int(offset), epoch) if epoch else None
+        return position, bool(published)
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         await self.commands.publish(self.names.channel(channel), encode_join_leave("join", info))
