@@ -66,6 +66,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print(f"applied {label} ({_where(settings)})")
     else:
         print(f"event log schema up to date ({_where(settings)})")
+    if settings.outbox_url:  # the outbox's own objects, in the application's database
+        from ..outbox.status import migrate_outbox
+
+        outbox = migrate_outbox(settings)
+        for label in outbox:
+            print(f"applied {label} (REALTIME_OUTBOX_URL)")
+        if not outbox:
+            print("outbox schema up to date (REALTIME_OUTBOX_URL)")
     return EXIT_OK
 
 
@@ -106,7 +114,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add the event-log commands to the main parser's subparsers."""
     migrate = sub.add_parser(
-        "migrate", help="apply the event-log schema migrations (PostgreSQL or SQLite)"
+        "migrate",
+        help="apply the event-log schema migrations (PostgreSQL or SQLite), and the"
+        " outbox's when REALTIME_OUTBOX_URL is set",
     )
     migrate.set_defaults(func=cmd_migrate)
 

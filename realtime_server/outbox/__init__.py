@@ -1,0 +1,47 @@
+"""Transactional publishing: the PostgreSQL outbox (``REALTIME_OUTBOX_URL``).
+
+An application inserts rows into ``realtime_outbox`` (or calls ``realtime_publish``) in
+the transaction that makes the change they announce; every node with
+``REALTIME_OUTBOX_URL`` consumes the committed rows, each partition by one node at a
+time, in id order, running each row through the HTTP server API's code.
+
+- :mod:`.schema`: the versioned migrations (``realtime-server migrate``) and the SQL;
+- :mod:`.consumer`: partitions, locks, LISTEN and polling, batches, retries;
+- :mod:`.rows`: running one row and classifying the outcome;
+- :mod:`.status`: ``realtime-server outbox status``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .consumer import OutboxConsumer
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..node import Node
+
+__all__ = ["OutboxConsumer", "attach"]
+
+
+def attach(node: Node, settings: Settings) -> OutboxConsumer:
+    """A consumer of ``settings.outbox_url`` running rows on ``node`` (not started),
+    watched by ``/readyz`` (``degraded``) and counted in ``/metrics``."""
+    from ..api import execute
+
+    assert settings.outbox_url
+
+    async def run(method: str, params: dict[str, Any]) -> dict[str, Any]:
+        # One entry point shared with the HTTP API (the lead's operations module may
+        # replace api.execute: only this line changes).
+        return await execute(node, method, params)
+
+    consumer = OutboxConsumer(
+        settings.outbox_url,
+        run,
+        partitions=settings.outbox_partitions,
+        poll_interval=settings.outbox_poll_interval,
+    )
+    node.health.watch("outbox", consumer.problem)
+    consumer.bind_metrics(node.metrics)
+    return consumer
