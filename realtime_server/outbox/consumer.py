@@ -328,6 +328,12 @@ class OutboxConsumer:
                     self._trouble(source, str(exc))
                     await self._sleep(backoff.next())
                     continue
+                except Exception:  # a bug: keep the partition going, loudly
+                    logger.exception("outbox partition %d: unexpected error", partition)
+                    self.retries += 1
+                    self._trouble(source, "outbox: unexpected error (see the log)")
+                    await self._sleep(backoff.next())
+                    continue
                 self._fine(source)
                 backoff.reset()
                 if handled < self.batch:
@@ -347,12 +353,15 @@ class OutboxConsumer:
         try:
             yield conn
         except BaseException as exc:
-            conn.terminate()
+            # A connection the server closed is already detached from the pool.
+            with contextlib.suppress(Exception):
+                conn.terminate()
             if isinstance(exc, Exception):
                 raise unavailable(exc) from None
             raise
         finally:
-            await pool.release(conn)
+            with contextlib.suppress(Exception):
+                await pool.release(conn)
 
     async def _batch(self, partition: int) -> int:
         """One transaction; the number of rows read (0 when another node holds the
