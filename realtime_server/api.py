@@ -17,13 +17,14 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from . import codes
+from .channels.engine import PublishItem
 from .codes import ErrorCode
 from .config import Settings
 from .errors import BackendUnavailable, CommandError
@@ -36,6 +37,7 @@ __all__ = [
     "bound_port",
     "build_api",
     "execute",
+    "publish_batch",
     "start_api",
     "stop_api",
 ]
@@ -98,17 +100,46 @@ def _idempotency_key(params: dict[str, Any]) -> str | None:
     return key or None
 
 
-async def publish(node: Node, params: dict[str, Any]) -> dict[str, Any]:
+def _publish_item(params: dict[str, Any]) -> PublishItem:
+    """A ``publish`` body, checked (107 when malformed)."""
     channel = _str(params, "channel")
     if "data" not in params:
         raise _bad("data required")
-    pos = await node.publish(
-        channel,
-        orjson.dumps(params["data"]),
-        tags=_tags(params),
-        idempotency_key=_idempotency_key(params),
+    return PublishItem(
+        channel, orjson.dumps(params["data"]), tags=_tags(params), key=_idempotency_key(params)
     )
+
+
+async def publish(node: Node, params: dict[str, Any]) -> dict[str, Any]:
+    item = _publish_item(params)
+    pos = await node.publish(item.channel, item.data, tags=item.tags, idempotency_key=item.key)
     return _position(pos)
+
+
+async def publish_batch(
+    node: Node, bodies: Sequence[dict[str, Any]]
+) -> list[dict[str, Any] | CommandError]:
+    """``publish`` for each body, in order, in one round trip to a shared engine (the
+    outbox's runs of publish rows): each body's result, or the CommandError that
+    refused it (nothing published for it).
+
+    Raises:
+        BackendUnavailable: Redis failed; any prefix of the bodies may have been
+            published (the outbox gives each a key, so repeating them is safe).
+    """
+    results: list[dict[str, Any] | CommandError] = [{}] * len(bodies)
+    items: list[PublishItem] = []
+    where: list[int] = []
+    for i, body in enumerate(bodies):
+        try:
+            items.append(_publish_item(body))
+            where.append(i)
+        except CommandError as exc:
+            results[i] = exc
+    published = await node.publish_many(items, publisher="outbox")
+    for i, outcome in zip(where, published, strict=True):
+        results[i] = outcome if isinstance(outcome, CommandError) else _position(outcome)
+    return results
 
 
 async def broadcast(node: Node, params: dict[str, Any]) -> dict[str, Any]:

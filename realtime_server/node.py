@@ -14,6 +14,7 @@ import logging
 import time
 import zlib
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 from . import __version__, codes
@@ -27,6 +28,7 @@ from .channels.engine import (
     HistoryResult,
     Membership,
     PresenceStats,
+    PublishItem,
 )
 from .channels.namespaces import NamespaceOptions, Namespaces
 from .codes import CloseCode
@@ -602,6 +604,41 @@ class Node:
             publisher=publisher,
         )
         return position
+
+    async def publish_many(
+        self, items: Sequence[PublishItem], publisher: str = "outbox"
+    ) -> list[StreamPosition | CommandError | None]:
+        """:meth:`publish` for each item, in order, in one round trip to a shared engine
+        (outbox issue 14: a batch of publish rows). Each item's history and key TTL come
+        from its namespace and ``REALTIME_IDEMPOTENCY_TTL``. An item whose channel is
+        refused gets its CommandError (102/107) and publishes nothing; the others keep
+        their order. Raises BackendUnavailable: then any prefix may have been published
+        (items repeated with their keys are delivered once)."""
+        results: list[StreamPosition | CommandError | None] = [None] * len(items)
+        ready: list[PublishItem] = []
+        where: list[int] = []
+        for i, item in enumerate(items):
+            try:
+                options = self.channel_options(item.channel)
+            except CommandError as exc:
+                results[i] = exc
+                continue
+            history = options.history_options()
+            ready.append(replace(item, history=history, ttl=self.settings.idempotency_ttl))
+            where.append(i)
+        published = await self.broker.publish_many(ready)
+        for i, item, (position, first) in zip(where, ready, published, strict=True):
+            results[i] = position
+            if first:  # a repeated key delivered nothing: nothing to log
+                self.log(
+                    EventType.PUBLICATION,
+                    channel=item.channel,
+                    offset=position.offset if position is not None else None,
+                    user=item.info.user if item.info is not None else None,
+                    size=len(item.data),
+                    publisher=publisher,
+                )
+        return results
 
     async def disconnect_user(self, user: str, code: int, reason: str, client: str = "") -> None:
         await self.broker.publish_control(

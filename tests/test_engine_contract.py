@@ -43,6 +43,7 @@ from realtime_server.channels.engine import (
     Membership,
     PresenceManager,
     PresenceStats,
+    PublishItem,
 )
 from realtime_server.channels.memory import MemoryEngine
 from realtime_server.channels.redis_engine import RedisEngine
@@ -696,13 +697,41 @@ async def test_publish_once_forgets_a_key_after_its_ttl(engine: Harness) -> None
 async def test_publish_once_concurrent_repeats_publish_once(engine: Harness) -> None:
     await engine.broker.subscribe(CH)
     results = await asyncio.gather(
-        *(
-            engine.broker.publish_once(CH, b'"x"', "k", 60.0, history=HISTORY)
-            for _ in range(20)
-        )
+        *(engine.broker.publish_once(CH, b'"x"', "k", 60.0, history=HISTORY) for _ in range(20))
     )
     assert sum(published for _, published in results) == 1
     assert {position for position, _ in results} == {results[0][0]}
     await engine.events.wait_for(lambda: len(engine.events.pubs(CH)) == 1)
     await engine.barrier()
     assert len(engine.events.pubs(CH)) == 1
+
+
+async def test_publish_many_is_like_consecutive_calls(engine: Harness) -> None:
+    await engine.broker.subscribe(CH)
+    await engine.broker.subscribe(OTHER)
+    tags = {"kind": "signed"}
+    items = [
+        PublishItem(CH, b"1", history=HISTORY, key="a", ttl=60.0),
+        PublishItem(OTHER, b"2", tags=tags),  # no history, no key
+        PublishItem(CH, b"3", history=HISTORY),  # no key
+        PublishItem(CH, b"4", history=HISTORY, key="a", ttl=60.0),  # repeat within
+        PublishItem(OTHER, b"5", key="b", ttl=60.0),  # no history, keyed
+        PublishItem(OTHER, b"6", key="b", ttl=60.0),  # repeat
+    ]
+    results = await engine.broker.publish_many(items)
+    epoch = results[0][0].epoch if results[0][0] else ""
+    assert results == [
+        (StreamPosition(1, epoch), True),
+        (None, True),
+        (StreamPosition(2, epoch), True),
+        (StreamPosition(1, epoch), False),
+        (None, True),
+        (None, False),
+    ]
+    await engine.events.wait_for(lambda: len(engine.events.of("pub")) == 4)
+    await engine.barrier()
+    # Ordered per channel (channels may travel on different links).
+    assert [p.data for p in engine.events.pubs(CH)] == [b"1", b"3"]
+    assert [p.data for p in engine.events.pubs(OTHER)] == [b"2", b"5"]
+    assert engine.events.pubs(OTHER)[0].tags == tags
+    assert await engine.broker.publish_many([]) == []

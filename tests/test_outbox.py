@@ -12,7 +12,10 @@ import aiohttp
 import orjson
 import pytest
 
+from realtime_server import codes
 from realtime_server.app import Running
+from realtime_server.errors import BackendUnavailable, CommandError
+from realtime_server.outbox.rows import Result, run_rows
 from realtime_server.outbox.schema import migrate
 
 from .conftest import StartServer, connected
@@ -269,6 +272,7 @@ async def test_a_row_run_twice_is_delivered_once(
     async with app_connection(outbox_dsn) as conn:
         row_id = await conn.fetchval("SELECT realtime_publish('document:1', '{\"n\":1}')")
         assert await numbers(client, 1) == [1]
+        await drained(conn)
         await conn.execute(
             "INSERT INTO realtime_outbox (id, payload) VALUES ($1, $2::jsonb)",
             row_id,
@@ -392,3 +396,69 @@ def test_outbox_settings() -> None:
     settings = make_settings(OUTBOX_URL="postgresql://u:pw@db/app", OUTBOX_PARTITIONS=4)
     assert settings.outbox_partitions == 4 and settings.outbox_poll_interval == 1
     assert "pw" not in repr(settings)
+
+
+# --- running rows (pure: a recording stand-in for the API) ---------------------------------
+
+
+class RecordingRunner:
+    """Stands in for the API (not for Redis or PostgreSQL): records the calls."""
+
+    def __init__(self, fail_batch_at: int | None = None) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.fail_batch_at = fail_batch_at
+
+    async def execute(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append((method, params))
+        return {}
+
+    async def publish_batch(self, bodies: Any) -> list[Any]:
+        self.calls.append(("publish_batch", [b["data"] for b in bodies]))
+        if self.fail_batch_at is not None and len(self.calls) - 1 == self.fail_batch_at:
+            raise BackendUnavailable("redis: ConnectionError")
+        return [
+            CommandError(codes.UNKNOWN_CHANNEL) if b["channel"] == "x:1" else {} for b in bodies
+        ]
+
+
+def row(row_id: int, method: str, payload: Any) -> tuple[int, str, str]:
+    return row_id, method, orjson.dumps(payload).decode()
+
+
+async def test_consecutive_publishes_run_together_in_order() -> None:
+    runner = RecordingRunner()
+    rows = [
+        row(1, "publish", {"channel": "document:1", "data": 1}),
+        row(2, "publish", {"channel": "x:1", "data": 2}),
+        row(3, "nope", {}),
+        row(4, "disconnect", {"user": "7"}),
+        row(5, "publish", {"channel": "document:1", "data": 5, "idempotency_key": "mine"}),
+    ]
+    outcomes = await run_rows(runner, rows)
+    assert [o.result for o in outcomes] == [
+        Result.DONE,
+        Result.FAILED,
+        Result.FAILED,
+        Result.DONE,
+        Result.DONE,
+    ]
+    assert outcomes[1].error.startswith("102")
+    assert runner.calls == [
+        ("publish_batch", [1, 2]),
+        ("disconnect", {"user": "7"}),
+        ("publish_batch", [5]),
+    ]
+
+
+async def test_a_temporary_failure_stops_at_the_first_row_of_its_run() -> None:
+    runner = RecordingRunner(fail_batch_at=2)
+    rows = [
+        row(1, "publish", {"channel": "document:1", "data": 1}),
+        row(2, "revoke_token", {"uid": "j"}),
+        row(3, "publish", {"channel": "document:1", "data": 3}),
+        row(4, "publish", {"channel": "document:1", "data": 4}),
+        row(5, "publish", {"channel": "document:1", "data": 5}),
+    ]
+    outcomes = await run_rows(runner, rows)
+    assert [o.result for o in outcomes] == [Result.DONE, Result.DONE, Result.RETRY]
+    assert "redis" in outcomes[2].error  # row 3 waits first in line; 4 and 5 too

@@ -49,6 +49,7 @@ __all__ = [
     "Membership",
     "PresenceManager",
     "PresenceStats",
+    "PublishItem",
 ]
 
 
@@ -79,6 +80,21 @@ class HistoryQuery:
     limit: int = 0
     reverse: bool = False
     options: HistoryOptions | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishItem:
+    """One publication of :meth:`Broker.publish_many`: the arguments of
+    :meth:`Broker.publish`, or of :meth:`Broker.publish_once` when ``key`` is set."""
+
+    channel: str
+    data: RawJSON
+    info: ClientInfo | None = None
+    tags: dict[str, str] | None = None
+    history: HistoryOptions | None = None
+    key: str | None = None
+    ttl: float = 0.0
+    """Seconds ``key`` is remembered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +197,16 @@ class Broker(Protocol):
         appended. Returns the position (the first call's for a repeat; ``None``
         without history) and whether this call published (False: a repeat). The key
         check and the publish are atomic (see the module docstring)."""
+        ...
+
+    async def publish_many(
+        self, items: Sequence[PublishItem]
+    ) -> list[tuple[StreamPosition | None, bool]]:
+        """Publish every item, in order, exactly as consecutive :meth:`publish` /
+        :meth:`publish_once` calls would (same results, same per-channel order), in one
+        round trip on a shared backend. Raises BackendUnavailable when the backend
+        fails: then any prefix of the items may have been published (callers that
+        repeat them give them keys)."""
         ...
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...

@@ -23,6 +23,7 @@ from .engine import (
     HistoryResult,
     Membership,
     PresenceStats,
+    PublishItem,
 )
 from .idempotency import MAX_ENTRIES, RecentKeys
 
@@ -151,6 +152,30 @@ class MemoryBroker:
         position = await self.publish(channel, data, info=info, tags=tags, history=history)
         self.recent_keys.remember(channel, key, position, ttl)
         return position, True
+
+    async def publish_many(
+        self, items: Sequence[PublishItem]
+    ) -> list[tuple[StreamPosition | None, bool]]:
+        results: list[tuple[StreamPosition | None, bool]] = []
+        for item in items:
+            if item.key is None:
+                position = await self.publish(
+                    item.channel, item.data, info=item.info, tags=item.tags, history=item.history
+                )
+                results.append((position, True))
+            else:
+                results.append(
+                    await self.publish_once(
+                        item.channel,
+                        item.data,
+                        item.key,
+                        item.ttl,
+                        info=item.info,
+                        tags=item.tags,
+                        history=item.history,
+                    )
+                )
+        return results
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         if self._handler is not None and channel in self._channels:

@@ -34,6 +34,7 @@ from .engine import (
     HistoryOptions,
     HistoryQuery,
     HistoryResult,
+    PublishItem,
 )
 from .memory import new_epoch
 from .redis_client import RedisCommands, ScriptCall
@@ -60,6 +61,13 @@ def _entry_publication(entry: Any) -> Publication:
         info = decoded.info if decoded is not None else None
     tags = orjson.loads(fields[b"g"]) if b"g" in fields else None
     return Publication(fields[b"d"], offset, info, tags or None)
+
+
+def _publish_result(reply: Any) -> tuple[StreamPosition | None, bool]:
+    """``publish.lua``'s ``{offset, epoch, published}``."""
+    offset, epoch, published = reply
+    epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+    return (StreamPosition(int(offset), epoch) if epoch else None), bool(published)
 
 
 class RedisBroker:
@@ -221,6 +229,28 @@ class RedisBroker:
         script then only checks the key, publishes and stores it)."""
         return await self._run_publish(channel, data, info, tags, history, key, ttl)
 
+    async def publish_many(
+        self, items: Sequence[PublishItem]
+    ) -> list[tuple[StreamPosition | None, bool]]:
+        """One ``publish.lua`` call per item, pipelined: one round trip for all (on a
+        cluster, one call after the other: items go to different shards)."""
+        if not items:
+            return []
+        if not self.commands.detected:
+            await self.commands.run(self.commands.detect)
+        calls = [
+            self._publish_call(i.channel, i.data, i.info, i.tags, i.history, i.key, i.ttl)
+            for i in items
+        ]
+        if self.commands.cluster:
+            replies = [
+                await self.commands.script(self.commands.publish_script, c.keys, c.args)
+                for c in calls
+            ]
+        else:
+            replies = await self.commands.script_pipeline(self.commands.publish_script, calls)
+        return [_publish_result(reply) for reply in replies]
+
     async def _run_publish(
         self,
         channel: str,
@@ -231,9 +261,24 @@ class RedisBroker:
         key: str | None,
         ttl: float,
     ) -> tuple[StreamPosition | None, bool]:
-        names = self.names
         if not self.commands.detected:
             await self.commands.run(self.commands.detect)
+        call = self._publish_call(channel, data, info, tags, history, key, ttl)
+        reply = await self.commands.script(self.commands.publish_script, call.keys, call.args)
+        return _publish_result(reply)
+
+    def _publish_call(
+        self,
+        channel: str,
+        data: RawJSON,
+        info: ClientInfo | None,
+        tags: dict[str, str] | None,
+        history: HistoryOptions | None,
+        key: str | None,
+        ttl: float,
+    ) -> ScriptCall:
+        """The keys and arguments of ``publish.lua`` (after cluster detection)."""
+        names = self.names
         size = history.size if history is not None and history.size > 0 else 0
         args: list[bytes | str | int] = [
             names.channel(channel),
@@ -251,12 +296,7 @@ class RedisBroker:
         if key is not None:
             keys.append(names.idempotency(channel, key))
             args.append(max(1, int(ttl * 1000)))
-        offset, epoch, published = await self.commands.script(
-            self.commands.publish_script, keys, args
-        )
-        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
-        position = StreamPosition(int(offset), epoch) if epoch else None
-        return position, bool(published)
+        return ScriptCall(keys, args)
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         await self.commands.publish(self.names.channel(channel), encode_join_leave("join", info))

@@ -13,12 +13,14 @@ time, in id order, running each row through the HTTP server API's code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .consumer import OutboxConsumer
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..errors import CommandError
     from ..node import Node
 
 __all__ = ["OutboxConsumer", "attach"]
@@ -27,21 +29,34 @@ __all__ = ["OutboxConsumer", "attach"]
 def attach(node: Node, settings: Settings) -> OutboxConsumer:
     """A consumer of ``settings.outbox_url`` running rows on ``node`` (not started),
     watched by ``/readyz`` (``degraded``) and counted in ``/metrics``."""
-    from ..api import execute
-
     assert settings.outbox_url
-
-    async def run(method: str, params: dict[str, Any]) -> dict[str, Any]:
-        # One entry point shared with the HTTP API (the lead's operations module may
-        # replace api.execute: only this line changes).
-        return await execute(node, method, params)
-
     consumer = OutboxConsumer(
         settings.outbox_url,
-        run,
+        _ApiRunner(node),
         partitions=settings.outbox_partitions,
         poll_interval=settings.outbox_poll_interval,
     )
     node.health.watch("outbox", consumer.problem)
     consumer.bind_metrics(node.metrics)
     return consumer
+
+
+class _ApiRunner:
+    """Rows run through the HTTP server API's own functions (``api.execute`` and
+    ``api.publish_batch``): the lead's operations module may replace them, and only
+    these two calls change."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def execute(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        from ..api import execute
+
+        return await execute(self.node, method, params)
+
+    async def publish_batch(
+        self, bodies: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any] | CommandError]:
+        from ..api import publish_batch
+
+        return await publish_batch(self.node, bodies)

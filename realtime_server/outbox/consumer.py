@@ -55,7 +55,7 @@ from typing import Any, Final
 
 from ..metrics import Metrics
 from .db import TIMEOUT, OutboxUnavailable, connect, unavailable
-from .rows import Execute, Result, run_row
+from .rows import Result, Runner, run_rows
 from .schema import CHANNEL, MOVE_FAILED, POLL, SELECT_ROWS
 
 __all__ = ["BATCH", "OutboxConsumer"]
@@ -111,12 +111,12 @@ async def _no_reset(conn: Any) -> None:
 
 
 class OutboxConsumer:
-    """Consumes the outbox at ``dsn``, running rows with ``execute``."""
+    """Consumes the outbox at ``dsn``, running rows with ``runner`` (the API's code)."""
 
     def __init__(
         self,
         dsn: str,
-        execute: Execute,
+        runner: Runner,
         *,
         partitions: int = 1,
         poll_interval: float = 1.0,
@@ -124,7 +124,7 @@ class OutboxConsumer:
         timeout: float = TIMEOUT,
     ) -> None:
         self._dsn = dsn
-        self._execute = execute
+        self._runner = runner
         self.partitions = partitions
         self.poll_interval = poll_interval
         self.batch = batch
@@ -373,19 +373,16 @@ class OutboxConsumer:
             done: list[int] = []
             failed: list[int] = []
             errors: list[str] = []
-            for row_id, method, payload in rows:
-                if self._stop.is_set():
-                    break
-                outcome = await run_row(self._execute, row_id, method, payload)
+            outcomes = [] if self._stop.is_set() else await run_rows(self._runner, rows)
+            for (row_id, method, _), outcome in zip(rows, outcomes, strict=False):
                 if outcome.result is Result.DONE:
                     done.append(row_id)
                 elif outcome.result is Result.FAILED:
-                    logger.warning("outbox row %d failed: %s", row_id, outcome.error)
+                    logger.warning("outbox row %d (%s) failed: %s", row_id, method, outcome.error)
                     failed.append(row_id)
                     errors.append(outcome.error)
                 else:
                     retry = _RetryRow(row_id, outcome.error)
-                    break
             if failed:
                 await conn.execute(MOVE_FAILED, failed, errors, timeout=self.timeout)
             await conn.execute(_delete_and_commit(done), timeout=self.timeout)
