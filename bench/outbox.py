@@ -11,11 +11,16 @@ measure the outbox path itself).
    moment COMMIT is sent (so it includes the commit's own fsync) to the publication's
    arrival at the subscriber (p50, p99, max).
 2. **Throughput**: ``--rows`` rows spread over 100 document channels (with history)
-   and ``--partitions`` partitions, inserted by ``--producers`` connections in
-   ``--per-transaction``-row transactions while the nodes consume; rows/s from the first
-   insert until the outbox is empty, with one node, then two. The producers' own rate
-   is reported too (when it is the lower one, it is the figure's limit). No
-   subscribers: the figure is the outbox's, not the fan-out's.
+   and ``--partitions`` partitions, with one node, then two:
+
+   - ``concurrent``: inserted by ``--producers`` connections in
+     ``--per-transaction``-row transactions while the nodes consume; rows/s from the
+     first insert until the outbox is empty. The producers' own rate is reported too
+     (when it is the lower one, it is the figure's limit);
+   - ``backlog``: all rows committed in one transaction, then drained: the nodes'
+     capacity.
+
+   No subscribers: the figure is the outbox's, not the fan-out's.
 3. **CPU**: the server processes' CPU seconds (``/proc``) per row in the throughput
    runs, and how busy the rest of the machine was.
 
@@ -206,47 +211,66 @@ async def latency_run(
 # --- 2. throughput -------------------------------------------------------------------------
 
 
+async def produce_in(conn: Any, rows: range, partitions: int) -> None:
+    """``realtime_publish`` for each row, in the connection's current transaction."""
+    await conn.executemany(
+        "SELECT realtime_publish($1, $2::jsonb, $3)",
+        [
+            (
+                f"document:t{i % CHANNELS}",
+                orjson.dumps({"n": i, "status": "signed"}).decode(),
+                i % partitions,
+            )
+            for i in rows
+        ],
+    )
+
+
 async def produce(dsn: str, rows: range, per_transaction: int, partitions: int) -> None:
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        values = list(rows)
-        for start in range(0, len(values), per_transaction):
-            chunk = values[start : start + per_transaction]
+        for start in range(rows.start, rows.stop, per_transaction):
             async with conn.transaction():
-                await conn.executemany(
-                    "SELECT realtime_publish($1, $2::jsonb, $3)",
-                    [
-                        (
-                            f"document:t{i % CHANNELS}",
-                            orjson.dumps({"n": i, "status": "signed"}).decode(),
-                            i % partitions,
-                        )
-                        for i in chunk
-                    ],
-                )
+                chunk = range(start, min(start + per_transaction, rows.stop))
+                await produce_in(conn, chunk, partitions)
     finally:
         await conn.close()
 
 
 async def throughput_run(
-    workdir: Path, fresh: Any, redis_url: str, args: argparse.Namespace, nodes_count: int
-) -> dict[str, float]:
+    workdir: Path,
+    fresh: Any,
+    redis_url: str,
+    args: argparse.Namespace,
+    nodes_count: int,
+    backlog: bool,
+) -> dict[str, Any]:
+    """``backlog``: all rows committed in one transaction, then drained (the nodes'
+    capacity); else producers commit ``--per-transaction``-row transactions while the
+    nodes consume."""
     dsn = await fresh()
     nodes = start_nodes(workdir, nodes_count, dsn, redis_url, args.partitions)
     watch = await asyncpg.connect(dsn, timeout=10)
     try:
-        cpu0 = [read_proc(n.pid).cpu_s for n in nodes]
-        busy0 = machine_busy_s()
         total = args.rows
+        if backlog:
+            async with watch.transaction():
+                await produce_in(watch, range(total), args.partitions)
+                cpu0 = [read_proc(n.pid).cpu_s for n in nodes]
+                busy0 = machine_busy_s()
+            start = time.perf_counter()
+        else:
+            cpu0 = [read_proc(n.pid).cpu_s for n in nodes]
+            busy0 = machine_busy_s()
+            start = time.perf_counter()
         share = total // args.producers
         ranges = [range(i * share, total if i == args.producers - 1 else (i + 1) * share)
                   for i in range(args.producers)]  # fmt: skip
-        start = time.perf_counter()
         producers = [
             asyncio.get_running_loop().create_task(
                 produce(dsn, r, args.per_transaction, args.partitions)
             )
-            for r in ranges
+            for r in ([] if backlog else ranges)
         ]
         async with asyncio.timeout(STEP_TIMEOUT):
             await asyncio.gather(*producers)
@@ -265,10 +289,11 @@ async def throughput_run(
         for node in nodes:
             node.stop()
     return {
+        "mode": "backlog" if backlog else "concurrent",
         "nodes": nodes_count,
         "rows": total,
         "rows_per_s": total / drained,
-        "producer_rows_per_s": total / produced,
+        "producer_rows_per_s": None if backlog else total / produced,
         "server_cpu_us_per_row": 1e6 * cpu / total,
         "server_cpu_s": cpu,
         "machine_busy_cpus": busy / drained,
@@ -288,12 +313,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["latency"] = await latency_run(
                 workdir, fresh, redis_url, args.latency_rows, args.rate
             )
-            for nodes_count in (1, 2):
-                for round_ in range(args.repeat):
-                    log(f"throughput: {nodes_count} node(s), round {round_ + 1}")
-                    results["throughput"].append(
-                        await throughput_run(workdir, fresh, redis_url, args, nodes_count)
-                    )
+            for round_ in range(args.repeat):
+                for backlog in (False, True):
+                    for nodes_count in (1, 2):
+                        mode = "backlog" if backlog else "concurrent"
+                        log(f"throughput: {mode}, {nodes_count} node(s), round {round_ + 1}")
+                        results["throughput"].append(
+                            await throughput_run(
+                                workdir, fresh, redis_url, args, nodes_count, backlog
+                            )
+                        )
     return results
 
 
@@ -306,12 +335,15 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"throughput ({args.rows} rows, {args.per_transaction}-row transactions,"
         f" {args.producers} producers, {args.partitions} partitions):",
-        "| nodes | rows/s | producers' rows/s | server CPU per row (us) | machine busy (CPUs) |",
-        "|---:|---:|---:|---:|---:|",
+        "| rows | nodes | rows/s | producers' rows/s | server CPU per row (us) |"
+        " machine busy (CPUs) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results["throughput"]:
+        producers = r["producer_rows_per_s"]
         lines.append(
-            f"| {r['nodes']} | {r['rows_per_s']:,.0f} | {r['producer_rows_per_s']:,.0f}"
+            f"| {r['mode']} | {r['nodes']} | {r['rows_per_s']:,.0f}"
+            f" | {'-' if producers is None else f'{producers:,.0f}'}"
             f" | {r['server_cpu_us_per_row']:.0f} | {r['machine_busy_cpus']:.2f} |"
         )
     return "\n".join(lines)

@@ -210,6 +210,12 @@ def cmd_check(args: argparse.Namespace) -> int:
                 failures += 1
             finally:
                 await store.close()
+        if settings.outbox_url:
+            from .outbox.status import check_outbox
+
+            problem = await check_outbox(settings.outbox_url)
+            print(f"outbox: {problem or 'ok'}")
+            failures += problem is not None
         return EXIT_OK if not failures else EXIT_FAILURE
 
     return _run(reach())

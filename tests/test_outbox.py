@@ -307,6 +307,11 @@ async def test_status_command(pg_cluster: PgCluster, outbox_dsn: str) -> None:
     bare = await pg_cluster.create_database()
     code, _, err = await run_cli("outbox", "status", env=cli_env(OUTBOX_URL=bare))
     assert code == 1 and "run realtime-server migrate" in err and bare not in err
+    # realtime-server check reaches the outbox too.
+    code, out, _ = await run_cli("check", env=env)
+    assert code == 0 and "outbox: ok" in out
+    code, out, _ = await run_cli("check", env=cli_env(OUTBOX_URL=bare))
+    assert code == 1 and "outbox: tables missing (run realtime-server migrate)" in out
 
 
 async def test_rows_outside_the_partitions_are_reported(

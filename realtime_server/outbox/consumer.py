@@ -199,7 +199,7 @@ class OutboxConsumer:
         """None when the outbox is consumed normally; else why not (no secrets)."""
         if not self._problems:
             return None
-        return "; ".join(sorted(set(self._problems.values())))
+        return "; ".join(sorted({p.removeprefix("outbox: ") for p in self._problems.values()}))
 
     def oldest_age(self) -> float:
         """Seconds the oldest waiting row has waited (0: none), as of the last poll;

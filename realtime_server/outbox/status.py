@@ -18,10 +18,17 @@ import orjson
 
 from ..config import Settings
 from ..errors import ConfigError
-from .db import TIMEOUT, connect, unavailable
+from .db import TIMEOUT, OutboxUnavailable, connect, unavailable
 from .schema import migrate
 
-__all__ = ["OutboxStatus", "PartitionStatus", "format_status", "migrate_outbox", "register"]
+__all__ = [
+    "OutboxStatus",
+    "PartitionStatus",
+    "check_outbox",
+    "format_status",
+    "migrate_outbox",
+    "register",
+]
 
 MIGRATE_TIMEOUT = 600.0
 """Seconds one migration statement may take."""
@@ -99,6 +106,22 @@ async def _with_connection(dsn: str, budget: float, use: Any) -> Any:
         raise unavailable(exc) from None
     finally:
         conn.terminate()
+
+
+async def check_outbox(dsn: str) -> str | None:
+    """``realtime-server check``: None when the outbox database answers and holds the
+    outbox tables, else why not (no secrets)."""
+
+    async def probe(conn: Any) -> None:
+        await conn.execute(
+            "SELECT 1 FROM realtime_outbox, realtime_outbox_failed LIMIT 0", timeout=TIMEOUT
+        )
+
+    try:
+        await _with_connection(dsn, TIMEOUT, probe)
+    except OutboxUnavailable as exc:
+        return str(exc).removeprefix("outbox: ")
+    return None
 
 
 def migrate_outbox(settings: Settings) -> list[str]:
