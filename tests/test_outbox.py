@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -467,3 +468,21 @@ async def test_a_temporary_failure_stops_at_the_first_row_of_its_run() -> None:
     outcomes = await run_rows(runner, rows)
     assert [o.result for o in outcomes] == [Result.DONE, Result.DONE, Result.RETRY]
     assert "redis" in outcomes[2].error  # row 3 waits first in line; 4 and 5 too
+
+
+async def test_the_readme_trigger_announces_status_changes(
+    start_server: StartServer, outbox_dsn: str
+) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("A trigger that announces") :]
+    trigger_sql = section[section.index("```sql") + 6 : section.index("```\n")]
+    server = await start_server(OUTBOX_URL=outbox_dsn)
+    client = await connected(server, "42", channels=["document:7"])
+    async with app_connection(outbox_dsn) as conn:
+        await conn.execute("CREATE TABLE documents (id bigint PRIMARY KEY, status text)")
+        await conn.execute(trigger_sql)
+        await conn.execute("INSERT INTO documents VALUES (7, 'sent')")
+        await conn.execute("UPDATE documents SET status = 'sent' WHERE id = 7")  # unchanged
+        await conn.execute("UPDATE documents SET status = 'signed' WHERE id = 7")
+        assert (await client.push("pub"))["pub"]["data"] == {"status": "signed"}
+        await no_more_publications(client)
