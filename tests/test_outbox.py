@@ -486,3 +486,20 @@ async def test_the_readme_trigger_announces_status_changes(
         await conn.execute("UPDATE documents SET status = 'signed' WHERE id = 7")
         assert (await client.push("pub"))["pub"]["data"] == {"status": "signed"}
         await no_more_publications(client)
+
+
+async def test_an_unmigrated_database_is_reported_not_fatal(
+    start_server: StartServer, pg_cluster: PgCluster
+) -> None:
+    bare = await pg_cluster.create_database()
+    server = await start_server(OUTBOX_URL=bare, OUTBOX_POLL_INTERVAL=0.1)
+    await wait_until(lambda: "outbox" in server.node.readiness().degraded)
+    readiness = server.node.readiness()
+    assert readiness.ready
+    assert readiness.degraded["outbox"] == "tables missing (run realtime-server migrate)"
+    client = await connected(server, "42", channels=["document:1"])
+    await server.node.publish("document:1", b'{"n": 1}')
+    assert await numbers(client, 1) == [1]
+    status, body = await http_get(server, "/metrics")
+    assert status == 200
+    assert "realtime_outbox_degraded 1" in body

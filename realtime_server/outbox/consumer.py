@@ -8,7 +8,8 @@ A worker handles its partition in batches, one transaction each::
     BEGIN
     SELECT <up to BATCH rows of the partition, in id order> FOR UPDATE
            -- only if pg_try_advisory_xact_lock(LOCK_CLASS, partition) succeeds
-    <run each row through the HTTP API's code (api.execute)>
+    <run the rows, in order, through the HTTP API's code (see .rows): consecutive
+     publishes in one pipelined Redis round trip, any other row on its own>
     DELETE <the rows run>; COMMIT          -- one round trip
 
 Transaction-level advisory locks, not session locks: the lock lives exactly as long as
@@ -174,8 +175,9 @@ class OutboxConsumer:
             task.add_done_callback(_log_failure)
 
     async def close(self, grace: float | None = None) -> None:
-        """Stop: workers finish the row they are running and commit what ran (at most
-        ``grace`` seconds, default the statement timeout), then everything is closed."""
+        """Stop: workers finish the batch they are running and commit it (at most
+        ``grace`` seconds, default the statement timeout; past that the transaction is
+        abandoned and another node re-runs its rows), then everything is closed."""
         self._stop.set()
         for wake in self._wake:
             wake.set()
