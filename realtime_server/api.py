@@ -6,19 +6,24 @@ apikey <KEY>``) and a JSON object body. Answers ``{"result": {...}}`` or ``{"err
 API so that its client libraries (``cent``) work unchanged. A missing or wrong key gets
 401 (compared in constant time); a body that is not a JSON object gets 400; an unknown
 method 404.
+
+:func:`execute` runs one method on its parsed body; the HTTP handler and the outbox
+consumer (:mod:`realtime_server.outbox`) both call it, so a row of the outbox behaves
+exactly as the same call of the API.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from . import codes
+from .channels.engine import PublishItem
 from .codes import ErrorCode
 from .config import Settings
 from .errors import BackendUnavailable, CommandError
@@ -26,11 +31,24 @@ from .model import StreamPosition
 from .operations import Operations
 from .protocol import history_json, parse_history, presence_json
 
-__all__ = ["bound_port", "build_api", "start_api", "stop_api"]
+__all__ = [
+    "IDEMPOTENCY_KEY_MAX",
+    "METHODS",
+    "bound_port",
+    "build_api",
+    "execute",
+    "publish_batch",
+    "start_api",
+    "stop_api",
+]
 
 logger = logging.getLogger("realtime_server.api")
 
 Method = Callable[[Operations, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+IDEMPOTENCY_KEY_MAX = 256
+"""Longest accepted ``idempotency_key``, in characters (it is kept in the engine for
+``REALTIME_IDEMPOTENCY_TTL`` seconds)."""
 
 
 def _bad(detail: str) -> CommandError:
@@ -74,12 +92,54 @@ def _tags(params: dict[str, Any]) -> dict[str, str] | None:
     return tags
 
 
-async def publish(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
+def _idempotency_key(params: dict[str, Any]) -> str | None:
+    """The optional ``idempotency_key`` (absent or empty: none)."""
+    key = _str(params, "idempotency_key", required=False)
+    if len(key) > IDEMPOTENCY_KEY_MAX:
+        raise _bad(f"idempotency_key longer than {IDEMPOTENCY_KEY_MAX} characters")
+    return key or None
+
+
+def _publish_item(params: dict[str, Any]) -> PublishItem:
+    """A ``publish`` body, checked (107 when malformed)."""
     channel = _str(params, "channel")
     if "data" not in params:
         raise _bad("data required")
-    pos = await ops.publish(channel, orjson.dumps(params["data"]), tags=_tags(params))
+    return PublishItem(
+        channel, orjson.dumps(params["data"]), tags=_tags(params), key=_idempotency_key(params)
+    )
+
+
+async def publish(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
+    item = _publish_item(params)
+    pos = await ops.publish(item.channel, item.data, tags=item.tags, idempotency_key=item.key)
     return _position(pos)
+
+
+async def publish_batch(
+    ops: Operations, bodies: Sequence[dict[str, Any]]
+) -> list[dict[str, Any] | CommandError]:
+    """``publish`` for each body, in order, in one round trip to a shared engine (the
+    outbox's runs of publish rows): each body's result, or the CommandError that
+    refused it (nothing published for it).
+
+    Raises:
+        BackendUnavailable: Redis failed; any prefix of the bodies may have been
+            published (the outbox gives each a key, so repeating them is safe).
+    """
+    results: list[dict[str, Any] | CommandError] = [{}] * len(bodies)
+    items: list[PublishItem] = []
+    where: list[int] = []
+    for i, body in enumerate(bodies):
+        try:
+            items.append(_publish_item(body))
+            where.append(i)
+        except CommandError as exc:
+            results[i] = exc
+    published = await ops.publish_many(items, publisher="outbox")
+    for i, outcome in zip(where, published, strict=True):
+        results[i] = outcome if isinstance(outcome, CommandError) else _position(outcome)
+    return results
 
 
 async def broadcast(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
@@ -90,10 +150,13 @@ async def broadcast(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
         raise _bad("data required")
     data = orjson.dumps(params["data"])
     tags = _tags(params)
+    # The key applies per channel (as in Centrifugo): retrying a partly failed
+    # broadcast with the same key publishes only to the channels that failed.
+    key = _idempotency_key(params)
     responses: list[dict[str, Any]] = []
     for channel in channels:
         try:
-            pos = await ops.publish(channel, data, tags=tags)
+            pos = await ops.publish(channel, data, tags=tags, idempotency_key=key)
             responses.append({"result": _position(pos)})
         except CommandError as exc:
             responses.append({"error": {"code": exc.error.code, "message": exc.error.message}})
@@ -171,6 +234,19 @@ METHODS: dict[str, Method] = {
 }
 
 
+async def execute(ops: Operations, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run API ``method`` with its JSON body ``params``; its ``result`` object.
+
+    Raises:
+        CommandError: an unknown method (104) or a call refused (107, 102, 108...).
+        BackendUnavailable: Redis could not be reached (a temporary failure).
+    """
+    run = METHODS.get(method)
+    if run is None:
+        raise CommandError(codes.METHOD_NOT_FOUND, f"unknown method {method[:64]!r}")
+    return await run(ops, params)
+
+
 def _json(body: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
@@ -193,8 +269,8 @@ def build_api(ops: Operations, api_key: str) -> web.Application:
     async def handle(request: web.Request) -> web.Response:
         if not authorized(request):
             return _error(codes.UNAUTHORIZED, 401)
-        method = METHODS.get(request.match_info["method"])
-        if method is None:
+        method = request.match_info["method"]
+        if method not in METHODS:
             return _error(codes.METHOD_NOT_FOUND, 404)
         try:
             params = orjson.loads(await request.read())
@@ -203,13 +279,13 @@ def build_api(ops: Operations, api_key: str) -> web.Application:
         if not isinstance(params, dict):
             return _error(codes.BAD_REQUEST, 400, "body must be a JSON object")
         try:
-            return _json({"result": await method(ops, params)})
+            return _json({"result": await execute(ops, method, params)})
         except CommandError as exc:
             return _error(exc.error, message=str(exc) or None)
         except BackendUnavailable:
             return _error(codes.INTERNAL)
         except Exception:
-            logger.exception("API method %s failed", request.match_info["method"])
+            logger.exception("API method %s failed", method)
             return _error(codes.INTERNAL)
 
     app = web.Application(client_max_size=1024 * 1024)

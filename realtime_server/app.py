@@ -191,13 +191,21 @@ async def running(
 
         api = await start_api(node.ops, settings, reuse_port=reuse_port)
     server = Running(node, ws, api)
+    outbox = None
     try:
+        if settings.outbox_url:  # consume the outbox (runs rows on this node)
+            from .outbox import attach
+
+            outbox = attach(node, settings)
+            await outbox.start()
         if demo is not None:
             await demo.start(node, server.port)
         yield server
     finally:
         if demo is not None:
             await demo.stop()
+        if outbox is not None:  # before the node closes: rows run on it
+            await outbox.close()
         await server.stop(settings.shutdown_timeout)
 
 

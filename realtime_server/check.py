@@ -41,6 +41,12 @@ async def reach_backends(
         failures += await _reach_redis(settings, settings.redis_url)
     if settings.events_enabled:
         failures += await _reach_event_log(settings, store)
+    if settings.outbox_url:
+        from .outbox.status import check_outbox
+
+        problem = await check_outbox(settings.outbox_url)
+        print(f"outbox: {problem or 'ok'}")
+        failures += problem is not None
     return failures
 
 

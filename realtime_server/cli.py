@@ -356,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .events.cli import register as register_event_commands
 
     register_event_commands(sub)
+    from .outbox.status import register as register_outbox
+
+    register_outbox(sub)
     from .loadtest.cli import register as register_loadtest
 
     register_loadtest(sub)

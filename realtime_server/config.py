@@ -178,6 +178,32 @@ class Settings:
         "append-only file for events the store could not take (replayed when it is back)",
         metavar="PATH",
     )
+    idempotency_ttl: float = setting(
+        300.0,
+        "seconds a publish's idempotency_key is remembered (a repeat delivers nothing)",
+        minimum=1,
+        maximum=86400,
+        metavar="SECONDS",
+    )
+    outbox_url: str | None = setting(
+        None,
+        "PostgreSQL database holding the outbox table; set: this node consumes it",
+        secret=True,
+    )
+    outbox_partitions: int = setting(
+        1,
+        "outbox partitions (each worked by one node at a time, in id order)",
+        minimum=1,
+        maximum=1024,
+        metavar="N",
+    )
+    outbox_poll_interval: float = setting(
+        1.0,
+        "seconds between polls of the outbox for rows inserted without a notification",
+        minimum=0.01,
+        maximum=3600,
+        metavar="SECONDS",
+    )
     allowed_origins: str | None = setting(
         None,
         "comma-separated exact Origin allow-list for browsers (unset: any)",

@@ -113,6 +113,7 @@ class Node:
             journal=self._journal,
             directory=self.directory,
             max_token_lifetime=settings.jwt_max_lifetime,
+            idempotency_ttl=settings.idempotency_ttl,
         )
         self.control = Control(
             self.directory,

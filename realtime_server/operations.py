@@ -10,11 +10,19 @@ callers' business.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from . import codes
 from .auth.revocation import RevocationStore
-from .channels.engine import ControlMessage, Engine, HistoryResult, PresenceStats
+from .channels.engine import (
+    ControlMessage,
+    Engine,
+    HistoryResult,
+    PresenceStats,
+    PublishItem,
+)
 from .channels.namespaces import NamespaceOptions, Namespaces
 from .cluster import NodeDirectory
 from .errors import CommandError
@@ -39,6 +47,7 @@ class Operations:
         journal: Journal,
         directory: NodeDirectory,
         max_token_lifetime: float,
+        idempotency_ttl: float,
     ) -> None:
         self.name = name
         self._engine = engine
@@ -48,6 +57,7 @@ class Operations:
         self._journal = journal
         self._directory = directory
         self._max_token_lifetime = max_token_lifetime
+        self._idempotency_ttl = idempotency_ttl
 
     def options(self, channel: str) -> NamespaceOptions:
         """The channel's namespace options. Raises CommandError (107, 102)."""
@@ -61,22 +71,80 @@ class Operations:
         info: ClientInfo | None = None,
         tags: dict[str, str] | None = None,
         publisher: str = "api",
+        idempotency_key: str | None = None,
     ) -> StreamPosition | None:
         """Publish ``data`` (encoded JSON) to ``channel``; returns the stream position
-        when the channel keeps history. Raises :class:`CommandError` (107/102)."""
+        when the channel keeps history. Raises :class:`CommandError` (107/102).
+
+        With ``idempotency_key``, a repeat of the key on the channel within
+        ``REALTIME_IDEMPOTENCY_TTL`` (on any node) delivers and records nothing and
+        returns the first call's position."""
         options = self.options(channel)
-        position = await self._broker.publish(
-            channel, data, info=info, tags=tags, history=options.history_options()
-        )
+        if idempotency_key is None:
+            position = await self._broker.publish(
+                channel, data, info=info, tags=tags, history=options.history_options()
+            )
+        else:
+            position, published = await self._broker.publish_once(
+                channel,
+                data,
+                idempotency_key,
+                self._idempotency_ttl,
+                info=info,
+                tags=tags,
+                history=options.history_options(),
+            )
+            if not published:
+                return position
+        self._record_publication(channel, position, info, len(data), publisher)
+        return position
+
+    async def publish_many(
+        self, items: Sequence[PublishItem], publisher: str = "outbox"
+    ) -> list[StreamPosition | CommandError | None]:
+        """:meth:`publish` for each item, in order, in one round trip to a shared engine
+        (a batch of the outbox's publish rows). Each item's history and key TTL come from
+        its namespace and ``REALTIME_IDEMPOTENCY_TTL``. An item whose channel is refused
+        gets its CommandError (102/107) and publishes nothing; the others keep their
+        order. Raises BackendUnavailable: then any prefix may have been published (items
+        repeated with their keys are delivered once)."""
+        results: list[StreamPosition | CommandError | None] = [None] * len(items)
+        ready: list[PublishItem] = []
+        where: list[int] = []
+        for i, item in enumerate(items):
+            try:
+                options = self.options(item.channel)
+            except CommandError as exc:
+                results[i] = exc
+                continue
+            history = options.history_options()
+            ready.append(replace(item, history=history, ttl=self._idempotency_ttl))
+            where.append(i)
+        published = await self._broker.publish_many(ready)
+        for i, item, (position, first) in zip(where, ready, published, strict=True):
+            results[i] = position
+            if first:  # a repeated key delivered nothing: nothing to record
+                self._record_publication(
+                    item.channel, position, item.info, len(item.data), publisher
+                )
+        return results
+
+    def _record_publication(
+        self,
+        channel: str,
+        position: StreamPosition | None,
+        info: ClientInfo | None,
+        size: int,
+        publisher: str,
+    ) -> None:
         self._journal.record(
             EventType.PUBLICATION,
             channel=channel,
             offset=position.offset if position is not None else None,
             user=info.user if info is not None else None,
-            size=len(data),
+            size=size,
             publisher=publisher,
         )
-        return position
 
     async def disconnect_user(self, user: str, code: int, reason: str, client: str = "") -> None:
         """Close the user's connections (one of them with ``client``) on every node."""

@@ -121,10 +121,18 @@ class Publisher:
             )
         return result
 
-    async def publish(self, channel: str, data: Any) -> StreamPosition | None:
+    async def publish(
+        self, channel: str, data: Any, *, idempotency_key: str | None = None
+    ) -> StreamPosition | None:
+        """Publish ``data``; with ``idempotency_key``, a repeat within
+        ``REALTIME_IDEMPOTENCY_TTL`` seconds delivers nothing and returns the first
+        call's position (retry safely when an answer was lost)."""
         if self._redis is not None:
-            return await self._redis.publish(channel, data)
-        result = await self.call("publish", {"channel": channel, "data": data})
+            return await self._redis.publish(channel, data, idempotency_key)
+        params: dict[str, Any] = {"channel": channel, "data": data}
+        if idempotency_key is not None:
+            params["idempotency_key"] = idempotency_key
+        result = await self.call("publish", params)
         if "offset" in result:
             return StreamPosition(int(result["offset"]), str(result.get("epoch", "")))
         return None
@@ -169,12 +177,24 @@ class _RedisBackend:
         self.broker = RedisBroker(commands, shards=1)  # never started: publish only
         self.revocations = RedisRevocationStore(commands, settings.jwt_max_lifetime)
         self.namespaces: Namespaces = settings.namespaces()
+        self.idempotency_ttl = settings.idempotency_ttl
 
-    async def publish(self, channel: str, data: Any) -> StreamPosition | None:
+    async def publish(
+        self, channel: str, data: Any, idempotency_key: str | None
+    ) -> StreamPosition | None:
         try:
             _, options = self.namespaces.resolve(channel)
         except CommandError as exc:
             raise PublishError(exc.error.code, exc.error.message) from None
+        if idempotency_key is not None:
+            position, _ = await self.broker.publish_once(
+                channel,
+                orjson.dumps(data),
+                idempotency_key,
+                self.idempotency_ttl,
+                history=options.history_options(),
+            )
+            return position
         return await self.broker.publish(
             channel, orjson.dumps(data), history=options.history_options()
         )

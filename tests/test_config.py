@@ -18,6 +18,7 @@ SECRETS = {
     "REALTIME_API_KEY": API_KEY,
     "REALTIME_REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis.internal:6379/0",
     "REALTIME_DATABASE_URL": f"postgresql://rt:{DB_PASSWORD}@db.internal/rt",
+    "REALTIME_OUTBOX_URL": f"postgresql://app:{DB_PASSWORD}@db.internal/app",
 }
 SECRET_TEXTS = (JWT_SECRET, API_KEY, REDIS_PASSWORD, DB_PASSWORD)
 

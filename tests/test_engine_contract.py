@@ -43,6 +43,7 @@ from realtime_server.channels.engine import (
     Membership,
     PresenceManager,
     PresenceStats,
+    PublishItem,
 )
 from realtime_server.channels.memory import MemoryEngine
 from realtime_server.channels.redis_engine import RedisEngine
@@ -646,3 +647,91 @@ async def test_presence_result_is_a_copy(engine: Harness) -> None:
     snapshot = await engine.presence.presence(CH)
     snapshot.clear()
     assert list(await engine.presence.presence(CH)) == ["c1"]
+
+
+# --- idempotent publishing --------------------------------------------------------------
+
+
+async def test_publish_once_delivers_a_key_once(engine: Harness) -> None:
+    await engine.broker.subscribe(CH)
+    first = await engine.broker.publish_once(CH, b'"a"', "k1", 60.0, history=HISTORY)
+    again = await engine.broker.publish_once(CH, b'"b"', "k1", 60.0, history=HISTORY)
+    other = await engine.broker.publish_once(CH, b'"c"', "k2", 60.0, history=HISTORY)
+    assert first[0] is not None and first == (StreamPosition(1, first[0].epoch), True)
+    assert again == (first[0], False)  # the first call's position, nothing published
+    assert other == (StreamPosition(2, first[0].epoch), True)
+    await engine.events.wait_for(lambda: len(engine.events.pubs(CH)) == 2)
+    await engine.barrier()
+    assert [p.data for p in engine.events.pubs(CH)] == [b'"a"', b'"c"']
+    kept = (await engine.broker.history(CH, limit=-1, options=HISTORY)).publications
+    assert [(p.offset, p.data) for p in kept] == [(1, b'"a"'), (2, b'"c"')]
+
+
+async def test_publish_once_keys_are_scoped_to_the_channel(engine: Harness) -> None:
+    a = await engine.broker.publish_once(CH, b"1", "same", 60.0, history=HISTORY)
+    b = await engine.broker.publish_once(OTHER, b"1", "same", 60.0, history=HISTORY)
+    assert a[1] and b[1]
+    repeat = await engine.broker.publish_once(OTHER, b"2", "same", 60.0, history=HISTORY)
+    assert repeat == (b[0], False)
+
+
+async def test_publish_once_without_history(engine: Harness) -> None:
+    await engine.broker.subscribe(CH)
+    tags = {"kind": "signed"}
+    assert await engine.broker.publish_once(CH, b'"x"', "k", 60.0, tags=tags) == (None, True)
+    assert await engine.broker.publish_once(CH, b'"x"', "k", 60.0, tags=tags) == (None, False)
+    await engine.events.wait_for(lambda: len(engine.events.pubs(CH)) == 1)
+    await engine.barrier()
+    assert engine.events.pubs(CH) == [Publication(b'"x"', 0, None, tags)]
+    assert (await engine.broker.history(CH, options=HISTORY)).top.offset == 0
+
+
+async def test_publish_once_forgets_a_key_after_its_ttl(engine: Harness) -> None:
+    first = await engine.broker.publish_once(CH, b"1", "k", engine.ttl, history=HISTORY)
+    await engine.advance(engine.ttl * 1.5)
+    second = await engine.broker.publish_once(CH, b"2", "k", engine.ttl, history=HISTORY)
+    assert first[0] is not None and second[0] is not None
+    assert second == (StreamPosition(2, first[0].epoch), True)
+
+
+async def test_publish_once_concurrent_repeats_publish_once(engine: Harness) -> None:
+    await engine.broker.subscribe(CH)
+    results = await asyncio.gather(
+        *(engine.broker.publish_once(CH, b'"x"', "k", 60.0, history=HISTORY) for _ in range(20))
+    )
+    assert sum(published for _, published in results) == 1
+    assert {position for position, _ in results} == {results[0][0]}
+    await engine.events.wait_for(lambda: len(engine.events.pubs(CH)) == 1)
+    await engine.barrier()
+    assert len(engine.events.pubs(CH)) == 1
+
+
+async def test_publish_many_is_like_consecutive_calls(engine: Harness) -> None:
+    await engine.broker.subscribe(CH)
+    await engine.broker.subscribe(OTHER)
+    tags = {"kind": "signed"}
+    items = [
+        PublishItem(CH, b"1", history=HISTORY, key="a", ttl=60.0),
+        PublishItem(OTHER, b"2", tags=tags),  # no history, no key
+        PublishItem(CH, b"3", history=HISTORY),  # no key
+        PublishItem(CH, b"4", history=HISTORY, key="a", ttl=60.0),  # repeat within
+        PublishItem(OTHER, b"5", key="b", ttl=60.0),  # no history, keyed
+        PublishItem(OTHER, b"6", key="b", ttl=60.0),  # repeat
+    ]
+    results = await engine.broker.publish_many(items)
+    epoch = results[0][0].epoch if results[0][0] else ""
+    assert results == [
+        (StreamPosition(1, epoch), True),
+        (None, True),
+        (StreamPosition(2, epoch), True),
+        (StreamPosition(1, epoch), False),
+        (None, True),
+        (None, False),
+    ]
+    await engine.events.wait_for(lambda: len(engine.events.of("pub")) == 4)
+    await engine.barrier()
+    # Ordered per channel (channels may travel on different links).
+    assert [p.data for p in engine.events.pubs(CH)] == [b"1", b"3"]
+    assert [p.data for p in engine.events.pubs(OTHER)] == [b"2", b"5"]
+    assert engine.events.pubs(OTHER)[0].tags == tags
+    assert await engine.broker.publish_many([]) == []

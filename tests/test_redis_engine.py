@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from realtime_server.channels.engine import HistoryOptions, HistoryQuery, Membership
+from realtime_server.channels.engine import HistoryOptions, HistoryQuery, Membership, PublishItem
 from realtime_server.channels.redis_client import LuaScript
 from realtime_server.channels.redis_engine import RedisEngine
 from realtime_server.errors import BackendUnavailable
@@ -92,7 +92,7 @@ async def test_a_gap_right_after_subscribing_is_filled_from_history(setup: Setup
         "0",
     ]
     keys = [names.stream(channel), names.meta(channel)]
-    offset, _ = await commands.script(commands.publish_script, keys, lost)
+    offset, _, _published = await commands.script(commands.publish_script, keys, lost)
     assert offset == 1
     await engine.broker.publish(channel, b'{"n":2}', history=HISTORY)
     await setup.events.wait_for(lambda: len(setup.events.pubs(channel)) == 2)
@@ -192,3 +192,22 @@ async def test_a_failed_positioning_read_leaves_it_to_the_next(setup: Setup) -> 
     await engine.broker.publish(channel, b"1", history=HISTORY)
     await setup.events.wait_for(lambda: len(setup.events.pubs(channel)) == 1)
     assert [p.offset for p in setup.events.pubs(channel)] == [ok.top.offset + 1]
+
+
+async def test_publish_many_is_one_round_trip_and_survives_a_script_flush(setup: Setup) -> None:
+    broker = setup.engine.broker
+    await broker.subscribe("document:1")
+    await setup.admin.script_flush()  # Redis forgot publish.lua: the first call is NOSCRIPT
+    items = [
+        PublishItem("document:1", b'{"n":%d}' % i, history=HISTORY, key=f"k{i}", ttl=60.0)
+        for i in range(50)
+    ]
+    results = await broker.publish_many(items)
+    assert [(p.offset if p else None, first) for p, first in results] == [
+        (i + 1, True) for i in range(50)
+    ]
+    await setup.events.wait_for(lambda: len(setup.events.pubs("document:1")) == 50)
+    before = await setup.calls("evalsha")
+    again = await broker.publish_many(items)
+    assert again == [(p, False) for p, _ in results]  # every key repeated: nothing published
+    assert await setup.calls("evalsha") == before + 50  # one pipelined round trip

@@ -16,6 +16,18 @@ Delivery model
 - When the link to a shared backend is lost and comes back, the broker resubscribes
   every channel and calls ``BrokerEventHandler.handle_reconnect``; publications of the
   gap are not replayed by the broker: clients recover them from history.
+
+Idempotent publishing
+---------------------
+``Broker.publish_once`` takes an idempotency key, scoped to the channel: a second call
+with the same (channel, key) within ``ttl`` seconds, from any node sharing the backend,
+publishes and appends nothing and returns the first call's position. The check, the
+append and the publication are **one atomic step** (two concurrent calls with one key
+publish once). So a caller that lost a publish's answer (a backend retrying an API call,
+the outbox consumer re-running a row whose deletion was not committed) can repeat it
+without delivering twice. The embedded engine keeps the keys in a table bounded by
+count (see :mod:`.idempotency`); the Redis engine in a key per (channel, key) that
+expires after ``ttl``.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ __all__ = [
     "Membership",
     "PresenceManager",
     "PresenceStats",
+    "PublishItem",
 ]
 
 
@@ -68,6 +81,21 @@ class HistoryQuery:
     limit: int = 0
     reverse: bool = False
     options: HistoryOptions | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishItem:
+    """One publication of :meth:`Broker.publish_many`: the arguments of
+    :meth:`Broker.publish`, or of :meth:`Broker.publish_once` when ``key`` is set."""
+
+    channel: str
+    data: RawJSON
+    info: ClientInfo | None = None
+    tags: dict[str, str] | None = None
+    history: HistoryOptions | None = None
+    key: str | None = None
+    ttl: float = 0.0
+    """Seconds ``key`` is remembered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +185,34 @@ class Broker(Protocol):
     ) -> StreamPosition | None:
         """Publish to every node; with ``history``, append atomically and return the
         new stream position, else return ``None`` (no offset)."""
+        ...
+
+    async def publish_once(
+        self,
+        channel: str,
+        data: RawJSON,
+        key: str,
+        ttl: float,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        history: HistoryOptions | None = None,
+    ) -> tuple[StreamPosition | None, bool]:
+        """:meth:`publish` unless ``key`` was used on ``channel`` within ``ttl``
+        seconds (on any node sharing the backend): then nothing is published or
+        appended. Returns the position (the first call's for a repeat; ``None``
+        without history) and whether this call published (False: a repeat). The key
+        check and the publish are atomic (see the module docstring)."""
+        ...
+
+    async def publish_many(
+        self, items: Sequence[PublishItem]
+    ) -> list[tuple[StreamPosition | None, bool]]:
+        """Publish every item, in order, exactly as consecutive :meth:`publish` /
+        :meth:`publish_once` calls would (same results, same per-channel order), in one
+        round trip on a shared backend. Raises BackendUnavailable when the backend
+        fails: then any prefix of the items may have been published (callers that
+        repeat them give them keys)."""
         ...
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None: ...

@@ -23,7 +23,9 @@ from .engine import (
     HistoryResult,
     Membership,
     PresenceStats,
+    PublishItem,
 )
+from .idempotency import MAX_ENTRIES, RecentKeys
 
 __all__ = ["MemoryBroker", "MemoryEngine", "MemoryPresence"]
 
@@ -58,8 +60,9 @@ class _Stream:
 class MemoryBroker:
     """Broker and history in process memory (implements :class:`engine.Broker`)."""
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(self, clock: Clock = time.monotonic, max_keys: int = MAX_ENTRIES) -> None:
         self._clock = clock
+        self.recent_keys = RecentKeys(clock, max_keys)
         self._handler: BrokerEventHandler | None = None
         self._streams: dict[str, _Stream] = {}
         self._channels: set[str] = set()
@@ -129,6 +132,50 @@ class MemoryBroker:
         if self._handler is not None and channel in self._channels:
             self._handler.handle_publication(channel, pub)
         return position
+
+    async def publish_once(
+        self,
+        channel: str,
+        data: RawJSON,
+        key: str,
+        ttl: float,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        history: HistoryOptions | None = None,
+    ) -> tuple[StreamPosition | None, bool]:
+        # Atomic: MemoryBroker.publish never suspends, so no other task runs between
+        # the check, the publish and remembering the key.
+        seen, position = self.recent_keys.seen(channel, key)
+        if seen:
+            return position, False
+        position = await self.publish(channel, data, info=info, tags=tags, history=history)
+        self.recent_keys.remember(channel, key, position, ttl)
+        return position, True
+
+    async def publish_many(
+        self, items: Sequence[PublishItem]
+    ) -> list[tuple[StreamPosition | None, bool]]:
+        results: list[tuple[StreamPosition | None, bool]] = []
+        for item in items:
+            if item.key is None:
+                position = await self.publish(
+                    item.channel, item.data, info=item.info, tags=item.tags, history=item.history
+                )
+                results.append((position, True))
+            else:
+                results.append(
+                    await self.publish_once(
+                        item.channel,
+                        item.data,
+                        item.key,
+                        item.ttl,
+                        info=item.info,
+                        tags=item.tags,
+                        history=item.history,
+                    )
+                )
+        return results
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         if self._handler is not None and channel in self._channels:

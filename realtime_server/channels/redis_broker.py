@@ -35,6 +35,7 @@ from .engine import (
     HistoryOptions,
     HistoryQuery,
     HistoryResult,
+    PublishItem,
 )
 from .memory import new_epoch
 from .redis_client import RedisCommands, ScriptCall
@@ -62,6 +63,13 @@ def _entry_publication(entry: Any) -> Publication:
         info = decoded.info if decoded is not None else None
     tags = orjson.loads(fields[b"g"]) if b"g" in fields else None
     return Publication(fields[b"d"], offset, info, tags or None)
+
+
+def _publish_result(reply: Any) -> tuple[StreamPosition | None, bool]:
+    """``publish.lua``'s ``{offset, epoch, published}``."""
+    offset, epoch, published = reply
+    epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+    return (StreamPosition(int(offset), epoch) if epoch else None), bool(published)
 
 
 class RedisBroker:
@@ -207,23 +215,92 @@ class RedisBroker:
             payload = encode_publication(pub) if (info or tags) else data
             await self.commands.publish(names.channel(channel), payload)
             return None
+        position, _ = await self._run_publish(channel, data, info, tags, history, None, 0.0)
+        return position
+
+    async def publish_once(
+        self,
+        channel: str,
+        data: RawJSON,
+        key: str,
+        ttl: float,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        history: HistoryOptions | None = None,
+    ) -> tuple[StreamPosition | None, bool]:
+        """``publish.lua`` with the key ``P{C}:i:<key>`` (also without history: the
+        script then only checks the key, publishes and stores it)."""
+        return await self._run_publish(channel, data, info, tags, history, key, ttl)
+
+    async def publish_many(
+        self, items: Sequence[PublishItem]
+    ) -> list[tuple[StreamPosition | None, bool]]:
+        """One ``publish.lua`` call per item, pipelined: one round trip for all (on a
+        cluster, one call after the other: items go to different shards)."""
+        if not items:
+            return []
         if not self.commands.detected:
             await self.commands.run(self.commands.detect)
+        calls = [
+            self._publish_call(i.channel, i.data, i.info, i.tags, i.history, i.key, i.ttl)
+            for i in items
+        ]
+        if self.commands.cluster:
+            replies = [
+                await self.commands.script(self.commands.publish_script, c.keys, c.args)
+                for c in calls
+            ]
+        else:
+            replies = await self.commands.script_pipeline(self.commands.publish_script, calls)
+        return [_publish_result(reply) for reply in replies]
+
+    async def _run_publish(
+        self,
+        channel: str,
+        data: RawJSON,
+        info: ClientInfo | None,
+        tags: dict[str, str] | None,
+        history: HistoryOptions | None,
+        key: str | None,
+        ttl: float,
+    ) -> tuple[StreamPosition | None, bool]:
+        if not self.commands.detected:
+            await self.commands.run(self.commands.detect)
+        call = self._publish_call(channel, data, info, tags, history, key, ttl)
+        reply = await self.commands.script(self.commands.publish_script, call.keys, call.args)
+        return _publish_result(reply)
+
+    def _publish_call(
+        self,
+        channel: str,
+        data: RawJSON,
+        info: ClientInfo | None,
+        tags: dict[str, str] | None,
+        history: HistoryOptions | None,
+        key: str | None,
+        ttl: float,
+    ) -> ScriptCall:
+        """The keys and arguments of ``publish.lua`` (after cluster detection)."""
+        names = self.names
+        size = history.size if history is not None and history.size > 0 else 0
         args: list[bytes | str | int] = [
             names.channel(channel),
             data,
             _info_json(info),
             orjson.dumps(tags).decode() if tags else "",
-            history.size,
-            int(history.ttl * 1000),
-            int(max(history.meta_ttl, history.ttl) * 1000),
+            size,
+            int(history.ttl * 1000) if history is not None else 0,
+            int(max(history.meta_ttl, history.ttl) * 1000) if history is not None else 0,
             new_epoch(),
             int(time.time() * 1000),
             "1" if self.commands.cluster else "0",
         ]
         keys = [names.stream(channel), names.meta(channel)]
-        offset, epoch = await self.commands.script(self.commands.publish_script, keys, args)
-        return StreamPosition(int(offset), epoch.decode() if isinstance(epoch, bytes) else epoch)
+        if key is not None:
+            keys.append(names.idempotency(channel, key))
+            args.append(max(1, int(ttl * 1000)))
+        return ScriptCall(keys, args)
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
         await self.commands.publish(self.names.channel(channel), encode_join_leave("join", info))

@@ -8,6 +8,7 @@ never stalls the event loop or lets an unchecked token in.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -227,6 +228,35 @@ class RedisCommands:
             args = [arg for call in calls for arg in call.args]
             return list(await self.script(script, keys, args))
         return await self.run(lambda: self._concurrent(script, calls))
+
+    async def script_pipeline(self, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run ``script`` once per call, in order, in one round trip: a pipeline (not a
+        transaction) on one connection, so Redis runs the calls one after the other,
+        as many separate calls would. Single Redis only (on a cluster, call
+        :meth:`script` per call). Raises BackendUnavailable when Redis fails or a call
+        errs: then any prefix of the calls may have run."""
+        results: list[Any] = []
+        pending = list(calls)
+        while pending:
+            batch = pending
+            replies = await self.run(functools.partial(self._pipeline, script, batch))
+            pending = []
+            for i, reply in enumerate(replies):
+                if isinstance(reply, NoScriptError):  # not run: load it, go on from here
+                    await self.run(lambda: self.client.script_load(script.source))
+                    pending = batch[i:]
+                    break
+                if isinstance(reply, Exception):
+                    raise BackendUnavailable(f"redis: {type(reply).__name__}")
+                results.append(reply)
+        return results
+
+    async def _pipeline(self, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
     async def _concurrent(self, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
         client = self.client

@@ -9,6 +9,7 @@ channel live on one shard:
 ``P{C}:s``                  history stream (Redis stream, entry id ``<offset>-1``)
 ``P{C}:m``                  stream meta hash: ``s`` top offset, ``e`` epoch
 ``P{C}:p`` / ``P{C}:pz``    presence hash (client -> info) / expiry zset
+``P{C}:i:<key>``            a publish's idempotency key: ``<offset>:<epoch>`` (TTL)
 ``Pcontrol``                node-to-node control channel (JSON)
 ``Prevoked:jti:<jti>``      a revoked token, expiring with the token
 ``Prevoked:user:<user>``    a user's "issued before" cutoff (unix seconds)
@@ -52,6 +53,10 @@ class RedisNames:
 
     def presence_expiry(self, channel: str) -> str:
         return f"{self.prefix}{{{channel}}}:pz"
+
+    def idempotency(self, channel: str, key: str) -> str:
+        """Where a publish's idempotency key is remembered (the channel's hash slot)."""
+        return f"{self.prefix}{{{channel}}}:i:{key}"
 
     @property
     def control(self) -> str:

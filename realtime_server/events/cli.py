@@ -66,6 +66,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print(f"applied {label} ({_where(settings)})")
     else:
         print(f"event log schema up to date ({_where(settings)})")
+    if settings.outbox_url:  # the outbox's own objects, in the application's database
+        from ..outbox.status import migrate_outbox
+
+        outbox = migrate_outbox(settings)
+        for label in outbox:
+            print(f"applied {label} (REALTIME_OUTBOX_URL)")
+        if not outbox:
+            print("outbox schema up to date (REALTIME_OUTBOX_URL)")
     return EXIT_OK
 
 
@@ -107,11 +115,14 @@ def register(sub: Any) -> None:
     """Add the event-log commands to the main parser's subparsers."""
     migrate = sub.add_parser(
         "migrate",
-        help="apply the event-log schema migrations (PostgreSQL or SQLite)",
+        help="apply the event-log schema migrations (and the outbox's, with "
+        "REALTIME_OUTBOX_URL)",
         description="Apply the event log's pending schema migrations, each once, under a "
         "lock: PostgreSQL at REALTIME_DATABASE_URL, else the SQLite file at "
         "REALTIME_SQLITE_PATH. serve does the same at start unless "
-        "REALTIME_EVENTS_MIGRATE=false; run this first for long migrations.",
+        "REALTIME_EVENTS_MIGRATE=false; run this first for long migrations. With "
+        "REALTIME_OUTBOX_URL, the outbox's tables and function are created in that "
+        "database too.",
     )
     migrate.set_defaults(func=cmd_migrate)
 

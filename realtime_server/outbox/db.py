@@ -1,0 +1,64 @@
+"""PostgreSQL connections for the outbox (asyncpg), bounded in time, and errors described
+without the connection string (it may hold a password).
+
+asyncpg waits forever by default: every connect and statement here has a timeout, and a
+connection whose call failed is terminated rather than reused (its state is unknown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+from ..errors import BackendUnavailable
+
+__all__ = ["TIMEOUT", "OutboxUnavailable", "connect", "describe", "unavailable"]
+
+TIMEOUT: Final = 5.0
+"""Seconds one connect or statement of the outbox may take."""
+
+APPLICATION_NAME: Final = "realtime-server outbox"
+
+
+class OutboxUnavailable(BackendUnavailable):
+    """The outbox database could not be reached, or is not migrated."""
+
+
+async def connect(dsn: str, budget: float = TIMEOUT) -> Any:
+    """One asyncpg connection whose connect and statements take at most ``budget``
+    seconds each (raises :class:`OutboxUnavailable`)."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    try:
+        async with asyncio.timeout(budget):
+            return await asyncpg.connect(
+                dsn,
+                timeout=budget,
+                command_timeout=budget,
+                server_settings={"application_name": APPLICATION_NAME},
+            )
+    except Exception as exc:
+        raise unavailable(exc) from None
+
+
+def describe(exc: BaseException) -> str:
+    """An error without connection parameters: the text of the server's and the OS's
+    errors (which hold none), only the type of anything else (a configuration error
+    could quote part of the DSN)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    trusted = isinstance(exc, OSError) or (
+        type(exc).__module__.startswith("asyncpg.exc") and not isinstance(exc, ValueError)
+    )
+    text = str(exc).splitlines()[0] if trusted and str(exc) else ""
+    name = type(exc).__name__
+    return f"{name} {sqlstate}: {text}" if sqlstate else f"{name}: {text}" if text else name
+
+
+def unavailable(exc: BaseException) -> OutboxUnavailable:
+    if isinstance(exc, OutboxUnavailable):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return OutboxUnavailable("outbox: PostgreSQL did not answer in time")
+    if getattr(exc, "sqlstate", None) in ("42P01", "42883"):  # undefined table / function
+        return OutboxUnavailable("outbox: tables missing (run realtime-server migrate)")
+    return OutboxUnavailable(f"outbox: PostgreSQL unreachable ({describe(exc)})")

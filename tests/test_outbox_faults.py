@@ -1,0 +1,181 @@
+"""The outbox under faults: a node SIGKILLed mid-batch (real server processes),
+PostgreSQL restarted under load (a private cluster), Redis down (a private
+redis-server). Committed rows are delivered exactly once and in order; nothing else
+stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import orjson
+
+from realtime_server.protocol import HistoryRequest
+
+from .conftest import StartServer, connected
+from .helpers import MS, RawClient, token
+from .outbox_db import app_connection, drained, migrated_database, publish_rows, wait_until
+from .pg import PgCluster, pg_cluster
+from .procs import server_process
+from .redis_server import redis_server
+
+__all__ = ["pg_cluster"]  # the fixture, imported for this module
+
+WAIT = 30000 * MS
+
+
+class Collector:
+    """Reads every publication a client receives, by channel, in the background."""
+
+    def __init__(self, client: RawClient) -> None:
+        self.client = client
+        self.got: dict[str, list[Any]] = {}
+        self._changed = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            push = await self.client.push("pub", timeout=3600)
+            self.got.setdefault(push["channel"], []).append(push["pub"]["data"])
+            self._changed.set()
+
+    def of(self, channel: str) -> list[Any]:
+        return self.got.get(channel, [])
+
+    async def until(self, channel: str, count: int, timeout: float = WAIT) -> list[Any]:
+        async with asyncio.timeout(timeout):
+            while len(self.of(channel)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.of(channel)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def collecting(client: RawClient) -> AsyncIterator[Collector]:
+    collector = Collector(client)
+    try:
+        yield collector
+    finally:
+        await collector.close()
+
+
+async def test_a_node_killed_mid_batch_and_another_finishing_delivers_exactly_once(
+    pg_cluster: PgCluster, redis_url: str, redis_prefix: str
+) -> None:
+    dsn = await migrated_database(pg_cluster)
+    shared = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
+    total = 3000
+    async with server_process(**shared) as watcher_node:  # serves the client, no outbox
+        client = await RawClient.open(watcher_node.ws_url)
+        assert "connect" in await client.connect(token("42", channels=["document:k"]))
+        async with collecting(client) as seen, app_connection(dsn) as conn:
+            # All rows first: the first node's first transaction takes rows 1-500.
+            await publish_rows(conn, "document:k", range(total), per_transaction=50)
+            async with server_process(**shared, OUTBOX_URL=dsn) as first:
+                await seen.until("document:k", 100)
+                await first.stop(signal.SIGKILL)  # mid-batch: run, not committed
+            killed_at = len(seen.of("document:k"))
+            assert await conn.fetchval("SELECT min(id) FROM realtime_outbox") == 1
+            async with server_process(**shared, OUTBOX_URL=dsn):  # reruns rows 1-500...
+                await seen.until("document:k", total)
+                await drained(conn, WAIT)
+                await asyncio.sleep(0.2)  # a negative check: nothing more arrives
+        assert killed_at < total
+        numbers = [d["n"] for d in seen.of("document:k")]
+        assert numbers == list(range(total)), "duplicates or gaps"
+
+
+async def test_postgres_restarted_under_load(start_server: StartServer) -> None:
+    async with PgCluster() as pg:
+        dsn = await migrated_database(pg)
+        server = await start_server(OUTBOX_URL=dsn, OUTBOX_POLL_INTERVAL=0.2)
+        client = await connected(server, "42", channels=["document:1", "document:2"])
+        acked: list[int] = []  # committed for sure
+        unsure: list[int] = []  # the connection broke during the transaction
+        stop = asyncio.Event()
+
+        async def produce() -> None:
+            n = 0
+            conn = None
+            while not stop.is_set():
+                batch = list(range(n, n + 5))
+                n += 5
+                try:
+                    if conn is None:
+                        conn = await asyncpg.connect(dsn, timeout=2)
+                    async with conn.transaction():
+                        for i in batch:
+                            await conn.execute(
+                                "SELECT realtime_publish('document:1', $1::jsonb)",
+                                orjson.dumps({"n": i}).decode(),
+                            )
+                    acked.extend(batch)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                    unsure.extend(batch)
+                    if conn is not None:
+                        conn.terminate()
+                        conn = None
+                    await asyncio.sleep(0.05)  # PostgreSQL is down: no event to await
+            if conn is not None:
+                await conn.close()
+
+        async with collecting(client) as seen:
+            producer = asyncio.get_running_loop().create_task(produce())
+            try:
+                await seen.until("document:1", 200)
+                await pg.astop("fast")
+                await wait_until(lambda: "outbox" in server.node.readiness().degraded, WAIT)
+                readiness = server.node.readiness()
+                assert readiness.ready  # /readyz 200: clients are still served
+                assert "PostgreSQL" in readiness.degraded["outbox"]
+                assert dsn not in readiness.degraded["outbox"]
+                # Delivery of anything else goes on during the outage.
+                await server.node.ops.publish("document:2", b'"during the outage"')
+                assert await seen.until("document:2", 1) == ["during the outage"]
+                await pg.astart()
+                restarted_at = len(acked)
+                await wait_until(lambda: len(acked) >= restarted_at + 200, WAIT)
+            finally:
+                stop.set()
+                await producer
+            await wait_until(lambda: set(acked) <= {d["n"] for d in seen.of("document:1")}, WAIT)
+            await wait_until(lambda: "outbox" not in server.node.readiness().degraded, WAIT)
+            async with app_connection(dsn) as conn:
+                await drained(conn, WAIT)
+        numbers = [d["n"] for d in seen.of("document:1")]
+        assert numbers == sorted(set(numbers)), "out of order or twice"
+        assert set(numbers) <= set(acked) | set(unsure)
+
+
+async def test_redis_down_keeps_the_row_first_and_retries(
+    start_server: StartServer, pg_cluster: PgCluster
+) -> None:
+    dsn = await migrated_database(pg_cluster)
+    async with redis_server() as redis_proc:
+        server = await start_server(
+            REDIS_URL=redis_proc.url, REDIS_TIMEOUT=0.3, OUTBOX_URL=dsn, OUTBOX_POLL_INTERVAL=0.2
+        )
+        await redis_proc.stop()
+        async with app_connection(dsn) as conn:
+            await publish_rows(conn, "document:9", range(20), per_transaction=10)
+            await wait_until(
+                lambda: "waits for a retry" in server.node.readiness().degraded.get("outbox", ""),
+                WAIT,
+            )
+            assert "redis" in server.node.readiness().degraded["outbox"]
+            assert await conn.fetchval("SELECT count(*) FROM realtime_outbox") == 20
+            await redis_proc.start()  # empty: the channel starts a new stream
+            await drained(conn, WAIT)
+        await wait_until(lambda: "outbox" not in server.node.readiness().degraded, WAIT)
+        found = await server.node.ops.history(HistoryRequest("document:9", limit=-1))
+        assert [orjson.loads(p.data) for p in found.publications] == [{"n": i} for i in range(20)]
+        assert [p.offset for p in found.publications] == list(range(1, 21))
