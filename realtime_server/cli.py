@@ -277,10 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
     from .events.cli import register as register_event_commands
 
     register_event_commands(sub)
-    from .loadtest.cli import register as register_loadtest
-
-    register_loadtest(sub)
+    # The load test is registered without importing it (serve must not load it): every
+    # argument after "loadtest" goes to its own parser (loadtest stream, issue 12).
+    loadtest = sub.add_parser(
+        "loadtest",
+        help="drive a server with many clients and publications; print what it measured",
+        add_help=False,
+        prefix_chars="\0",  # no option of its own: "--spawn" and "--help" are its arguments
+    )
+    loadtest.add_argument("argv", nargs=argparse.REMAINDER)
+    loadtest.set_defaults(func=cmd_loadtest)
     return parser
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from .loadtest.cli import main as loadtest_main
+
+    return loadtest_main(args.argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
