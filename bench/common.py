@@ -1,23 +1,16 @@
-"""Shared pieces of the benchmarks: constants, plus the /proc readers, limits and ports of
-``realtime_server.loadtest.procfs`` (the installed load test's own).
+"""What the benchmarks share: the servers' secrets and the one channel they fan out to.
 
-Everything here is Linux-specific (``/proc``) and loopback-only.
+Everything else (servers started on free loopback ports, the generator and publisher
+processes, the ``/proc`` readers and limits) is the installed load test's
+(``realtime_server.loadtest``: ``spawn``, ``fleet``, ``procfs``). Linux-specific
+(``/proc``), loopback-only.
 """
 
 from __future__ import annotations
 
-import signal
 from typing import Final
 
-# The /proc readers and limits are the load test's (realtime_server.loadtest.procfs).
-from realtime_server.loadtest.procfs import (
-    ProcSample,
-    free_port,
-    machine_busy_s,
-    raise_nofile,
-    read_proc,
-)
-from realtime_server.loadtest.procfs import wait_port as _wait_port
+from realtime_server.loadtest.procfs import machine_busy_s, raise_nofile
 
 __all__ = [
     "API_KEY",
@@ -25,13 +18,8 @@ __all__ = [
     "HOST",
     "JWT_SECRET",
     "WS_PATH",
-    "ProcSample",
-    "free_port",
-    "ignore_sigint",
     "machine_busy_s",
     "raise_nofile",
-    "read_proc",
-    "wait_port",
 ]
 
 HOST: Final = "127.0.0.1"
@@ -39,13 +27,3 @@ WS_PATH: Final = "/connection/websocket"
 CHANNEL: Final = "document:bench"
 JWT_SECRET: Final = "bench-secret-not-for-production-0123456789abcdef"
 API_KEY: Final = "bench-api-key-0123456789"
-
-
-def ignore_sigint() -> None:
-    """Children leave Ctrl-C to the orchestrator, which stops them in order."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def wait_port(port: int, timeout: float) -> bool:
-    """Whether something accepts TCP connections on ``HOST:port`` within ``timeout``."""
-    return _wait_port(HOST, port, timeout)

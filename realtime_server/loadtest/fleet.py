@@ -29,6 +29,7 @@ from .messages import (
     StartChurn,
     Stats,
     StopChurn,
+    Stream,
     UserSpec,
 )
 from .pipes import Child, Pipes
@@ -155,11 +156,11 @@ class PublisherProcess:
     def _on_progress(self, child: Child, message: Progress) -> None:
         self.published, self.errors = message.published, message.errors
 
-    def run(self, duration: float | None) -> None:
+    def run(self, duration: float | None, streams: tuple[Stream, ...] | None = None) -> None:
         """Start a run (see :class:`~.messages.Run`); :meth:`done` or :meth:`wait`
         give its result."""
         self.published = self.errors = 0
-        self.child.send(Run(duration))
+        self.child.send(Run(duration, streams))
 
     def done(self) -> PublishResult | None:
         """The run's result if it arrived (read by an earlier pump), else None."""

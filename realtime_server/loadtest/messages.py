@@ -203,9 +203,11 @@ class Bye:
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """Publish for ``duration`` seconds (None: until every stream's count is reached)."""
+    """Publish for ``duration`` seconds (None: until every stream's count is reached),
+    the configured streams or ``streams`` (the benchmarks' phases)."""
 
     duration: float | None
+    streams: tuple[Stream, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -279,7 +279,7 @@ class Publisher:
             return _RedisPlain(self.cfg)
         return _Python(self.cfg)
 
-    async def run_for(self, duration: float | None) -> None:
+    async def run_for(self, duration: float | None, streams: tuple[Stream, ...]) -> None:
         """One run: every stream until ``duration`` (or its count), then the result."""
         cfg = self.cfg
         self._run = run = _RunState()
@@ -298,7 +298,7 @@ class Publisher:
         reporter = loop.create_task(progress())
         try:
             ordered = cfg.via != "redis"
-            await asyncio.gather(*(self._stream(backend, s, until, ordered) for s in cfg.streams))
+            await asyncio.gather(*(self._stream(backend, s, until, ordered) for s in streams))
             if self._tasks:
                 await asyncio.wait(list(self._tasks), timeout=cfg.timeout + 1)
         finally:
@@ -326,7 +326,8 @@ class Publisher:
                 order = await self._queue.get()
                 if isinstance(order, Run):
                     self._stop.clear()
-                    running = loop.create_task(self.run_for(order.duration))
+                    streams = order.streams if order.streams is not None else self.cfg.streams
+                    running = loop.create_task(self.run_for(order.duration, streams))
                 elif isinstance(order, Stop):
                     self._stop.set()
                 elif isinstance(order, Exit):
