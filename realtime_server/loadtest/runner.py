@@ -179,13 +179,15 @@ class LoadTest:
         o = self.o
         _, load_cpus = self._cpus()
         self.gens = gens = Generators(self.pipes, o.procs, load_cpus)
+        sources = checked.limits.sources
+        host = "127.0.0.1" if sources and t.ws.host == "localhost" else t.ws.host
         configs = [
             GeneratorConfig(
-                index=i, host=t.ws.host, port=t.ws.port, path=t.ws.path, secret=t.secret,
+                index=i, host=host, port=t.ws.port, path=t.ws.path, secret=t.secret,
                 algorithm=o.algorithm, audience=o.audience, issuer=o.issuer,
                 token_ttl=int(checked.duration + OVERHEAD_CAP + 600),
                 reconnect_delay=o.reconnect_delay, reconnect_window=60.0 + o.reconnect_delay,
-                sources=checked.limits.sources, prefix=plan.prefix,
+                sources=sources, prefix=plan.prefix,
                 discard=o.discard if i == 0 else 0,
             )
             for i in range(o.procs)
