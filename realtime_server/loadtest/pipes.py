@@ -24,7 +24,7 @@ from .errors import LoadTestError
 from .messages import Exit
 from .procfs import read_proc
 
-__all__ = ["Child", "Pipes", "forward_orders"]
+__all__ = ["Child", "Pipes", "child_setup", "forward_orders", "run_loop"]
 
 M = TypeVar("M")
 
