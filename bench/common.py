@@ -1,6 +1,7 @@
-"""What the benchmarks share: the servers' secrets and the one channel they fan out to.
+"""What the benchmarks share: the servers' secrets, the one channel they fan out to, and
+a few helpers.
 
-Everything else (servers started on free loopback ports, the generator and publisher
+The rest (servers started on free loopback ports, the generator and publisher
 processes, the ``/proc`` readers and limits) is the installed load test's
 (``realtime_server.loadtest``: ``spawn``, ``fleet``, ``procfs``). Linux-specific
 (``/proc``), loopback-only.
@@ -8,9 +9,17 @@ processes, the ``/proc`` readers and limits) is the installed load test's
 
 from __future__ import annotations
 
+import signal
 from typing import Final
 
-from realtime_server.loadtest.procfs import machine_busy_s, raise_nofile
+from realtime_server.loadtest.procfs import (
+    ProcSample,
+    free_port,
+    machine_busy_s,
+    raise_nofile,
+    read_proc,
+)
+from realtime_server.loadtest.procfs import wait_port as _wait_port
 
 __all__ = [
     "API_KEY",
@@ -18,8 +27,13 @@ __all__ = [
     "HOST",
     "JWT_SECRET",
     "WS_PATH",
+    "ProcSample",
+    "free_port",
+    "ignore_sigint",
     "machine_busy_s",
     "raise_nofile",
+    "read_proc",
+    "wait_port",
 ]
 
 HOST: Final = "127.0.0.1"
@@ -27,3 +41,13 @@ WS_PATH: Final = "/connection/websocket"
 CHANNEL: Final = "document:bench"
 JWT_SECRET: Final = "bench-secret-not-for-production-0123456789abcdef"
 API_KEY: Final = "bench-api-key-0123456789"
+
+
+def ignore_sigint() -> None:
+    """Children leave Ctrl-C to the orchestrator, which stops them in order."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def wait_port(port: int, timeout: float) -> bool:
+    """Whether something accepts TCP connections on ``HOST:port`` within ``timeout``."""
+    return _wait_port(HOST, port, timeout)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from realtime_server.loadtest import LoadTest, Options
+from realtime_server.loadtest import LoadTest, Options, UsageError
 from realtime_server.loadtest.limits import source_addresses
 from realtime_server.loadtest.netstat import ListenCounters, parse_netstat, read_listen_counters
 from realtime_server.loadtest.verdict import failures
@@ -300,3 +300,35 @@ async def test_listen_queue_drops_during_a_reconnect_storm_fail_it(
     assert r["storm"]["all_back_s"] is not None
     [found] = r["failures"]
     assert found.startswith("the kernel dropped connections at a full accept queue")
+
+
+# --- tokens signed with a private key ----------------------------------------------------------
+
+
+async def test_tokens_can_be_signed_with_a_private_key(start_server: StartServer) -> None:
+    """``--jwt-algorithm RS256``: the secret variable holds a PEM private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    server = await start_server(JWT_SECRET=None, JWT_PUBLIC_KEY=public, JWT_ALGORITHMS="RS256")
+    opts = Options(
+        url=ws_url(server), api_url=api_url(server), secret=private, algorithm="RS256",
+        api_key=API_KEY, scenario="broadcast", users=10, duration=1.0, drain=1.0, procs=1,
+        progress=False,
+    )  # fmt: skip
+    r = await asyncio.to_thread(LoadTest(opts).run)
+    assert r["connections"]["opened"] == 10 and r["failures"] == []
+    spawned = Options(spawn=True, algorithm="RS256", secret=private)
+    with pytest.raises(UsageError, match="needs a running server"):
+        LoadTest(spawned).validate()

@@ -93,6 +93,14 @@ def build_parser(prog: str = "realtime-server loadtest") -> argparse.ArgumentPar
         help="environment variable holding the HS256 secret (REALTIME_JWT_SECRET)",
     )
     t.add_argument(
+        "--jwt-algorithm",
+        choices=("HS256", "RS256", "PS256", "ES256", "EdDSA"),
+        default="HS256",
+        help="algorithm of the tokens the load test mints; other than HS256, the "
+        "--secret-env variable holds the PEM private key of the server's key set "
+        "(REALTIME_JWT_JWKS_URL with that one key: tokens carry no kid) (HS256)",
+    )
+    t.add_argument(
         "--api-key-env",
         default="REALTIME_API_KEY",
         help="environment variable holding the API key (REALTIME_API_KEY)",
@@ -227,6 +235,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         url=args.url,
         api_url=args.api_url,
         secret=os.environ.get(args.secret_env) or None,
+        algorithm=args.jwt_algorithm,
         api_key=os.environ.get(args.api_key_env) or None,
         redis_url=os.environ.get(args.redis_url_env) or None,
         redis_prefix=args.redis_prefix,

@@ -69,6 +69,7 @@ class Generator:
         self.c = Counters()
         self.users: list[User] = []
         self.cfg = GeneratorConfig(index=0, host="", port=0, path="", secret="")
+        self._signing_key: Any = None  # the secret, or a parsed private key (setup)
         self.reconnect = True
         self.discard = 0
         self._queue: asyncio.Queue[object] = asyncio.Queue()
@@ -89,7 +90,7 @@ class Generator:
             claims["aud"] = cfg.audience
         if cfg.issuer:
             claims["iss"] = cfg.issuer
-        return jwt.encode(claims, cfg.secret, algorithm=cfg.algorithm)
+        return jwt.encode(claims, self._signing_key, algorithm=cfg.algorithm)
 
     def _source(self) -> str | None:
         sources = self.cfg.sources
@@ -101,6 +102,13 @@ class Generator:
 
     def setup(self, order: Setup) -> None:
         self.cfg = cfg = order.config
+        self._signing_key = cfg.secret
+        if not cfg.algorithm.startswith("HS"):
+            # A PEM private key (--jwt-algorithm): parsed once, not by PyJWT on every
+            # token (an RSA key's load-time check took ~30 ms; the churn loop fell behind).
+            from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+            self._signing_key = load_pem_private_key(cfg.secret.encode(), None)
         self.reconnect = cfg.reconnect
         self.discard = cfg.discard
         for spec in order.users:

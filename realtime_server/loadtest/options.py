@@ -199,6 +199,8 @@ def _check_numbers(o: Options, w: Workload) -> None:
 def _check_target(o: Options) -> Endpoint | None:
     """The running server to test (None with ``spawn``), its API and Redis checked."""
     if o.spawn:
+        if o.algorithm != "HS256":
+            raise UsageError("--jwt-algorithm other than HS256 needs a running server (--url)")
         if o.engine_to_spawn() == "memory" and o.workers > 1:
             raise UsageError("--workers N > 1 needs the Redis engine")
         return None
