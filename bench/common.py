@@ -1,7 +1,10 @@
-"""Shared pieces of the benchmarks: constants, plus the /proc readers, limits and ports of
-``realtime_server.loadtest.procfs`` (the installed load test's own).
+"""What the benchmarks share: the servers' secrets, the one channel they fan out to, and
+a few helpers.
 
-Everything here is Linux-specific (``/proc``) and loopback-only.
+The rest (servers started on free loopback ports, the generator and publisher
+processes, the ``/proc`` readers and limits) is the installed load test's
+(``realtime_server.loadtest``: ``spawn``, ``fleet``, ``procfs``). Linux-specific
+(``/proc``), loopback-only.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import signal
 import sys
 from typing import Final
 
-# The /proc readers and limits are the load test's (realtime_server.loadtest.procfs).
 from realtime_server.loadtest.procfs import (
     ProcSample,
     free_port,

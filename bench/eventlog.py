@@ -33,23 +33,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from multiprocessing.connection import Connection
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final
 
-import aiohttp
 import jwt
 import orjson
-from common import API_KEY, HOST, JWT_SECRET, free_port, read_proc, wait_port
+from common import API_KEY, HOST, JWT_SECRET, WS_PATH
 from websockets.asyncio.client import connect
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -60,6 +55,17 @@ from realtime_server.events.model import Event, EventType  # noqa: E402
 from realtime_server.events.postgres import PostgresStore  # noqa: E402
 from realtime_server.events.sqlite import SqliteStore  # noqa: E402
 from realtime_server.events.store import EventStore  # noqa: E402
+from realtime_server.loadtest.errors import LoadTestError  # noqa: E402
+from realtime_server.loadtest.fleet import Generators, PublisherProcess  # noqa: E402
+from realtime_server.loadtest.messages import (  # noqa: E402
+    GeneratorConfig,
+    PublisherConfig,
+    Stream,
+    UserSpec,
+)
+from realtime_server.loadtest.pipes import Pipes  # noqa: E402
+from realtime_server.loadtest.procfs import read_proc  # noqa: E402
+from realtime_server.loadtest.spawn import ServerProcess, SpawnError  # noqa: E402
 
 MODES: Final = ("off", "postgres", "sqlite")
 DOC: Final = "document:bench"
@@ -160,54 +166,31 @@ async def writer_cost(store: EventStore, spill: Path, events: int) -> float:
 
 
 class Server:
+    """Our server (the load test's spawner) with the event log ``mode``."""
+
     def __init__(self, mode: str, workdir: Path, database_url: str | None) -> None:
         self.mode = mode
-        self.port, self.api_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
-        env.update(
-            {
-                "REALTIME_HOST": HOST,
-                "REALTIME_PORT": str(self.port),
-                "REALTIME_API_HOST": HOST,
-                "REALTIME_API_PORT": str(self.api_port),
-                "REALTIME_JWT_SECRET": JWT_SECRET,
-                "REALTIME_API_KEY": API_KEY,
-                "REALTIME_LOG_LEVEL": "WARNING",
-                "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
-                "REALTIME_RATE_LIMIT": "100000",
-                "REALTIME_RATE_BURST": "100000",
-                "REALTIME_PING_INTERVAL": "0",
-                "REALTIME_SHUTDOWN_TIMEOUT": "2",
-                "REALTIME_NAMESPACES": '{"document": {"join_leave": false, "presence": false}}',
-                "REALTIME_EVENTS_ENABLED": "false" if mode == "off" else "true",
-                "REALTIME_SQLITE_PATH": str(workdir / f"events-{self.port}.db"),
-                "REALTIME_EVENTS_SPILL_PATH": str(workdir / f"spill-{self.port}.jsonl"),
-            }
-        )
+        env = {
+            "REALTIME_JWT_SECRET": JWT_SECRET,
+            "REALTIME_API_KEY": API_KEY,
+            "REALTIME_LOG_LEVEL": "WARNING",
+            "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
+            "REALTIME_RATE_LIMIT": "100000",
+            "REALTIME_RATE_BURST": "100000",
+            "REALTIME_PING_INTERVAL": "0",
+            "REALTIME_SHUTDOWN_TIMEOUT": "2",
+            "REALTIME_NAMESPACES": '{"document": {"join_leave": false, "presence": false}}',
+            "REALTIME_EVENTS_ENABLED": "false" if mode == "off" else "true",
+        }
         if mode == "postgres":
             assert database_url is not None
             env["REALTIME_DATABASE_URL"] = database_url
-        self.log = workdir / f"server-{mode}-{self.port}.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [str(Path(sys.executable).with_name("realtime-server")), "serve"],
-                env=env,
-                cwd=workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                start_new_session=True,
-            )
-        for port in (self.port, self.api_port):
-            if not wait_port(port, 20.0) or self.proc.poll() is not None:
-                self.stop()
-                raise BenchError(f"server ({mode}) did not start: {self.tail()}")
-
-    def tail(self) -> str:
+        self.proc = ServerProcess(workdir, env, name=f"server-{mode}")
+        self.port, self.api_port = self.proc.port, self.proc.api_port
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-10:])
-        except OSError:
-            return ""
+            self.proc.start(20.0)
+        except SpawnError as exc:
+            raise BenchError(f"server ({mode}) did not start: {exc}") from None
 
     def cpu(self) -> float:
         return read_proc(self.proc.pid).cpu_s
@@ -226,16 +209,7 @@ class Server:
         return values
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-# --- subscriber process --------------------------------------------------------------
+        self.proc.stop()
 
 
 def _token(user: str, channels: list[str] | None = None) -> str:
@@ -246,150 +220,70 @@ def _token(user: str, channels: list[str] | None = None) -> str:
     return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 
 
-async def _subscribers(ctrl: Connection, port: int, count: int, kind: str, expect: int) -> None:
-    url = f"ws://{HOST}:{port}/connection/websocket"
-    latencies: list[int] = []
-    received = 0
-    done = asyncio.Event()
-    conns = []
-
-    async def reader(ws: Any) -> None:
-        nonlocal received
-        async for frame in ws:
-            now = time.time_ns()
-            for line in frame.split("\n"):
-                msg = orjson.loads(line)
-                pub = msg.get("push", {}).get("pub") if isinstance(msg, dict) else None
-                if pub is not None:
-                    received += 1
-                    latencies.append(now - pub["data"]["t"])
-                    if received >= expect:
-                        done.set()
-
-    sem = asyncio.Semaphore(32)
-
-    async def open_one(i: int) -> Any:
-        async with sem:
-            ws = await connect(url, max_size=None, ping_interval=None, compression=None)
-            user = f"{kind}{i}"
-            tok = _token(user, [DOC] if kind == "f" else None)
-            await ws.send(orjson.dumps({"id": 1, "connect": {"token": tok}}).decode())
-            reply = orjson.loads(str(await ws.recv()).split("\n")[0])
-            if "connect" not in reply:
-                raise BenchError(f"connect refused: {reply}")
-            return ws
-
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(STEP_TIMEOUT):
-        conns = await asyncio.gather(*(open_one(i) for i in range(count)))
-    tasks = [loop.create_task(reader(ws)) for ws in conns]
-    ctrl.send(("ready", count))
-    await loop.run_in_executor(None, ctrl.recv)  # "go"
-    try:
-        async with asyncio.timeout(STEP_TIMEOUT):
-            await done.wait()
-    except TimeoutError:
-        pass
-    last = time.time_ns()
-    ctrl.send(("result", received, last, latencies))
-    for task in tasks:
-        task.cancel()
-    for ws in conns:
-        with contextlib.suppress(Exception):
-            ws.transport.abort()
-
-
-def subscribers_main(ctrl: Connection, port: int, count: int, kind: str, expect: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import uvloop
-
-    with contextlib.suppress(BrokenPipeError, EOFError):
-        uvloop.run(_subscribers(ctrl, port, count, kind, expect))
-
-
-@contextlib.contextmanager
-def subscriber_process(port: int, count: int, kind: str, expect: int) -> Iterator[Connection]:
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=subscribers_main, args=(child, port, count, kind, expect))
-    proc.start()
-    try:
-        if not parent.poll(STEP_TIMEOUT):
-            raise BenchError("subscribers did not connect in time")
-        tag, *_ = parent.recv()
-        if tag != "ready":
-            raise BenchError(f"subscribers: {tag}")
-        yield parent
-    finally:
-        proc.join(10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
-
-
 # --- workloads ------------------------------------------------------------------------------
 
 
-def _percentile(values: list[int], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6  # ms
-
-
-async def publish_run(
+def publish_run(
     server: Server, kind: str, subscribers: int, messages: int, rate: float = 0.0
 ) -> dict[str, float]:
     """Publish ``messages`` through the HTTP API, 8 requests in flight (``rate`` > 0:
-    at that many per second instead of as fast as possible)."""
+    at that many per second instead of as fast as possible), to ``subscribers`` users
+    of the load test's generator: all on one document (``f``), or each on its own
+    ``user:<id>`` channel, the publications round-robin over them (``p``)."""
     expect = messages * subscribers if kind == "f" else messages
-    with subscriber_process(server.port, subscribers, kind, expect) as ctrl:
-        url = f"http://{HOST}:{server.api_port}/api/publish"
-        headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
-        sequence = iter(range(messages))
+    names = [f"{kind}{i}" for i in range(subscribers)]
+    if kind == "f":
+        users = [UserSpec(name, (DOC,)) for name in names]
+        channels: tuple[str, ...] = (DOC,)
+    else:
+        users = [UserSpec(name, ()) for name in names]
+        channels = tuple(f"user:{name}" for name in names)
+    pipes = Pipes(deadline=time.monotonic() + 3 * STEP_TIMEOUT)
+    try:
+        gens = Generators(pipes, 1)
+        config = GeneratorConfig(
+            index=0, host=HOST, port=server.port, path=WS_PATH, secret=JWT_SECRET, reconnect=False
+        )
+        gens.setup([config], users)
+        gens.open([subscribers], [0], 32)
+        if gens.total(lambda c: c.opened) < subscribers:
+            raise BenchError(f"connect refused: {gens.merged(lambda c: c.failed)}")
+        publisher = PublisherConfig(
+            via="api", streams=(Stream(channels, rate, "broadcast", count=messages),),
+            api_url=server.proc.api_url, api_key=API_KEY, inflight=8, timeout=STEP_TIMEOUT,
+        )  # fmt: skip
+        pub = PublisherProcess(pipes, publisher, None)
         cpu0 = server.cpu()
-        ctrl.send("go")
-        start_ns = time.time_ns()
-
-        loop = asyncio.get_running_loop()
-        begin = loop.time()
-
-        async def publisher(session: aiohttp.ClientSession) -> None:
-            for seq in sequence:
-                if rate > 0:
-                    delay = begin + seq / rate - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                channel = DOC if kind == "f" else f"user:p{seq % subscribers}"
-                body = orjson.dumps({"channel": channel, "data": {"t": time.time_ns()}})
-                async with session.post(url, data=body, headers=headers) as response:
-                    if response.status != 200:
-                        raise BenchError(f"publish: HTTP {response.status}")
-                    await response.read()
-
-        timeout = aiohttp.ClientTimeout(total=STEP_TIMEOUT)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with asyncio.timeout(STEP_TIMEOUT):
-                await asyncio.gather(*(publisher(session) for _ in range(8)))
-        published_ns = time.time_ns()
-        if not await loop.run_in_executor(None, ctrl.poll, STEP_TIMEOUT):
-            raise BenchError("subscribers did not report")
-        _, received, last_ns, latencies = ctrl.recv()
+        pub.run(None)
+        done = pub.wait(STEP_TIMEOUT)
+        if done.errors:
+            raise BenchError(f"publish: {done.errors}")
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while gens.total(lambda c: c.received) < expect and time.monotonic() < deadline:
+            gens.refresh()
         cpu = server.cpu() - cpu0
+        received = gens.total(lambda c: c.received)
+        last_ns = max(c.last_recv_ns for c in gens.stats)
+        latency = gens.latency()
+    except LoadTestError as exc:
+        raise BenchError(str(exc)) from None
+    finally:
+        pipes.stop()
     if received < expect:
         raise BenchError(f"{kind}: {received} of {expect} deliveries")
+    start_ns, published_ns = done.started_ns, done.ended_ns
     seconds = (max(last_ns, published_ns) - start_ns) / 1e9
     return {
         "publications_per_s": messages / ((published_ns - start_ns) / 1e9),
         "deliveries_per_s": received / seconds,
-        "p50_ms": _percentile(latencies, 0.50),
-        "p99_ms": _percentile(latencies, 0.99),
+        "p50_ms": latency.percentile(0.50) / 1000,
+        "p99_ms": latency.percentile(0.99) / 1000,
         "cpu_ms_per_1000": 1e6 * cpu / messages,
     }
 
 
 async def churn_run(server: Server, connections: int) -> dict[str, float]:
-    url = f"ws://{HOST}:{server.port}/connection/websocket"
+    url = f"ws://{HOST}:{server.port}{WS_PATH}"
     tokens = [_token(f"c{i}") for i in range(connections)]
     pending = iter(tokens)
     cpu0 = server.cpu()
@@ -475,11 +369,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     server = Server(mode, workdir, url)
                     try:
                         entry = {
-                            "fanout": await publish_run(
-                                server, "f", args.subscribers, args.fanout_messages, args.rate
+                            "fanout": await asyncio.to_thread(
+                                publish_run,
+                                server,
+                                "f",
+                                args.subscribers,
+                                args.fanout_messages,
+                                args.rate,
                             ),
-                            "personal": await publish_run(
-                                server, "p", args.subscribers, args.messages
+                            "personal": await asyncio.to_thread(
+                                publish_run, server, "p", args.subscribers, args.messages
                             ),
                             "churn": await churn_run(server, args.churn),
                         }

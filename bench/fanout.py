@@ -17,11 +17,7 @@ at the end, on failure and on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import array
 import contextlib
-import ctypes
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import statistics
@@ -29,30 +25,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Final
 
-import loadgen
 import orjson
 from common import (
     API_KEY,
+    CHANNEL,
     HOST,
     JWT_SECRET,
-    free_port,
+    WS_PATH,
     machine_busy_s,
     raise_nofile,
-    read_proc,
     require_bench_deps,
-    wait_port,
 )
 
-from realtime_server.loadtest.children import log_problems, stop_children
+from realtime_server.loadtest.errors import LoadTestError
+from realtime_server.loadtest.fleet import Generators, PublisherProcess
+from realtime_server.loadtest.messages import GeneratorConfig, PublisherConfig, Stream, UserSpec
+from realtime_server.loadtest.pipes import Pipes
+from realtime_server.loadtest.procfs import read_proc
 from realtime_server.loadtest.progress import ProgressLine
-from realtime_server.loadtest.spawn import RedisProcess
+from realtime_server.loadtest.spawn import RedisProcess, ServerProcess, SpawnError
+from realtime_server.loadtest.stats import Histogram
 
 __all__ = ["main"]
 
@@ -65,52 +62,46 @@ DEFAULT_RATE: Final = 20.0
 SPREAD_MAX_LOAD: Final = 50_000.0
 """Deliveries/s offered in default spread mode: well under what 2 cores deliver, so that
 each publication finds an idle server (its own wake-up) rather than a queue."""
+OURS_ENV: Final = {
+    "REALTIME_JWT_SECRET": JWT_SECRET,
+    "REALTIME_API_KEY": API_KEY,
+    "REALTIME_LOG_LEVEL": "WARNING",
+    "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
+    "REALTIME_RATE_LIMIT": "100000",
+    "REALTIME_RATE_BURST": "100000",
+    "REALTIME_PING_INTERVAL": "0",
+    "REALTIME_CONNECT_TIMEOUT": "30",
+    "REALTIME_SHUTDOWN_TIMEOUT": "2",
+    # Join/leave pushes would make opening N connections cost N^2/2 frames.
+    "REALTIME_NAMESPACES": '{"document": {"join_leave": false}}',
+}
 
 
 class BenchError(RuntimeError):
     """A step of the benchmark failed or ran out of time."""
 
 
-# --- server processes --------------------------------------------------------------------
-
-
-def _child_setup(cpus: set[int] | None) -> Callable[[], None]:
-    def setup() -> None:
-        """In the server child before exec: SIGTERM when the orchestrator dies, whatever
-        the cause; pinned to ``cpus`` (inherited by every thread it starts)."""
-        with contextlib.suppress(Exception):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PDEATHSIG
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-
-    return setup
+# --- servers ---------------------------------------------------------------------------------
 
 
 @dataclass
-class ServerProc:
+class Server:
+    """One server case's processes: the server (the load test's spawner) and, for the
+    Redis-backed ones, a private redis-server."""
+
     name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    api_port: int
-    log: Path
-    redis: RedisProcess | None = None
+    proc: ServerProcess
+    redis: RedisProcess | None
 
-    def warnings(self, most: int = 3) -> list[str]:
-        """The server's first warnings and errors (it logs at WARNING level here)."""
-        return log_problems(self.log, most)
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+    def stop(self) -> None:
+        self.proc.stop(10.0)
+        if self.redis is not None:
+            self.redis.stop()
 
 
 def start_server(
-    name: str, workdir: Path, cpus: set[int] | None, load_cpus: set[int] | None = None
-) -> ServerProc:
-    port, api_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    name: str, workdir: Path, cpus: set[int] | None, load_cpus: set[int] | None
+) -> Server:
     redis: RedisProcess | None = None
     if name in ("ours-redis", "starlette"):
         # A private redis-server on the load generators' CPUs: its CPU time is not the
@@ -119,177 +110,38 @@ def start_server(
         redis.start()
         if load_cpus and redis.proc is not None:
             os.sched_setaffinity(redis.proc.pid, load_cpus)
+    env: dict[str, str] = {}
     if name in ("ours", "ours-redis"):
-        cmd = [str(Path(sys.executable).with_name("realtime-server")), "serve"]
-        env.update(
-            {
-                "REALTIME_HOST": HOST,
-                "REALTIME_PORT": str(port),
-                "REALTIME_API_HOST": HOST,
-                "REALTIME_API_PORT": str(api_port),
-                "REALTIME_JWT_SECRET": JWT_SECRET,
-                "REALTIME_API_KEY": API_KEY,
-                "REALTIME_LOG_LEVEL": "WARNING",
-                "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
-                "REALTIME_RATE_LIMIT": "100000",
-                "REALTIME_RATE_BURST": "100000",
-                "REALTIME_PING_INTERVAL": "0",
-                "REALTIME_CONNECT_TIMEOUT": "30",
-                "REALTIME_SHUTDOWN_TIMEOUT": "2",
-                # Join/leave pushes would make opening N connections cost N^2/2 frames.
-                "REALTIME_NAMESPACES": '{"document": {"join_leave": false}}',
-                "REALTIME_SQLITE_PATH": str(workdir / "events.db"),
-                "REALTIME_EVENTS_SPILL_PATH": str(workdir / "events.spill.jsonl"),
-                "REALTIME_WORKERS": "1",
-            }
-        )
+        env.update(OURS_ENV)
         if redis is not None:
             env["REALTIME_REDIS_URL"] = redis.url
+        command = None
     elif name == "starlette":
         assert redis is not None
-        cmd = [
-            sys.executable,
-            str(BENCH_DIR / "starlette_broadcaster.py"),
-            "--port",
-            str(port),
-            "--api-port",
-            str(api_port),
-            "--redis-url",
-            redis.url,
-        ]
+        url = redis.url
+
+        def command(port: int, api_port: int) -> list[str]:
+            script = str(BENCH_DIR / "starlette_broadcaster.py")
+            return [sys.executable, script, "--port", str(port), "--api-port", str(api_port),
+                    "--redis-url", url]  # fmt: skip
     else:
         fanout = "broadcast" if name == "floor-bcast" else "write"
-        cmd = [
-            sys.executable,
-            str(BENCH_DIR / "floor_server.py"),
-            "--port",
-            str(port),
-            "--api-port",
-            str(api_port),
-            "--fanout",
-            fanout,
-        ]
-    log = workdir / f"{name}-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            env=env,
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            preexec_fn=_child_setup(cpus),
-        )
-    server = ServerProc(name, proc, port, api_port, log, redis)
-    for p in (port, api_port):
-        if not wait_port(p, 20.0) or proc.poll() is not None:
-            stop_server(server)
-            raise BenchError(f"{name} did not start:\n{server.tail()}")
-    return server
 
+        def command(port: int, api_port: int) -> list[str]:
+            script = str(BENCH_DIR / "floor_server.py")
+            return [sys.executable, script, "--port", str(port), "--api-port", str(api_port),
+                    "--fanout", fanout]  # fmt: skip
 
-def stop_server(server: ServerProc) -> None:
-    proc = server.proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    if server.redis is not None:
-        server.redis.stop()
-
-
-# --- generator processes -------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    proc: BaseProcess
-    conn: Connection
-
-
-class Children:
-    """The multiprocessing children of one server case; all stopped by :meth:`close`."""
-
-    def __init__(self) -> None:
-        self.ctx = multiprocessing.get_context("spawn")
-        self.subscribers: list[Child] = []
-        self.publisher: Child | None = None
-
-    def start_subscribers(
-        self, procs: int, port: int, concurrency: int, cpus: set[int] | None
-    ) -> None:
-        for index in range(procs):
-            parent, child = self.ctx.Pipe()
-            cfg = {
-                "index": index,
-                "port": port,
-                "concurrency": concurrency,
-                "open_timeout": 30.0,
-                "cpus": cpus,
-            }
-            proc = self.ctx.Process(
-                target=loadgen.subscriber_main,
-                args=(child, cfg),
-                daemon=True,
-                name=f"bench-sub-{index}",
-            )
-            proc.start()
-            child.close()
-            self.subscribers.append(Child(proc, parent))
-
-    def start_publisher(self, api_port: int, cpus: set[int] | None) -> None:
-        parent, child = self.ctx.Pipe()
-        url = f"http://{HOST}:{api_port}/api/publish"
-        proc = self.ctx.Process(
-            target=loadgen.publisher_main, args=(child, url, cpus), daemon=True, name="bench-pub"
-        )
-        proc.start()
-        child.close()
-        self.publisher = Child(proc, parent)
-
-    def close(self) -> None:
-        stop_children([*self.subscribers, *([self.publisher] if self.publisher else [])])
-        self.subscribers.clear()
-        self.publisher = None
-
-
-def gather(
-    children: list[Child],
-    kind: str,
-    timeout: float,
-    on_message: Callable[[int, tuple[Any, ...]], None] | None = None,
-) -> dict[int, tuple[Any, ...]]:
-    """Wait for one ``kind`` message from each child; other messages go to ``on_message``.
-
-    Raises:
-        BenchError: when the time runs out or a child dies.
-    """
-    by_conn = {id(c.conn): i for i, c in enumerate(children)}
-    got: dict[int, tuple[Any, ...]] = {}
-    deadline = time.monotonic() + timeout
-    while len(got) < len(children):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BenchError(f"timed out waiting for {kind!r} ({len(got)}/{len(children)})")
-        waiting = [c.conn for i, c in enumerate(children) if i not in got]
-        for conn in multiprocessing.connection.wait(waiting, min(remaining, 0.25)):
-            assert isinstance(conn, Connection)
-            index = by_conn[id(conn)]
-            try:
-                message = conn.recv()
-            except EOFError:
-                raise BenchError(f"a load generator process died waiting for {kind!r}") from None
-            if message[0] == kind:
-                got[index] = message
-            elif on_message is not None:
-                on_message(index, message)
-        if on_message is not None:
-            on_message(-1, ("tick",))
-    return got
+    proc = ServerProcess(
+        workdir, env, 1, sorted(cpus) if cpus else None, command=command, name=name
+    )
+    try:
+        proc.start(20.0)
+    except SpawnError as exc:
+        if redis is not None:
+            redis.stop()
+        raise BenchError(str(exc)) from None
+    return Server(name, proc, redis)
 
 
 # --- one server case ---------------------------------------------------------------------------
@@ -352,14 +204,8 @@ class Run:
     other_cpu_s: float = 0.0
     load_cpu_s: float = 0.0
     phase_s: float = 0.0
-    latencies_us: array.array[int] = field(default_factory=lambda: array.array("q"))
+    latency: Histogram = field(default_factory=Histogram)
     notes: list[str] = field(default_factory=list)
-
-
-def _percentile(values: list[int], q: float) -> float:
-    if not values:
-        return 0.0
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))] / 1000.0
 
 
 @dataclass
@@ -391,12 +237,50 @@ class Options:
         return min(DEFAULT_RATE, SPREAD_MAX_LOAD / n)
 
 
+@dataclass
+class Load:
+    """The load of one server case: the load test's generator and publisher processes.
+    Each subscriber is a user with ``channels: ["document:bench"]`` in its token."""
+
+    pipes: Pipes
+    gens: Generators
+    pub: PublisherProcess
+
+    @classmethod
+    def start(cls, opts: Options, server: Server, n: int, cpus: set[int] | None) -> Load:
+        pipes = Pipes()
+        load_cpus = sorted(cpus) if cpus else None
+        try:
+            gens = Generators(pipes, opts.procs, load_cpus)
+            configs = [
+                GeneratorConfig(
+                    index=i, host=HOST, port=server.proc.port, path=WS_PATH, secret=JWT_SECRET,
+                    reconnect=False, user_channel=False, prefix="bench-",
+                )
+                for i in range(opts.procs)
+            ]  # fmt: skip
+            gens.setup(configs, [UserSpec(f"bench-{i}", (CHANNEL,)) for i in range(n)])
+            # One request at a time over one keep-alive connection: the next publication
+            # goes when the previous one is answered.
+            config = PublisherConfig(
+                via="api", streams=(), api_url=server.proc.api_url, api_key=API_KEY,
+                inflight=1, timeout=30.0,
+            )  # fmt: skip
+            pub = PublisherProcess(pipes, config, load_cpus)
+        except BaseException:
+            pipes.stop()
+            raise
+        return cls(pipes, gens, pub)
+
+    def stop(self) -> None:
+        self.pipes.stop()
+
+
 class Bench:
     def __init__(self, opts: Options, workdir: Path) -> None:
         self.opts = opts
         self.workdir = workdir
         self.progress = ProgressLine(tty_every=0.2)
-        self.phase = 0
         self.log_notes: dict[tuple[str, int], list[str]] = {}
 
     def run(self) -> list[Row]:
@@ -414,70 +298,58 @@ class Bench:
         self.progress(f"{label} starting server", force=True)
         server_cpus, load_cpus = self.opts.cpu_sets()
         server = start_server(name, self.workdir, server_cpus, load_cpus)
-        children = Children()
+        load: Load | None = None
         try:
-            children.start_subscribers(
-                self.opts.procs, server.port, self.opts.concurrency, load_cpus
-            )
-            children.start_publisher(server.api_port, load_cpus)
-            return self._measure(label, server, children, n)
-        except BenchError as exc:
-            raise BenchError(f"{label} {exc}\n--- server log tail ---\n{server.tail()}") from None
+            load = Load.start(self.opts, server, n, load_cpus)
+            return self._measure(label, server, load, n)
+        except LoadTestError as exc:
+            tail = server.proc.tail()
+            raise BenchError(f"{label} {exc}\n--- server log tail ---\n{tail}") from None
         finally:
-            children.close()
-            stop_server(server)
-            self.log_notes[(name, n)] = server.warnings()
+            if load is not None:
+                load.stop()
+            server.stop()
+            self.log_notes[(name, n)] = server.proc.problems(3)
 
-    def _open(
-        self, label: str, children: Children, counts: list[int], total: int, already: int
-    ) -> tuple[int, int, dict[str, int]]:
-        subs = children.subscribers
-        state = {i: (0, 0) for i in range(len(subs))}
+    def _open(self, label: str, load: Load, counts: list[int], firsts: list[int]) -> None:
+        gens, total = load.gens, sum(load.gens.shares)
+        last = [0.0]
 
-        def show(index: int, message: tuple[Any, ...]) -> None:
-            if message[0] == "progress":
-                state[index] = (message[1], message[2])
-            opened = sum(s[0] for s in state.values())
-            failed = sum(s[1] for s in state.values())
+        def show() -> None:
+            if time.monotonic() - last[0] >= 0.5:
+                last[0] = time.monotonic()
+                gens.ask_stats()
+            opened = gens.total(lambda c: c.opened)
+            failed = gens.total(lambda c: sum(c.failed.values()))
             self.progress(f"{label} connecting {opened}/{total} ({failed} failed)")
 
-        for child, count in zip(subs, counts, strict=True):
-            child.conn.send(("open", count))
-        timeout = 60.0 + total * 0.02
-        results = gather(subs, "opened", timeout, show)
-        errors: dict[str, int] = {}
-        for r in results.values():
-            for key, count in r[3].items():
-                errors[key] = errors.get(key, 0) + count
-        opened = sum(r[1] for r in results.values()) - already
-        failed = sum(r[2] for r in results.values())
-        return opened, failed, errors
+        gens.open(counts, firsts, self.opts.concurrency, tick=show)
 
-    def _measure(self, label: str, server: ServerProc, children: Children, n: int) -> list[Row]:
-        procs = len(children.subscribers)
-        shares = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
-        warm = [min(s, max(1, n // (20 * procs)), 50) for s in shares]
+    def _measure(self, label: str, server: Server, load: Load, n: int) -> list[Row]:
+        gens = load.gens
+        pid = server.proc.pid
+        warm = [min(s, max(1, n // (20 * len(gens.shares))), 50) for s in gens.shares]
         # Warm-up connections go first so that one-off costs (imports on first use,
         # first allocations of every structure) stay out of the per-connection memory.
-        opened_warm, failed, errors = self._open(label, children, warm, sum(warm), 0)
+        self._open(label, load, warm, [0] * len(warm))
+        opened_warm = gens.total(lambda c: c.opened)
         time.sleep(0.5)
-        before = read_proc(server.proc.pid)
-        rest = [s - w for s, w in zip(shares, warm, strict=True)]
-        opened_rest, failed_rest, errors_rest = self._open(label, children, rest, n, opened_warm)
-        failed += failed_rest
-        for key, count in errors_rest.items():
-            errors[key] = errors.get(key, 0) + count
+        before = read_proc(pid)
+        rest = [s - w for s, w in zip(gens.shares, warm, strict=True)]
+        self._open(label, load, rest, warm)
         time.sleep(1.0)  # let the server finish the tail of connect work (presence...)
-        after = read_proc(server.proc.pid)
-        connected = opened_warm + opened_rest
-        per_conn = (after.rss_kib - before.rss_kib) / max(1, opened_rest)
+        after = read_proc(pid)
+        connected = gens.total(lambda c: c.opened)
+        errors = gens.merged(lambda c: c.failed)
+        failed = sum(errors.values())
+        per_conn = (after.rss_kib - before.rss_kib) / max(1, connected - opened_warm)
         self.progress(
             f"{label} {connected} connected ({failed} failed), {per_conn:.1f} KiB/conn",
             force=True,
         )
         rows = []
         for mode in self.opts.modes:
-            row = self._phase(label, server, children, n, mode)
+            row = self._phase(label, server, load, n, mode)
             row.connected, row.connect_failed = connected, failed
             row.rss_before_kib, row.rss_after_kib = before.rss_kib, after.rss_kib
             row.rss_kib_per_conn = per_conn
@@ -487,18 +359,18 @@ class Bench:
             time.sleep(0.5)
         return rows
 
-    def _phase(self, label: str, server: ServerProc, children: Children, n: int, mode: str) -> Row:
+    def _phase(self, label: str, server: Server, load: Load, n: int, mode: str) -> Row:
         """Run ``--repeat`` delivery phases of ``mode``; one row of medians and totals."""
         messages = self.opts.messages[mode]
         rate = self.opts.spread_rate(n) if mode == "spread" else 0.0
         row = Row(server.name, n, mode, messages, rate=rate)
         runs: list[Run] = []
-        latencies: array.array[int] = array.array("q")
+        latency = Histogram()
         for repeat in range(self.opts.repeat):
             what = f"{label} {mode} {repeat + 1}/{self.opts.repeat}: {messages} msgs"
-            run = self._run_once(what, server, children, n, mode, messages, rate)
+            run = self._run_once(what, server, load, n, messages, rate)
             runs.append(run)
-            latencies.extend(run.latencies_us)
+            latency.merge(run.latency)
             self.progress.done(
                 f"{what}: {run.deliveries_per_s:,.0f} deliveries/s, "
                 f"{run.cpu_us_per_delivery:.2f} us CPU/delivery, lost {run.lost}"
@@ -533,10 +405,9 @@ class Bench:
             )
         for r in runs:
             row.notes.extend(note for note in r.notes if note not in row.notes)
-        ordered = sorted(latencies)
-        row.p50_ms = _percentile(ordered, 0.50)
-        row.p99_ms = _percentile(ordered, 0.99)
-        row.max_ms = ordered[-1] / 1000.0 if ordered else 0.0
+        row.p50_ms = latency.percentile(0.50) / 1000.0
+        row.p99_ms = latency.percentile(0.99) / 1000.0
+        row.max_ms = latency.percentile(1.0) / 1000.0
         if mode == "spread" and row.publisher_behind_s > 2.0 / rate:
             row.notes.append(
                 f"publisher fell {row.publisher_behind_s:.2f}s behind schedule: "
@@ -545,91 +416,66 @@ class Bench:
         return row
 
     def _run_once(
-        self,
-        what: str,
-        server: ServerProc,
-        children: Children,
-        n: int,
-        mode: str,
-        messages: int,
-        rate: float,
+        self, what: str, server: Server, load: Load, n: int, messages: int, rate: float
     ) -> Run:
-        """One delivery phase: arm the subscribers, publish, wait for every delivery."""
-        self.phase += 1
-        subs = children.subscribers
-        publisher = children.publisher
-        assert publisher is not None
-        for child in subs:
-            child.conn.send(("arm", self.phase, messages))
+        """One delivery phase: publish ``messages``, wait until every connection open at
+        the start has them all (or a deadline passed)."""
+        gens, pub = load.gens, load.pub
+        gens.refresh()
         run = Run()
-        run.expected = messages * sum(m[1] for m in gather(subs, "armed", 10.0).values())
-
-        publish_time = messages / rate if mode == "spread" else 0.0
+        received0 = gens.total(lambda c: c.received)
+        closes0 = gens.merged(lambda c: c.closes)
+        latency0 = gens.latency()
+        run.expected = messages * gens.total(lambda c: c.open_now)
+        publish_time = messages / rate if rate > 0 else 0.0
         deadline = time.monotonic() + 30.0 + publish_time + messages * n * 60e-6
-        everyone = [publisher, *subs]
-        by_conn = {id(c.conn): i for i, c in enumerate(everyone)}
-        results: dict[int, tuple[Any, ...]] = {}
-        published: tuple[Any, ...] | None = None
-        received = [0] * len(everyone)
-        started = last_poll = time.monotonic()
-        collecting = False
 
-        ours = [server.proc.pid, *(c.proc.pid for c in everyone if c.proc.pid)]
-        busy0, ours0 = machine_busy_s(), sum(read_proc(pid).cpu_s for pid in ours)
-        load0 = sum(read_proc(c.proc.pid).cpu_s for c in subs if c.proc.pid)
-        cpu0 = read_proc(server.proc.pid)
-        publisher.conn.send(("run", self.phase, mode, messages, rate))
-        while published is None or len(results) < len(subs):
+        pid = server.proc.pid
+        procs = [pid, *(c.proc.pid for c in load.pipes.children if c.proc.pid)]
+        busy0, ours0 = machine_busy_s(), sum(read_proc(p).cpu_s for p in procs)
+        load0 = sum(gens.cpu_s())
+        cpu0 = read_proc(pid)
+        pub.run(None, (Stream((CHANNEL,), rate, "broadcast", count=messages),))
+        done = None
+        started = time.monotonic()
+        while True:
+            load.pipes.pump(0.02)
+            gens.ask_stats()
+            received = gens.total(lambda c: c.received) - received0
+            done = done or pub.done()
+            if done is not None and received >= run.expected:
+                break
             now = time.monotonic()
             if now > deadline:
-                if collecting:
-                    raise BenchError(f"{what}: no results from the load generators")
-                # Whatever did not arrive by now is lost: ask for the counts as they are.
-                for i, child in enumerate(subs, 1):
-                    if i not in results:
-                        child.conn.send(("collect",))
-                collecting = True
-                deadline = now + 30.0
+                # Whatever did not arrive by now is lost.
                 run.notes.append("not every message arrived before the deadline")
-            if now - last_poll > 0.5:
-                last_poll = now
-                for child in subs:
-                    child.conn.send(("progress",))
-            self.progress(f"{what}, {sum(received)}/{run.expected} delivered, {now - started:.1f}s")
-            for conn in multiprocessing.connection.wait([c.conn for c in everyone], 0.25):
-                assert isinstance(conn, Connection)
-                index = by_conn[id(conn)]
-                try:
-                    message = conn.recv()
-                except EOFError:
-                    raise BenchError(f"{what}: a load generator process died") from None
-                if message[0] == "published":
-                    published = message
-                elif message[0] == "result":
-                    results[index] = message
-                elif message[0] == "phase-progress":
-                    received[index] = message[1]
-        cpu1 = read_proc(server.proc.pid)
-        busy1, ours1 = machine_busy_s(), sum(read_proc(pid).cpu_s for pid in ours)
-        run.load_cpu_s = sum(read_proc(c.proc.pid).cpu_s for c in subs if c.proc.pid) - load0
+                done = done or pub.wait(30.0)
+                break
+            self.progress(f"{what}, {received}/{run.expected} delivered, {now - started:.1f}s")
+        cpu1 = read_proc(pid)
+        busy1, ours1 = machine_busy_s(), sum(read_proc(p).cpu_s for p in procs)
+        gens.refresh()
+        run.load_cpu_s = sum(gens.cpu_s()) - load0
         # Busy time that is neither the server's nor its load's: other work on the
         # machine, which skews everything measured here (interrupts and softirqs too).
         run.other_cpu_s = max(0.0, (busy1 - busy0) - (ours1 - ours0))
         run.phase_s = cpu1.at - cpu0.at
 
-        _, run.published, run.publish_errors, first_ns, _last_ns, run.behind_s = published
-        last_ns = 0
-        for _, got, _target, last, closed, codes, lat in results.values():
-            run.deliveries += got
-            run.closed += closed
-            last_ns = max(last_ns, last)
-            run.latencies_us.frombytes(lat)
-            if codes:
-                run.notes.append(f"closes: {codes}")
+        run.published = done.published
+        run.publish_errors = sum(done.errors.values())
+        run.behind_s = done.behind_s
+        run.deliveries = gens.total(lambda c: c.received) - received0
+        closes = gens.merged(lambda c: c.closes)
+        grew = {k: v - closes0.get(k, 0) for k, v in closes.items() if v != closes0.get(k, 0)}
+        run.closed = sum(grew.values())
+        if grew:
+            run.notes.append(f"closes: {grew}")
+        run.latency = gens.latency().minus(latency0)
+        last_ns = max(c.last_recv_ns for c in gens.stats)
         run.lost = run.expected - run.deliveries
         run.cpu_s = cpu1.cpu_s - cpu0.cpu_s
         run.user_s = cpu1.user_s - cpu0.user_s
-        run.wall_s = (last_ns - first_ns) / 1e9 if last_ns > first_ns else 0.0
+        run.wall_s = (last_ns - done.started_ns) / 1e9 if last_ns > done.started_ns else 0.0
         if run.deliveries:
             run.cpu_us_per_delivery = run.cpu_s / run.deliveries * 1e6
             run.user_us_per_delivery = run.user_s / run.deliveries * 1e6
@@ -907,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\nfanout: interrupted; every process stopped", file=sys.stderr)
             return 130
-        except BenchError as exc:
+        except (BenchError, LoadTestError) as exc:
             print(f"\nfanout: {exc}", file=sys.stderr)
             return 1
     if opts.json:

@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
-import signal
-import socket
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,17 +29,10 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from realtime_server.loadtest.spawn import redis_command
+from realtime_server.loadtest.spawn import RedisProcess, ServerProcess
 
 SECRET = "bench-secret-" + uuid.uuid4().hex
 API_KEY = "bench-key-" + uuid.uuid4().hex
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def token(user: str, jti: str | None = None, channels: list[str] | None = None) -> str:
@@ -59,67 +49,21 @@ def progress(text: str) -> None:
     print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
 
 
-class Redis:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="rt-bench-redis-")
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> float:
-        self.proc = await asyncio.create_subprocess_exec(
-            *redis_command(shutil.which("redis-server") or "redis-server", self.port, self.dir),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return time.monotonic()
-            except OSError:
-                await asyncio.sleep(0.005)
-        raise RuntimeError("redis-server did not start")
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-    async def close(self) -> None:
-        await self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 class Server:
-    def __init__(self, redis_port: int) -> None:
-        self.port = free_port()
-        self.api_port = free_port()
-        self.redis_port = redis_port
-        self.proc: asyncio.subprocess.Process | None = None
+    """Our server on the Redis engine (the load test's spawner)."""
+
+    def __init__(self, workdir: Path, redis: RedisProcess) -> None:
+        env = {
+            "REALTIME_JWT_SECRET": SECRET,
+            "REALTIME_API_KEY": API_KEY,
+            "REALTIME_REDIS_URL": redis.url,
+            "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
+        }
+        self.proc = ServerProcess(workdir, env)
+        self.port, self.api_port = self.proc.port, self.proc.api_port
 
     async def start(self) -> None:
-        env = dict(os.environ)
-        env.update(
-            REALTIME_JWT_SECRET=SECRET,
-            REALTIME_API_KEY=API_KEY,
-            REALTIME_PORT=str(self.port),
-            REALTIME_API_PORT=str(self.api_port),
-            REALTIME_REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
-            REALTIME_LOG_LEVEL="WARNING",
-            REALTIME_MAX_CONNECTIONS_PER_USER="0",
-            REALTIME_SQLITE_PATH=os.path.join(tempfile.gettempdir(), f"rt-bench-{self.port}.db"),
-        )
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "realtime_server",
-            "serve",
-            env=env,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-        await self.wait_ready(15)
+        await asyncio.to_thread(self.proc.start, 15.0)
 
     async def ready(self) -> bool:
         try:
@@ -142,13 +86,7 @@ class Server:
         raise RuntimeError("server not ready")
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 15)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        await asyncio.to_thread(self.proc.stop)
 
 
 async def open_client(port: int, tok: str) -> ClientConnection:
@@ -202,9 +140,14 @@ async def main() -> int:
     parser.add_argument("--channels", type=int, default=200)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    redis = Redis()
-    await redis.start()
-    a, b = Server(redis.port), Server(redis.port)
+    with tempfile.TemporaryDirectory(prefix="rt-bench-redis-") as tmp:
+        return await measure(args, Path(tmp))
+
+
+async def measure(args: argparse.Namespace, workdir: Path) -> int:
+    redis = RedisProcess(workdir)
+    await asyncio.to_thread(redis.start)
+    a, b = Server(workdir, redis), Server(workdir, redis)
     results: dict[str, Any] = {}
     try:
         await a.start()
@@ -225,11 +168,12 @@ async def main() -> int:
                 await open_client(a.port, token(f"h{i}", channels=[c])) for i, c in enumerate(chans)
             ]
             progress(f"redis restart {attempt + 1}/{runs} with {len(chans)} channels")
-            await redis.stop()
+            await asyncio.to_thread(redis.kill)
             deadline = time.monotonic() + 10
             while await a.ready() and time.monotonic() < deadline:  # noqa: ASYNC110 - polling /readyz is the measurement
                 await asyncio.sleep(0.01)
-            started = await redis.start()
+            await asyncio.to_thread(redis.start)
+            started = redis.ready_at
             ready_at = await a.wait_ready(20)
             restarts.append((ready_at - started) * 1000)
             codes = await asyncio.gather(
@@ -246,7 +190,7 @@ async def main() -> int:
         progress("")
         await a.stop()
         await b.stop()
-        await redis.close()
+        await asyncio.to_thread(redis.stop)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

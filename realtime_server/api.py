@@ -305,6 +305,7 @@ async def start_api(
         settings.api_port if port is None else port,
         reuse_address=True,
         reuse_port=reuse_port or None,
+        backlog=settings.backlog,  # aiohttp's default is 128 (loadtest stream)
     )
     await site.start()
     return runner

@@ -26,6 +26,7 @@ from .auth.tokens import TokenVerifier
 from .channels.engine import Engine
 from .channels.memory import MemoryEngine
 from .config import Settings
+from .listen import effective_backlog
 from .node import Node
 from .server import WEBSOCKET_PATH, start_websocket_server
 
@@ -232,6 +233,7 @@ async def run(settings: Settings, reuse_port: bool = False, demo: Demo | None = 
             server.node.engine.name,
             server.node.name,
         )
+        _log_backlog(settings.backlog)
         if server.api is not None:
             logger.info("HTTP server API on http://%s:%d/api", settings.api_host, server.api_port)
         else:
@@ -242,6 +244,19 @@ async def run(settings: Settings, reuse_port: bool = False, demo: Demo | None = 
         watchdog.cancel()
     logger.info("stopped")
     return 0
+
+
+def _log_backlog(requested: int) -> None:
+    """Say when the kernel caps the listen backlog (loadtest stream: issue 16)."""
+    effective = effective_backlog(requested)
+    if effective < requested:
+        logger.warning(
+            "listen backlog %d capped at %d by net.core.somaxconn: a reconnect storm may "
+            "drop SYNs (raise it: sysctl -w net.core.somaxconn=%d)",
+            requested,
+            effective,
+            requested,
+        )
 
 
 async def _watch_parent(parent: int, stop: asyncio.Event) -> None:

@@ -359,10 +359,25 @@ def build_parser() -> argparse.ArgumentParser:
     from .outbox.status import register as register_outbox
 
     register_outbox(sub)
-    from .loadtest.cli import register as register_loadtest
-
-    register_loadtest(sub)
+    # The load test is registered without importing it (serve must not load it): every
+    # argument after "loadtest" goes to its own parser (loadtest stream, issue 12).
+    loadtest = sub.add_parser(
+        "loadtest",
+        help="drive a server with many clients and publications; print what it measured",
+        description="The load test: real clients, real publications, a table of what "
+        "the server did (realtime-server loadtest --help for its options).",
+        add_help=False,
+        prefix_chars="\0",  # no option of its own: "--spawn" and "--help" are its arguments
+    )
+    loadtest.add_argument("argv", nargs=argparse.REMAINDER)
+    loadtest.set_defaults(func=cmd_loadtest)
     return parser
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from .loadtest.cli import main as loadtest_main
+
+    return loadtest_main(args.argv)
 
 
 _GLOBAL_FLAGS = frozenset({"-h", "--help", "--version"})

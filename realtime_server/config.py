@@ -285,6 +285,14 @@ class Settings:
     shutdown_timeout: float = setting(
         10.0, "seconds to close clients on SIGTERM before exiting", minimum=0.1, metavar="SECONDS"
     )
+    backlog: int = setting(
+        4096,
+        "listen backlog of the WebSocket and API ports, per worker (the kernel caps it at "
+        "net.core.somaxconn); room for a reconnect storm's SYNs",
+        minimum=1,
+        maximum=65535,
+        metavar="N",
+    )
     workers: int = setting(
         1,
         "server processes sharing the port (SO_REUSEPORT); more than 1 needs Redis",

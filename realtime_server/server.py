@@ -228,6 +228,8 @@ async def start_websocket_server(node: Node, demo: Demo | None = None, **kwargs:
         "open_timeout": settings.connect_timeout,
         "server_header": None,
         "reuse_address": True,
+        # Room for a reconnect storm's SYNs (asyncio's default is 100); loadtest stream.
+        "backlog": settings.backlog,
     }
     options.update(kwargs)
     return await serve(make_handler(node), **options)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from realtime_server.loadtest import LoadTest, LoadTestError, Options
-from realtime_server.loadtest.runner import check_target
+from realtime_server.loadtest.options import check_target
 from realtime_server.loadtest.stats import Histogram
 
 from .conftest import StartServer, api_url, ws_url

@@ -6,8 +6,14 @@
         --scenario broadcast --users 2000 --server-pid 1234
 
 Secrets come from the environment only (``--secret-env``, ``--api-key-env``,
-``--redis-url-env`` name the variables). Exit codes: 0 the run completed (whatever it
-measured), 1 it failed or was interrupted, 2 bad usage.
+``--redis-url-env`` name the variables). Exit codes: 0 the run measured what it set out
+to; 1 it failed, was interrupted, or measured failures (connections or publications
+failing beyond ``--max-error-share``, nothing published or delivered, SYNs dropped in a
+reconnect storm: each named on stderr, after the table); 2 bad usage or limits that
+cannot hold the run.
+
+The ``realtime-server`` command line hands ``loadtest ...`` to :func:`main` without
+importing this package beforehand (``serve`` never loads it).
 """
 
 from __future__ import annotations
@@ -16,25 +22,28 @@ import argparse
 import os
 import signal
 import sys
-from typing import Any
+from collections.abc import Sequence
 
 import orjson
 
-from .runner import MAX_DURATION, MAX_USERS, LoadTest, LoadTestError, Options
+from .errors import LoadTestError, UsageError
+from .options import MAX_DURATION, MAX_USERS, Options
+from .runner import LoadTest
 from .scenarios import DEFAULTS, SCENARIOS
 
-__all__ = ["cmd_loadtest", "register"]
+__all__ = ["build_parser", "main"]
+
+HELP = "drive a server with many clients and publications; print what it measured"
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``loadtest`` command to the ``realtime-server`` command line."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "loadtest",
-        help="drive a server with many clients and publications; print what it measured",
+def build_parser(prog: str = "realtime-server loadtest") -> argparse.ArgumentParser:
+    """The ``loadtest`` command's options."""
+    p = argparse.ArgumentParser(
+        prog=prog,
         description="Load test: N authenticated WebSocket clients from several generator "
         "processes, publications at steady rates, publish-to-receive latency, losses, and "
         "the server's CPU and memory. Sends traffic to loopback only, unless "
-        "--allow-remote.",
+        "--allow-remote. Exits 1 when the run measured failures (see --max-error-share).",
     )
     p.add_argument(
         "--scenario",
@@ -115,7 +124,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--users",
         type=int,
         help=f"connections, one per user (at most {MAX_USERS:,}; "
-        + ", ".join(f"{k} {v['users']:,}" for k, v in DEFAULTS.items())
+        + ", ".join(f"{k} {v.users or 0:,}" for k, v in DEFAULTS.items())
         + ")",
     )
     w.add_argument("--documents", type=int, help="documents (signing-day 2,000)")
@@ -186,6 +195,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     r.add_argument("--inflight", type=int, default=32, help="publications in flight at once (32)")
     r.add_argument(
+        "--source-addresses",
+        type=int,
+        default=0,
+        metavar="N",
+        help="bind connections to N loopback source addresses, 127.0.0.1 and up, each "
+        "with the whole ephemeral port range (0: as many as the run needs, about one "
+        "per 22,000 connections)",
+    )
+    r.add_argument(
+        "--max-error-share",
+        type=float,
+        default=0.01,
+        metavar="FRACTION",
+        help="connections, reconnects or publications failing beyond this share fail the "
+        "run (0.01)",
+    )
+    r.add_argument(
         "--pin",
         action="store_true",
         help="with --spawn: the server on the first CPU (one per worker), the "
@@ -194,7 +220,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the result as JSON")
     r.add_argument("--quiet", action="store_true", help="no progress line")
     r.add_argument("--debug-discard", type=int, default=0, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_loadtest)
     return p  # fmt: skip
 
 
@@ -203,7 +228,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
     for item in args.server_env:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("REALTIME_"):
-            raise LoadTestError(f"--server-env: expected REALTIME_NAME=VALUE, got {item!r}")
+            raise UsageError(f"--server-env: expected REALTIME_NAME=VALUE, got {item!r}")
         server_env[name] = value
     return Options(
         scenario=args.scenario,
@@ -239,6 +264,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         concurrency=args.concurrency,
         connect_rate=args.connect_rate,
         inflight=args.inflight,
+        source_addresses=args.source_addresses,
+        max_error_share=args.max_error_share,
         allow_remote=args.allow_remote,
         pin=args.pin,
         progress=not args.quiet,
@@ -250,7 +277,9 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def cmd_loadtest(args: argparse.Namespace) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """``realtime-server loadtest`` with ``argv`` (the arguments after ``loadtest``)."""
+    args = build_parser().parse_args(argv)
     # SIGTERM (and SIGINT, which a shell may start background jobs ignoring) raise
     # KeyboardInterrupt, so that every process the run started is stopped.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -261,18 +290,21 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
             signal.signal(sig, action)
 
 
+def _say(text: str) -> None:
+    print(f"realtime-server loadtest: {text}", file=sys.stderr)
+
+
 def _loadtest(args: argparse.Namespace) -> int:
     try:
         opts = options_from_args(args)
         test = LoadTest(opts, log=lambda text: print(f"loadtest: {text}", file=sys.stderr))
-        try:
-            test.validate()
-        except LoadTestError as exc:
-            print(f"realtime-server loadtest: {exc}", file=sys.stderr)
-            return 2
+        test.validate()
         result = test.run()
+    except UsageError as exc:
+        _say(str(exc))
+        return 2
     except LoadTestError as exc:
-        print(f"realtime-server loadtest: {exc}", file=sys.stderr)
+        _say(str(exc))
         return 1
     except KeyboardInterrupt:
         print("\nrealtime-server loadtest: interrupted; every process stopped", file=sys.stderr)
@@ -283,4 +315,10 @@ def _loadtest(args: argparse.Namespace) -> int:
         from .report import render
 
         print(render(result))
-    return 0
+    for failure in result["failures"]:
+        _say(f"FAILED: {failure}")
+    return 1 if result["failures"] else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,10 +1,10 @@
 """Load generator processes: many protocol clients in one process, counting what arrives.
 
 Each generator is a ``multiprocessing`` child (spawned) running uvloop. It gets its share
-of users from the runner, mints their connection tokens before anything is measured,
-opens their connections (``connect`` with the token; the token's ``channels`` claim
-subscribes the documents server-side, and the server adds ``user:<sub>``), answers the
-server's pings, and counts every publication it receives.
+of users (:class:`~.messages.Setup`), mints their connection tokens before anything is
+measured, opens their connections (``connect`` with the token; the token's ``channels``
+claim subscribes the documents server-side, and the server adds ``user:<sub>``), answers
+the server's pings, and counts every publication it receives (:class:`~.counters.Counters`).
 
 Counting: every publication's data carries ``s``, its sequence number in its channel
 (1, 2, 3... per channel, assigned by the publisher), and ``t``, the publisher's
@@ -16,234 +16,49 @@ received by then is lost too (``tail``). Publish-to-receive latency is ``now - t
 live delivery (same machine, same clock), in a :class:`~.stats.Histogram`.
 
 After a disconnect (close code not terminal) a client reconnects after a random delay
-and asks to recover each channel it has a stream position for (``connect.subs`` with
-``recover``, ``offset``, ``epoch``), as the SDKs do; recovered publications are counted
-apart from live ones.
-
-Orders over the pipe (tuples): ``setup``, ``open``, ``stats``, ``drop``, ``churn``,
-``stop-churn``, ``final``, ``exit``; see :meth:`Generator.handle`.
+and asks to recover each channel it has a stream position for; recovered publications
+are counted apart from live ones. Orders and replies: :mod:`.messages`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import Any
 
 import jwt
-import orjson
 
 from .. import gcpolicy
-from .children import forward_orders
+from .clients import Conn, User, create_connection, is_terminal, os_reason, retryable
+from .counters import Counters, FinalCounts
+from .messages import (
+    AskStats,
+    Bye,
+    ChurnStopped,
+    Drop,
+    Dropped,
+    Exit,
+    Final,
+    GeneratorConfig,
+    Open,
+    Opened,
+    Ready,
+    SetReconnect,
+    Setup,
+    StartChurn,
+    Stats,
+    StopChurn,
+)
+from .pipes import child_setup, forward_orders, run_loop
 from .procfs import raise_nofile
-from .stats import Histogram
-from .wsclient import CLOSED, OPEN, FrameClient, abort_with_reset, client_frame, upgrade_request
+from .wsclient import CLOSED, OPEN, abort_with_reset, upgrade_request
 
-__all__ = ["generator_main", "is_terminal"]
-
-_PONG: Final = client_frame(b"{}")
-_CHURN_FAIL_PREFIX: Final = "churn "
-
-
-def is_terminal(code: int) -> bool:
-    """Close codes after which the SDKs do not reconnect (3500-3999, 4500-4999)."""
-    return 3500 <= code <= 3999 or 4500 <= code <= 4999
-
-
-class Counters:
-    """Everything one generator counts; sent to the runner as a dict."""
-
-    def __init__(self) -> None:
-        self.opened = 0
-        self.attempts = 0
-        self.failed: dict[str, int] = {}
-        self.closes: dict[str, int] = {}
-        self.reconnects = 0
-        self.reconnect_failed: dict[str, int] = {}
-        self.open_now = 0
-        self.first_open_ns = 0
-        self.last_open_ns = 0
-        self.last_reconnect_ns = 0
-        self.received = 0
-        self.recovered_pubs = 0
-        self.duplicates = 0
-        self.gaps = 0
-        self.foreign = 0
-        self.joins = 0
-        self.leaves = 0
-        self.unsubscribe_pushes = 0
-        self.missing_subs = 0
-        self.recovered_ok = 0
-        self.recovered_failed = 0
-        self.discarded = 0
-        self.last_recv_ns = 0
-        self.latency = Histogram()
-        self.connect_latency = Histogram()
-        self.churn_opened = 0
-        self.churn_failed: dict[str, int] = {}
-        self.churn_closed = 0
-        self.churn_received = 0
-        self.subscribe_latency = Histogram()
-
-    def fail(self, table: dict[str, int], reason: str) -> None:
-        table[reason] = table.get(reason, 0) + 1
-
-    def snapshot(self, full: bool = False) -> dict[str, Any]:
-        out = {k: v for k, v in vars(self).items() if not isinstance(v, Histogram)}
-        out["latency"] = self.latency.state()
-        if full:
-            out["connect_latency"] = self.connect_latency.state()
-            out["subscribe_latency"] = self.subscribe_latency.state()
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in out.items()}
-
-
-class User:
-    """One simulated user: its token, channels and stream positions, across reconnects."""
-
-    __slots__ = (
-        "channels",
-        "conn",
-        "connected",
-        "expected",
-        "nxt",
-        "pos",
-        "steady",
-        "sub_channel",
-        "sub_token",
-        "token",
-        "user",
-    )
-
-    def __init__(self, user: str, channels: tuple[str, ...], token: str, steady: bool) -> None:
-        self.user = user
-        self.channels = channels  # server-side subscriptions expected at connect
-        self.expected = frozenset(channels)
-        self.token = token
-        self.steady = steady
-        # Next sequence number expected per channel; steady users were subscribed
-        # before the first publication, so they expect 1 everywhere.
-        self.nxt: dict[str, int] = dict.fromkeys(channels, 1) if steady else {}
-        self.pos: dict[str, tuple[int, str]] = {}
-        self.conn: Conn | None = None
-        self.connected = 0
-        self.sub_channel: str | None = None  # churn users: a client-side subscription
-        self.sub_token: str | None = None
-
-
-class Conn(FrameClient):
-    """One connection of a :class:`User`."""
-
-    __slots__ = ("done", "gen", "started_ns", "sub_sent_ns", "user")
-
-    def __init__(
-        self,
-        gen: Generator,
-        user: User,
-        request: bytes,
-        accept: bytes,
-        done: asyncio.Future[str | None],
-    ) -> None:
-        super().__init__(request, accept)
-        self.gen = gen
-        self.user = user
-        self.done = done  # result None once connected, else the failure reason
-        self.started_ns = time.time_ns()
-        self.sub_sent_ns = 0
-
-    def on_upgraded(self) -> None:
-        u = self.user
-        params: dict[str, Any] = {"token": u.token, "name": "loadtest"}
-        if u.pos:
-            params["subs"] = {
-                ch: {"recover": True, "offset": off, "epoch": ep} for ch, (off, ep) in u.pos.items()
-            }
-        self.send_text(orjson.dumps({"id": 1, "connect": params}))
-
-    def on_fail(self, reason: str) -> None:
-        if not self.done.done():
-            self.done.set_result(reason)
-        else:  # an open connection we gave up on (malformed traffic)
-            self.gen.closed(self, 1002)
-
-    def on_close(self, code: int) -> None:
-        if not self.done.done():
-            self.done.set_result(f"close {code}")
-            return
-        self.gen.closed(self, code)
-
-    def on_text(self, payload: bytes, now_ns: int) -> None:
-        if b"\n" in payload:
-            for line in payload.split(b"\n"):
-                if line and self.state != CLOSED:
-                    self._message(line, now_ns)
-        else:
-            self._message(payload, now_ns)
-
-    def _message(self, payload: bytes, now: int) -> None:
-        if payload.startswith(b'{"push"'):
-            push = orjson.loads(payload)["push"]
-            pub = push.get("pub")
-            if pub is not None:
-                self.gen.pub(self.user, push.get("channel", ""), pub, now, True)
-            elif "join" in push:
-                self.gen.c.joins += 1
-            elif "leave" in push:
-                self.gen.c.leaves += 1
-            elif "unsubscribe" in push:
-                self.gen.c.unsubscribe_pushes += 1
-            return
-        if payload == b"{}":
-            self.transport_write(_PONG)
-            return
-        try:
-            reply = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            self.fail("malformed frame from server")
-            return
-        if not isinstance(reply, dict):
-            return
-        ident = reply.get("id")
-        if ident == 1:
-            if isinstance(reply.get("connect"), dict):
-                self._connected(reply["connect"], now)
-            else:
-                code = (reply.get("error") or {}).get("code", "?")
-                self.fail(f"error {code}")
-        elif ident == 2:
-            self.gen.subscribed(self, reply, now)
-
-    def _connected(self, result: dict[str, Any], now: int) -> None:
-        u, gen = self.user, self.gen
-        subs = result.get("subs") or {}
-        missing = [ch for ch in u.expected if ch not in subs]
-        if missing:
-            gen.c.missing_subs += len(missing)
-        for ch, res in subs.items():
-            if not isinstance(res, dict):
-                continue
-            if res.get("was_recovering"):
-                if res.get("recovered"):
-                    gen.c.recovered_ok += 1
-                else:
-                    gen.c.recovered_failed += 1
-            if "epoch" in res:
-                u.pos[ch] = (int(res.get("offset") or 0), str(res["epoch"]))
-            for pub in res.get("publications") or ():
-                gen.pub(u, ch, pub, now, False)
-        self.state = OPEN
-        gen.c.connect_latency.record((now - self.started_ns) // 1000)
-        if not self.done.done():
-            self.done.set_result(None)
-        if u.sub_channel is not None:
-            self.sub_sent_ns = time.time_ns()
-            cmd = {"id": 2, "subscribe": {"channel": u.sub_channel, "token": u.sub_token}}
-            self.send_text(orjson.dumps(cmd))
+__all__ = ["Generator", "generator_main"]
 
 
 class Generator:
@@ -253,46 +68,55 @@ class Generator:
         self.ctrl = ctrl
         self.c = Counters()
         self.users: list[User] = []
-        self.cfg: dict[str, Any] = {}
+        self.cfg = GeneratorConfig(index=0, host="", port=0, path="", secret="")
         self._signing_key: Any = None  # the secret, or a parsed private key (setup)
         self.reconnect = True
         self.discard = 0
-        self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._churn: asyncio.Task[None] | None = None
         self._churn_users: set[User] = set()
         self._stopping = False
         self._rng = random.Random()
+        self._next_source = 0
 
-    # --- tokens -------------------------------------------------------------------------
+    # --- tokens and users ---------------------------------------------------------------
 
     def _mint(self, claims: dict[str, Any]) -> str:
         cfg = self.cfg
         now = int(time.time())
-        claims.update({"iat": now, "exp": now + int(cfg["token_ttl"]), "jti": uuid.uuid4().hex})
-        if cfg.get("audience"):
-            claims["aud"] = cfg["audience"]
-        if cfg.get("issuer"):
-            claims["iss"] = cfg["issuer"]
-        return jwt.encode(claims, self._signing_key, algorithm=cfg["algorithm"])
+        claims.update({"iat": now, "exp": now + cfg.token_ttl, "jti": uuid.uuid4().hex})
+        if cfg.audience:
+            claims["aud"] = cfg.audience
+        if cfg.issuer:
+            claims["iss"] = cfg.issuer
+        return jwt.encode(claims, self._signing_key, algorithm=cfg.algorithm)
 
-    def setup(self, cfg: dict[str, Any], users: list[tuple[str, tuple[str, ...]]]) -> None:
-        self.cfg = cfg
-        self._signing_key = cfg["secret"]
-        if not str(cfg["algorithm"]).startswith("HS"):
+    def _source(self) -> str | None:
+        sources = self.cfg.sources
+        if not sources:
+            return None
+        source = sources[self._next_source % len(sources)]
+        self._next_source += 1
+        return source
+
+    def setup(self, order: Setup) -> None:
+        self.cfg = cfg = order.config
+        self._signing_key = cfg.secret
+        if not cfg.algorithm.startswith("HS"):
             # A PEM private key (--jwt-algorithm): parsed once, not by PyJWT on every
             # token (an RSA key's load-time check took ~30 ms; the churn loop fell behind).
             from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-            self._signing_key = load_pem_private_key(str(cfg["secret"]).encode(), None)
-        self.reconnect = bool(cfg.get("reconnect", True))
-        self.discard = int(cfg.get("discard", 0))
-        for name, docs in users:
-            claims: dict[str, Any] = {"sub": name}
-            if docs:
-                claims["channels"] = list(docs)
-            channels = (f"user:{name}", *docs) if cfg.get("user_channel", True) else docs
-            self.users.append(User(name, channels, self._mint(claims), True))
+            self._signing_key = load_pem_private_key(cfg.secret.encode(), None)
+        self.reconnect = cfg.reconnect
+        self.discard = cfg.discard
+        for spec in order.users:
+            claims: dict[str, Any] = {"sub": spec.name}
+            if spec.channels:
+                claims["channels"] = list(spec.channels)
+            channels = (f"user:{spec.name}", *spec.channels) if cfg.user_channel else spec.channels
+            self.users.append(User(spec.name, channels, self._mint(claims), True, self._source()))
 
     # --- counting (hot path) --------------------------------------------------------------
 
@@ -343,7 +167,7 @@ class Generator:
             return
         c.fail(c.closes, str(code))
         if self.reconnect and not self._stopping and not is_terminal(code):
-            self._later(self._rng.uniform(0.0, float(self.cfg["reconnect_delay"])), u)
+            self._later(self._rng.uniform(0.0, self.cfg.reconnect_delay), u)
 
     def subscribed(self, conn: Conn, reply: dict[str, Any], now: int) -> None:
         c = self.c
@@ -362,22 +186,22 @@ class Generator:
         """Open one connection for ``u``; None when connected, else the failure reason."""
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        request, accept = upgrade_request(cfg["host"], cfg["port"], cfg["path"])
+        request, accept = upgrade_request(cfg.host, cfg.port, cfg.path)
         done: asyncio.Future[str | None] = loop.create_future()
         self.c.attempts += 1
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: Conn(self, u, request, accept, done), cfg["host"], cfg["port"]
+                create_connection(
+                    loop, lambda: Conn(self, u, request, accept, done), cfg.host, cfg.port, u.source
                 ),
-                cfg["open_timeout"],
+                cfg.open_timeout,
             )
         except TimeoutError:
             return "timeout (TCP)"
         except OSError as exc:
-            return _os_reason(exc)
+            return os_reason(exc)
         try:
-            reason = await asyncio.wait_for(done, cfg["open_timeout"])
+            reason = await asyncio.wait_for(done, cfg.open_timeout)
         except TimeoutError:
             reason = "timeout (connect reply)"
         if reason is not None:
@@ -389,9 +213,13 @@ class Generator:
         u.conn = conn
         u.connected += 1
         self.c.open_now += 1
+        if u.source is not None:
+            self.c.fail(self.c.by_source, u.source)
         return None
 
-    async def _open_steady(self, users: list[User], concurrency: int, rate: float) -> None:
+    async def open_steady(self, users: list[User], concurrency: int, rate: float) -> None:
+        """Open ``users``' connections, ``concurrency`` at a time, at most ``rate`` per
+        second; each is tried three times when the failure is transient."""
         c = self.c
         it = iter(users)
         loop = asyncio.get_running_loop()
@@ -412,7 +240,7 @@ class Generator:
                 reason: str | None = "not tried"
                 for attempt in range(3):
                     reason = await self.connect(u)
-                    if reason is None or not _retryable(reason):
+                    if reason is None or not retryable(reason):
                         break
                     await asyncio.sleep(0.2 * (attempt + 1))
                 if reason is None:
@@ -427,7 +255,7 @@ class Generator:
         loop = asyncio.get_running_loop()
         loop.call_later(delay, self._spawn, self._reconnect(u))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -435,7 +263,7 @@ class Generator:
     async def _reconnect(self, u: User) -> None:
         """Reconnect ``u`` with recovery; retry transient failures for a while."""
         c = self.c
-        deadline = time.monotonic() + float(self.cfg["reconnect_window"])
+        deadline = time.monotonic() + self.cfg.reconnect_window
         backoff = 0.2
         while not self._stopping and u.conn is None:
             reason = await self.connect(u)
@@ -443,7 +271,7 @@ class Generator:
                 c.reconnects += 1
                 c.last_reconnect_ns = time.time_ns()
                 return
-            if not _retryable(reason) or time.monotonic() > deadline:
+            if not retryable(reason) or time.monotonic() > deadline:
                 c.fail(c.reconnect_failed, reason)
                 return
             await asyncio.sleep(self._rng.uniform(backoff / 2, backoff))
@@ -461,24 +289,23 @@ class Generator:
                 dropped += 1
                 self.c.fail(self.c.closes, "reset by loadtest")
                 if self.reconnect:
-                    self._later(self._rng.uniform(0.0, float(self.cfg["reconnect_delay"])), u)
+                    self._later(self._rng.uniform(0.0, self.cfg.reconnect_delay), u)
         return dropped
 
     # --- churn ---------------------------------------------------------------------------
 
-    async def _churn_loop(self, rate: float, lifetime: float, docs: list[str]) -> None:
+    async def _churn_loop(self, rate: float, lifetime: float, docs: tuple[str, ...]) -> None:
         loop = asyncio.get_running_loop()
         n = 0
         start = loop.time()
-        index = self.cfg["index"]
         while not self._stopping:
             n += 1
             delay = start + n / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            name = f"{self.cfg['prefix']}churn-{index}-{n}"
+            name = f"{self.cfg.prefix}churn-{self.cfg.index}-{n}"
             doc = docs[self._rng.randrange(len(docs))] if docs else None
-            u = User(name, (f"user:{name}",), self._mint({"sub": name}), False)
+            u = User(name, (f"user:{name}",), self._mint({"sub": name}), False, self._source())
             if doc is not None:
                 u.sub_channel = doc
                 u.sub_token = self._mint({"sub": name, "channel": doc})
@@ -508,7 +335,7 @@ class Generator:
 
     # --- final counts ---------------------------------------------------------------------
 
-    def final(self, published: dict[str, int]) -> dict[str, Any]:
+    def final(self, published: dict[str, int]) -> FinalCounts:
         """Losses given how many publications each channel got."""
         tail = 0
         expected = 0
@@ -519,14 +346,11 @@ class Generator:
                 got = u.nxt.get(ch, 1) - 1
                 if count > got:
                     tail += count - got
-        out = self.c.snapshot(full=True)
-        out["tail"] = tail
-        out["expected"] = expected
-        return out
+        return FinalCounts(self.c, expected, tail)
 
     # --- control -------------------------------------------------------------------------
 
-    def send(self, *message: Any) -> None:
+    def send(self, message: object) -> None:
         with contextlib.suppress(OSError, ValueError):
             self.ctrl.send(message)
 
@@ -536,7 +360,7 @@ class Generator:
         try:
             while True:
                 order = await self._queue.get()
-                if order[0] == "exit":
+                if isinstance(order, Exit):
                     break
                 self.handle(order)
         finally:
@@ -548,77 +372,42 @@ class Generator:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.sleep(0.1)
-        self.send("bye")
+        self.send(Bye())
 
-    def handle(self, order: tuple[Any, ...]) -> None:
-        kind = order[0]
-        if kind == "setup":  # ("setup", cfg, users) -> ("ready", minted)
-            self.setup(order[1], order[2])
-            self.send("ready", len(self.users))
-        elif kind == "open":  # ("open", first, count, concurrency, rate) -> ("opened", stats)
-            _, first, count, concurrency, rate = order
-            users = self.users[first : first + count]
+    def handle(self, order: object) -> None:
+        if isinstance(order, AskStats):
+            self.send(Stats(self.c))
+        elif isinstance(order, Setup):
+            self.setup(order)
+            self.send(Ready(len(self.users)))
+        elif isinstance(order, Open):
+            users = self.users[order.first : order.first + order.count]
 
-            async def go() -> None:
-                await self._open_steady(users, concurrency, rate)
-                self.send("opened", self.c.snapshot())
+            async def go(o: Open = order) -> None:
+                await self.open_steady(users, o.concurrency, o.rate)
+                self.send(Opened(self.c))
 
             self._spawn(go())
-        elif kind == "stats":  # -> ("stats", snapshot)
-            self.send("stats", self.c.snapshot())
-        elif kind == "reconnect":  # ("reconnect", on)
-            self.reconnect = bool(order[1])
-        elif kind == "drop":  # -> ("dropped", n)
-            self.send("dropped", self.drop())
-        elif kind == "churn":  # ("churn", rate, lifetime, docs)
-            if order[1] > 0:
+        elif isinstance(order, SetReconnect):
+            self.reconnect = order.on
+        elif isinstance(order, Drop):
+            self.send(Dropped(self.drop()))
+        elif isinstance(order, StartChurn):
+            if order.rate > 0:
                 self._churn = asyncio.get_running_loop().create_task(
-                    self._churn_loop(order[1], order[2], order[3])
+                    self._churn_loop(order.rate, order.lifetime, order.documents)
                 )
-        elif kind == "stop-churn":
+        elif isinstance(order, StopChurn):
             self.stop_churn()
-            self.send("churn-stopped")
-        elif kind == "final":  # ("final", published) -> ("final", counts)
+            self.send(ChurnStopped())
+        elif isinstance(order, Final):
             self.reconnect = False
-            self.send("final", self.final(order[1]))
-
-
-def _os_reason(exc: OSError) -> str:
-    name = os.strerror(exc.errno) if exc.errno else type(exc).__name__
-    return f"socket: {name}"[:80]
-
-
-def _retryable(reason: str) -> bool:
-    """Failures worth another try: the network and the server's temporary errors."""
-    transient = ("socket:", "timeout", "connection lost", "error 100", "HTTP/1.1 5")
-    return reason.startswith(transient) or (
-        reason.startswith("close ") and not is_terminal(_int(reason[6:]))
-    )
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        return 0
+            self.send(self.final(order.published))
 
 
 def generator_main(ctrl: Connection, cpus: list[int] | None = None) -> None:
     """Entry point of a generator process (``multiprocessing`` spawn target)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner stops us in order
+    child_setup(cpus)
     raise_nofile()
     gcpolicy.tune()  # thousands of long-lived client objects, as in the server
-    if cpus:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, cpus)
-    run: Callable[[Any], Any]
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:  # pragma: no cover
-        run = asyncio.run
-    with contextlib.suppress(BrokenPipeError, EOFError, ConnectionResetError):
-        run(Generator(ctrl).run())
+    run_loop(Generator(ctrl).run())

@@ -13,24 +13,35 @@ signing platform sends. Publications to one channel never overlap (the next wait
 the previous one's answer), so that they reach subscribers in sequence order; a failed
 publication gives its sequence number to the next one of its channel.
 
-Orders over the pipe: ``("run", duration)`` -> ``("progress", published, errors)`` every
-half second, then ``("done", result)``; ``("stop",)`` ends the run early;
-``("exit",)`` ends the process.
+Orders over the pipe (:mod:`.messages`): :class:`Run` -> :class:`Progress` every half
+second, then :class:`Published`; :class:`Stop` ends the run early; :class:`Exit` ends the
+process. Runs may follow each other (the benchmarks' phases): sequence numbers go on
+from one run to the next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from .children import forward_orders
+from .messages import (
+    Bye,
+    Exit,
+    Progress,
+    Published,
+    PublisherConfig,
+    PublishResult,
+    Run,
+    Stop,
+    Stream,
+)
+from .pipes import child_setup, forward_orders, run_loop
 from .stats import Histogram
 
 __all__ = ["publisher_main"]
@@ -38,16 +49,23 @@ __all__ = ["publisher_main"]
 _STATUSES: Final = ("sent", "viewed", "signed", "declined", "completed")
 
 
+class _Backend(Protocol):
+    async def publish(self, channel: str, data: dict[str, Any]) -> str | None:
+        """Publish; None when it worked, else what went wrong (a short reason)."""
+
+    async def close(self) -> None: ...
+
+
 class _Api:
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: PublisherConfig) -> None:
         import aiohttp
 
         self._aiohttp = aiohttp
-        self.url = cfg["api_url"].rstrip("/") + "/api/publish"
-        self.headers = {"X-API-Key": cfg["api_key"] or "", "Content-Type": "application/json"}
+        self.url = cfg.api_url.rstrip("/") + "/api/publish"
+        self.headers = {"X-API-Key": cfg.api_key, "Content-Type": "application/json"}
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=int(cfg["inflight"])),
-            timeout=aiohttp.ClientTimeout(total=float(cfg["timeout"])),
+            connector=aiohttp.TCPConnector(limit=cfg.inflight),
+            timeout=aiohttp.ClientTimeout(total=cfg.timeout),
         )
 
     async def publish(self, channel: str, data: dict[str, Any]) -> str | None:
@@ -74,9 +92,9 @@ class _Api:
 class _RedisPlain:
     """``PUBLISH`` over one pipelined connection (hand-written RESP: three lines)."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        self.url = cfg["redis_url"]
-        self.prefix = cfg["redis_prefix"]
+    def __init__(self, cfg: PublisherConfig) -> None:
+        self.url = cfg.redis_url
+        self.prefix = cfg.redis_prefix
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.pending = 0
@@ -141,11 +159,11 @@ class _RedisPlain:
 class _Python:
     """The project's own :class:`~realtime_server.publisher.Publisher` over Redis."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: PublisherConfig) -> None:
         from ..config import Settings
         from ..publisher import Publisher
 
-        self.publisher = Publisher(Settings.from_env(env=cfg["settings_env"]))
+        self.publisher = Publisher(Settings.from_env(env=cfg.settings_env))
 
     async def publish(self, channel: str, data: dict[str, Any]) -> str | None:
         from ..errors import RealtimeError
@@ -161,21 +179,20 @@ class _Python:
 
 
 class Publisher:
-    def __init__(self, ctrl: Connection, cfg: dict[str, Any]) -> None:
+    """The publisher process's state: sequence numbers per channel across runs."""
+
+    def __init__(self, ctrl: Connection, cfg: PublisherConfig) -> None:
         self.ctrl = ctrl
         self.cfg = cfg
         self.counts: dict[str, int] = {}
-        self.errors: dict[str, int] = {}
-        self.published = 0
-        self.rtt = Histogram()
-        self.behind_s = 0.0
+        self._run = _RunState()
         self._locks: dict[str, asyncio.Lock] = {}
         self._stop = asyncio.Event()
-        self._queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-        self._inflight = asyncio.Semaphore(int(cfg["inflight"]))
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._inflight = asyncio.Semaphore(cfg.inflight)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def send(self, *message: Any) -> None:
+    def send(self, message: object) -> None:
         with contextlib.suppress(OSError, ValueError):
             self.ctrl.send(message)
 
@@ -197,7 +214,8 @@ class Publisher:
             }
         return {"s": seq, "t": time.time_ns(), "type": "announcement"}
 
-    async def _one(self, backend: Any, channel: str, kind: str, ordered: bool) -> None:
+    async def _one(self, backend: _Backend, channel: str, kind: str, ordered: bool) -> None:
+        run = self._run
         try:
             lock = None
             if ordered:
@@ -211,93 +229,93 @@ class Publisher:
                 error = await backend.publish(channel, data)
                 if error is None:
                     self.counts[channel] = seq
-                    self.published += 1
-                    self.rtt.record((time.time_ns() - data["t"]) // 1000)
+                    run.published += 1
+                    run.rtt.record((time.time_ns() - data["t"]) // 1000)
                 else:
-                    self.errors[error] = self.errors.get(error, 0) + 1
+                    run.errors[error] = run.errors.get(error, 0) + 1
             finally:
                 if lock is not None:
                     lock.release()
         finally:
             self._inflight.release()
 
-    async def _stream(
-        self, backend: Any, stream: dict[str, Any], until: float, ordered: bool
-    ) -> None:
+    async def _stream(self, backend: _Backend, stream: Stream, until: float, ordered: bool) -> None:
         loop = asyncio.get_running_loop()
-        channels: list[str] = stream["channels"]
-        rate = float(stream["rate"])
-        kind = str(stream["kind"])
-        if not channels or rate <= 0:
+        channels, rate = stream.channels, stream.rate
+        if not channels or (rate <= 0 and stream.count is None):
             return
         start = loop.time()
         n = 0
         while not self._stop.is_set():
-            due = start + n / rate
-            now = loop.time()
-            if due >= until:
+            if stream.count is not None and n >= stream.count:
                 return
-            if due > now:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), due - now)
-                continue
-            self.behind_s = max(self.behind_s, now - due)
+            now = loop.time()
+            if rate > 0:
+                due = start + n / rate
+                if due >= until:
+                    return
+                if due > now:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), due - now)
+                    continue
+                self._run.behind_s = max(self._run.behind_s, now - due)
+            elif now >= until:
+                return
             channel = channels[n % len(channels)]
             n += 1
+            await self._inflight.acquire()
             if ordered:
-                await self._inflight.acquire()
-                task = loop.create_task(self._one(backend, channel, kind, True))
+                task = loop.create_task(self._one(backend, channel, stream.kind, True))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
-                await self._inflight.acquire()
-                await self._one(backend, channel, kind, False)
+                await self._one(backend, channel, stream.kind, False)
 
-    async def run_for(self, duration: float) -> None:
-        cfg = self.cfg
-        via = cfg["via"]
-        backend: Any
+    def _backend(self) -> _Backend:
+        via = self.cfg.via
         if via == "api":
-            backend = _Api(cfg)
-        elif via == "redis":
-            backend = _RedisPlain(cfg)
+            return _Api(self.cfg)
+        if via == "redis":
+            return _RedisPlain(self.cfg)
+        return _Python(self.cfg)
+
+    async def run_for(self, duration: float | None, streams: tuple[Stream, ...]) -> None:
+        """One run: every stream until ``duration`` (or its count), then the result."""
+        cfg = self.cfg
+        self._run = run = _RunState()
+        backend = self._backend()
+        if isinstance(backend, _RedisPlain):
             await backend.start()
-        else:
-            backend = _Python(cfg)
         loop = asyncio.get_running_loop()
-        until = loop.time() + duration
+        until = loop.time() + duration if duration is not None else float("inf")
         started = time.time_ns()
 
         async def progress() -> None:
             while True:
                 await asyncio.sleep(0.5)
-                self.send("progress", self.published, sum(self.errors.values()))
+                self.send(Progress(run.published, sum(run.errors.values())))
 
         reporter = loop.create_task(progress())
         try:
-            ordered = via != "redis"
-            await asyncio.gather(
-                *(self._stream(backend, s, until, ordered) for s in cfg["streams"])
-            )
+            ordered = cfg.via != "redis"
+            await asyncio.gather(*(self._stream(backend, s, until, ordered) for s in streams))
             if self._tasks:
-                await asyncio.wait(list(self._tasks), timeout=float(cfg["timeout"]) + 1)
+                await asyncio.wait(list(self._tasks), timeout=cfg.timeout + 1)
         finally:
             reporter.cancel()
             await backend.close()
         if isinstance(backend, _RedisPlain) and backend.errors:
-            self.errors["redis: error reply"] = backend.errors
-        self.send(
-            "done",
-            {
-                "counts": self.counts,
-                "published": self.published,
-                "errors": self.errors,
-                "rtt": self.rtt.state(),
-                "behind_s": self.behind_s,
-                "started_ns": started,
-                "ended_ns": time.time_ns(),
-            },
+            run.errors["redis: error reply"] = backend.errors
+        result = PublishResult(
+            counts=dict(self.counts),
+            published=run.published,
+            errors=run.errors,
+            rtt=run.rtt,
+            behind_s=run.behind_s,
+            started_ns=started,
+            ended_ns=time.time_ns(),
         )
+        self.send(Published(result))
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -306,34 +324,35 @@ class Publisher:
         try:
             while True:
                 order = await self._queue.get()
-                if order[0] == "run":
+                if isinstance(order, Run):
                     self._stop.clear()
-                    running = loop.create_task(self.run_for(float(order[1])))
-                elif order[0] == "stop":
+                    streams = order.streams if order.streams is not None else self.cfg.streams
+                    running = loop.create_task(self.run_for(order.duration, streams))
+                elif isinstance(order, Stop):
                     self._stop.set()
-                else:
+                elif isinstance(order, Exit):
                     break
         finally:
             self._stop.set()
             if running is not None and not running.done():
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(running, 10.0)
-        self.send("bye")
+        self.send(Bye())
 
 
-def publisher_main(ctrl: Connection, cfg: dict[str, Any], cpus: list[int] | None = None) -> None:
+class _RunState:
+    """The counts of one run."""
+
+    __slots__ = ("behind_s", "errors", "published", "rtt")
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.errors: dict[str, int] = {}
+        self.rtt = Histogram()
+        self.behind_s = 0.0
+
+
+def publisher_main(ctrl: Connection, cfg: PublisherConfig, cpus: list[int] | None = None) -> None:
     """Entry point of the publisher process (``multiprocessing`` spawn target)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if cpus:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, cpus)
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    with contextlib.suppress(BrokenPipeError, EOFError, ConnectionResetError):
-        runner(Publisher(ctrl, cfg).main())
+    child_setup(cpus)
+    run_loop(Publisher(ctrl, cfg).main())

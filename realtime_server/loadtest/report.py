@@ -117,6 +117,40 @@ def render(r: dict[str, Any]) -> str:
                 f"{st['missed_recovered']:,} recovered, {st['missed_lost']:,} lost",
             )
         )
+    g = r["generators"]
+    rows.append(
+        (
+            "generators",
+            f"{g['processes']} processes, {_n(g['cpu_us_per_delivery'], 2)} us CPU per "
+            f"delivery, the busiest {g['busiest_percent']}% of a core",
+        )
+    )
+    by_source = c.get("by_source") or {}
+    if len(by_source) > 1:
+        rows.append(("connections by source address", _codes(by_source)))
+    lim = r["limits"]
+    server_files = lim["server_open_files"]
+    rows.append(
+        (
+            "open-file limits",
+            f"generator {lim['open_files_per_generator']:,} (needs {lim['generator_needs']:,}), "
+            + (
+                f"server {server_files:,} (needs {lim['server_needs']:,})"
+                if server_files is not None
+                else "server unknown"
+            ),
+        )
+    )
+    lq = r.get("listen_queue")
+    rows.append(
+        (
+            "listen queue drops",
+            f"ListenOverflows +{lq['overflows']:,}, ListenDrops +{lq['drops']:,} "
+            "(this machine, during the run)"
+            if lq is not None
+            else "not measured (the server is not on this machine)",
+        )
+    )
     mach = r["machine"]
     rows.append(
         (
@@ -131,4 +165,6 @@ def render(r: dict[str, Any]) -> str:
     lines += [f"| {k.ljust(width)} | {v} |" for k, v in rows]
     if r["notes"]:
         lines += ["", "Notes:", *(f"- {n}" for n in r["notes"])]
+    if r.get("failures"):
+        lines += ["", "FAILED:", *(f"- {f}" for f in r["failures"])]
     return "\n".join(lines)

@@ -20,42 +20,53 @@ User and document ids carry a per-run prefix, so runs never see each other's tra
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["DEFAULTS", "SCENARIOS", "Plan", "build_plan"]
+from .messages import Stream, UserSpec
+
+__all__ = ["DEFAULTS", "SCENARIOS", "Plan", "Workload", "build_plan"]
 
 SCENARIOS: Final = ("broadcast", "signing-day", "churn", "reconnect-storm")
 
-DEFAULTS: Final[dict[str, dict[str, Any]]] = {
-    "broadcast": {"users": 1000, "rate": 10.0, "duration": 20.0},
-    "signing-day": {
-        "users": 10_000,
-        "documents": 2_000,
-        "participants": 5,
-        "doc_rate": 200.0,
-        "user_rate": 100.0,
-        "duration": 30.0,
-    },
-    "churn": {
-        "users": 1_000,
-        "documents": 200,
-        "participants": 5,
-        "doc_rate": 100.0,
-        "user_rate": 20.0,
-        "churn_rate": 50.0,
-        "churn_lifetime": 5.0,
-        "duration": 30.0,
-    },
-    "reconnect-storm": {
-        "users": 2_000,
-        "documents": 400,
-        "participants": 5,
-        "doc_rate": 100.0,
-        "user_rate": 50.0,
-        "duration": 30.0,
-    },
-}
+
+@dataclass(frozen=True)
+class Workload:
+    """The sizes and rates of a run; None means the scenario's default."""
+
+    users: int | None = None
+    documents: int | None = None
+    participants: int | None = None
+    rate: float | None = None
+    doc_rate: float | None = None
+    user_rate: float | None = None
+    churn_rate: float | None = None
+    churn_lifetime: float | None = None
+    storm_at: float | None = None
+    duration: float | None = None
+
+    def over(self, defaults: Workload) -> Workload:
+        """These values where given, ``defaults``' elsewhere."""
+        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return dataclasses.replace(defaults, **given)
+
+
+DEFAULTS: Final[dict[str, Workload]] = {
+    "broadcast": Workload(users=1000, rate=10.0, duration=20.0),
+    "signing-day": Workload(
+        users=10_000, documents=2_000, participants=5, doc_rate=200.0, user_rate=100.0,
+        duration=30.0,
+    ),
+    "churn": Workload(
+        users=1_000, documents=200, participants=5, doc_rate=100.0, user_rate=20.0,
+        churn_rate=50.0, churn_lifetime=5.0, duration=30.0,
+    ),
+    "reconnect-storm": Workload(
+        users=2_000, documents=400, participants=5, doc_rate=100.0, user_rate=50.0,
+        duration=30.0,
+    ),
+}  # fmt: skip
 
 
 @dataclass
@@ -64,10 +75,9 @@ class Plan:
 
     scenario: str
     prefix: str
-    users: list[tuple[str, tuple[str, ...]]]
+    users: list[UserSpec]
     """Each user's id and the document channels in its token's ``channels`` claim."""
-    streams: list[dict[str, Any]]
-    """Publication streams: ``channels`` (round robin), ``rate`` (per second), ``kind``."""
+    streams: tuple[Stream, ...]
     documents: list[str] = field(default_factory=list)
     churn_rate: float = 0.0
     churn_lifetime: float = 0.0
@@ -84,7 +94,7 @@ class Plan:
         if docs:
             parts.append(n(docs, "document"))
         for s in self.streams:
-            parts.append(f"{s['kind']} {s['rate']:g}/s over {n(len(s['channels']), 'channel')}")
+            parts.append(f"{s.kind} {s.rate:g}/s over {n(len(s.channels), 'channel')}")
         if self.churn_rate:
             parts.append(f"churn {self.churn_rate:g}/s x {self.churn_lifetime:g}s")
         if self.storm_at is not None:
@@ -94,7 +104,7 @@ class Plan:
 
 def _layout(
     prefix: str, users: int, documents: int, participants: int
-) -> tuple[list[tuple[str, tuple[str, ...]]], list[str]]:
+) -> tuple[list[UserSpec], list[str]]:
     """Users ``<prefix>u<n>`` and documents ``document:<prefix>d<n>``; document ``d`` has
     users ``d*P .. d*P+P-1`` (modulo the user count) as participants, so that with the
     defaults every user takes part in exactly one document."""
@@ -105,40 +115,37 @@ def _layout(
         for d, doc in enumerate(docs):
             for k in range(min(participants, users)):
                 member[(d * participants + k) % users].append(doc)
-    return [(names[i], tuple(member[i])) for i in range(users)], docs
+    return [UserSpec(names[i], tuple(member[i])) for i in range(users)], docs
 
 
-def build_plan(scenario: str, prefix: str, o: dict[str, Any]) -> Plan:
-    """The plan for ``scenario`` with options ``o`` (defaults from :data:`DEFAULTS`)."""
+def build_plan(scenario: str, prefix: str, given: Workload) -> Plan:
+    """The plan for ``scenario`` with the ``given`` values over its :data:`DEFAULTS`."""
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}")
-    opts = {**DEFAULTS[scenario], **{k: v for k, v in o.items() if v is not None}}
-    users = int(opts["users"])
+    w = given.over(DEFAULTS[scenario])
+    users = w.users or 0
     if scenario == "broadcast":
         channel = f"document:{prefix}all"
-        layout: list[tuple[str, tuple[str, ...]]] = [
-            (f"{prefix}u{n}", (channel,)) for n in range(users)
-        ]
         return Plan(
             scenario,
             prefix,
-            layout,
-            [{"channels": [channel], "rate": float(opts["rate"]), "kind": "broadcast"}],
+            [UserSpec(f"{prefix}u{n}", (channel,)) for n in range(users)],
+            (Stream((channel,), w.rate or 0.0, "broadcast"),),
             documents=[channel],
             # N connections joining one channel would push N^2/2 join messages.
             spawn_namespaces={"document": {"join_leave": False}},
         )
-    layout, docs = _layout(prefix, users, int(opts["documents"]), int(opts["participants"]))
-    user_channels = [f"user:{name}" for name, _ in layout]
-    streams = [
-        {"channels": docs, "rate": float(opts["doc_rate"]), "kind": "status"},
-        {"channels": user_channels, "rate": float(opts["user_rate"]), "kind": "notification"},
-    ]
+    layout, docs = _layout(prefix, users, w.documents or 0, w.participants or 1)
+    user_channels = tuple(f"user:{spec.name}" for spec in layout)
+    streams = (
+        Stream(tuple(docs), w.doc_rate or 0.0, "status"),
+        Stream(user_channels, w.user_rate or 0.0, "notification"),
+    )
     plan = Plan(scenario, prefix, layout, streams, documents=docs)
     if scenario == "churn":
-        plan.churn_rate = float(opts["churn_rate"])
-        plan.churn_lifetime = float(opts["churn_lifetime"])
+        plan.churn_rate = w.churn_rate or 0.0
+        plan.churn_lifetime = w.churn_lifetime or 0.0
     elif scenario == "reconnect-storm":
-        at = opts.get("storm_at")
-        plan.storm_at = float(at) if at is not None else float(opts["duration"]) / 3.0
+        at = w.storm_at
+        plan.storm_at = at if at is not None else (w.duration or 0.0) / 3.0
     return plan

@@ -1,6 +1,7 @@
-"""Processes a load test starts for itself: ``realtime-server serve`` and a private
-``redis-server``, both on free loopback ports, both stopped at the end (and sent
-SIGTERM by the kernel if the load test dies: ``PR_SET_PDEATHSIG``)."""
+"""Servers a load test or a benchmark starts for itself: ``realtime-server serve`` (or
+any server taking the same two ports, such as the benchmarks' floor) and a private
+``redis-server``, on free loopback ports, stopped at the end (and sent SIGTERM by the
+kernel if the load test dies: ``PR_SET_PDEATHSIG``)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,29 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .children import log_problems
 from .procfs import free_port, wait_port
 
-__all__ = ["RedisProcess", "ServerProcess", "SpawnError"]
+__all__ = ["HOST", "RedisProcess", "ServerProcess", "SpawnError", "log_problems", "redis_command"]
 
 HOST = "127.0.0.1"
 
 
 class SpawnError(RuntimeError):
     """A process the load test needed did not start."""
+
+
+def log_problems(log: Path, most: int) -> list[str]:
+    """The first warnings and errors of a server log file."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    found = [
+        line.strip()[:200]
+        for line in text.splitlines()
+        if " WARNING " in line or " ERROR " in line or "Traceback" in line
+    ]
+    return found[:most]
 
 
 def _child_setup(cpus: list[int] | None) -> Callable[[], None]:
@@ -69,6 +83,8 @@ class RedisProcess:
         self.port = free_port()
         self.dir = workdir / f"redis-{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.ready_at = 0.0
+        """When it last answered its first PING (monotonic)."""
 
     @property
     def url(self) -> str:
@@ -92,11 +108,12 @@ class RedisProcess:
                 with socket.create_connection((HOST, self.port), timeout=1) as sock:
                     sock.sendall(b"PING\r\n")
                     if sock.recv(16).startswith(b"+PONG"):
+                        self.ready_at = time.monotonic()
                         return
             except OSError:
                 if self.proc.poll() is not None:
                     break
-                time.sleep(0.05)
+                time.sleep(0.005)  # the benchmarks time a restart from here
         self.stop()
         raise SpawnError("redis-server did not start")
 
@@ -105,13 +122,34 @@ class RedisProcess:
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (``start`` brings it back on the same port, empty)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+Command = Callable[[int, int], list[str]]
+"""The command line of a server given its WebSocket port and its API port."""
+
 
 class ServerProcess:
-    """``realtime-server serve`` with the given environment, on fixed free ports (so
-    that a restart comes back on the same ones)."""
+    """A server with the given environment on fixed free ports (so that a restart comes
+    back on the same ones): ``realtime-server serve`` by default, else ``command``.
+
+    It is ready when both ports accept connections and, for ``realtime-server serve``
+    logging at INFO (the default here), when every worker logged that it listens.
+    """
 
     def __init__(
-        self, workdir: Path, env: dict[str, str], workers: int, cpus: list[int] | None
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        workers: int = 1,
+        cpus: list[int] | None = None,
+        command: Command | None = None,
+        name: str = "server",
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -120,24 +158,26 @@ class ServerProcess:
             self.api_port = free_port()
         self.workers = workers
         self.cpus = cpus
+        self.command = command
         base = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
-        base.update(
-            {
-                "REALTIME_HOST": HOST,
-                "REALTIME_PORT": str(self.port),
-                "REALTIME_API_HOST": HOST,
-                "REALTIME_API_PORT": str(self.api_port),
-                "REALTIME_LOG_LEVEL": "INFO",
-                "REALTIME_SHUTDOWN_TIMEOUT": "3",
-                "REALTIME_SQLITE_PATH": str(workdir / "events.db"),
-                "REALTIME_EVENTS_SPILL_PATH": str(workdir / "events.spill.jsonl"),
-                "REALTIME_WORKERS": str(workers),
-            }
-        )
+        if command is None:
+            base.update(
+                {
+                    "REALTIME_HOST": HOST,
+                    "REALTIME_PORT": str(self.port),
+                    "REALTIME_API_HOST": HOST,
+                    "REALTIME_API_PORT": str(self.api_port),
+                    "REALTIME_LOG_LEVEL": "INFO",
+                    "REALTIME_SHUTDOWN_TIMEOUT": "3",
+                    "REALTIME_SQLITE_PATH": str(workdir / f"events-{self.port}.db"),
+                    "REALTIME_EVENTS_SPILL_PATH": str(workdir / f"events-{self.port}.spill.jsonl"),
+                    "REALTIME_WORKERS": str(workers),
+                }
+            )
         base.update(env)
         self.env = base
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = workdir / f"server-{self.port}.log"
+        self.log = workdir / f"{name}-{self.port}.log"
         self.starts = 0
 
     @property
@@ -154,10 +194,20 @@ class ServerProcess:
         return f"http://{HOST}:{self.api_port}"
 
     def start(self, timeout: float = 30.0) -> None:
+        """Start it and wait until it serves.
+
+        Raises:
+            SpawnError: when it exits or is not ready within ``timeout`` (with its log's
+            last lines).
+        """
         self.starts += 1
+        if self.command is None:
+            cmd = [sys.executable, "-m", "realtime_server", "serve"]
+        else:
+            cmd = self.command(self.port, self.api_port)
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "realtime_server", "serve"],
+            self.proc = subprocess.Popen(  # noqa: S603 - our own command lines
+                cmd,
                 env=self.env,
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
@@ -171,17 +221,19 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            if (
-                self._count("listening on") >= want
-                and self._count("HTTP server API") >= want
-                and wait_port(HOST, self.port, 5)
-                and wait_port(HOST, self.api_port, 5)
-            ):
+            logged = not self._logs_start() or (
+                self._count("listening on") >= want and self._count("HTTP server API") >= want
+            )
+            if logged and wait_port(HOST, self.port, 5) and wait_port(HOST, self.api_port, 5):
                 return
             time.sleep(0.05)
         tail = self.tail()
         self.stop()
-        raise SpawnError(f"realtime-server did not start:\n{tail}")
+        raise SpawnError(f"{self.log.stem} did not start:\n{tail}")
+
+    def _logs_start(self) -> bool:
+        level = self.env.get("REALTIME_LOG_LEVEL", "INFO").upper()
+        return self.command is None and level in ("INFO", "DEBUG")
 
     def _count(self, text: str) -> int:
         try:
@@ -189,8 +241,8 @@ class ServerProcess:
         except OSError:
             return 0
 
-    def stop(self) -> None:
-        _stop(self.proc, 15.0)
+    def stop(self, timeout: float = 15.0) -> None:
+        _stop(self.proc, timeout)
 
     def tail(self, lines: int = 15) -> str:
         try:

@@ -1,0 +1,242 @@
+"""The simulated users of a generator and their connections (the protocol side).
+
+A :class:`Conn` is one connection of a :class:`User`: the WebSocket handshake and
+frames are :class:`~.wsclient.FrameClient`'s; this adds the protocol: ``connect`` with
+the user's token (and, after a reconnect, ``subs`` asking to recover each channel from
+its last offset, as the SDKs do), pongs, and publications handed to the generator that
+owns the connection, which counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from typing import Any, Final, Protocol
+
+import orjson
+
+from .counters import Counters
+from .wsclient import CLOSED, OPEN, FrameClient, client_frame
+
+__all__ = ["Conn", "Owner", "User", "create_connection", "is_terminal", "os_reason", "retryable"]
+
+_PONG: Final = client_frame(b"{}")
+_IP_BIND_ADDRESS_NO_PORT: Final = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def is_terminal(code: int) -> bool:
+    """Close codes after which the SDKs do not reconnect (3500-3999, 4500-4999)."""
+    return 3500 <= code <= 3999 or 4500 <= code <= 4999
+
+
+def os_reason(exc: OSError) -> str:
+    name = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    return f"socket: {name}"[:80]
+
+
+def retryable(reason: str) -> bool:
+    """Failures worth another try: the network and the server's temporary errors."""
+    transient = ("socket:", "timeout", "connection lost", "error 100", "HTTP/1.1 5")
+    if reason.startswith("close "):
+        try:
+            return not is_terminal(int(reason[6:]))
+        except ValueError:
+            return True
+    return reason.startswith(transient)
+
+
+async def create_connection(
+    loop: asyncio.AbstractEventLoop,
+    factory: Any,
+    host: str,
+    port: int,
+    source: str | None,
+) -> tuple[asyncio.BaseTransport, Any]:
+    """``loop.create_connection``, from the local address ``source`` when given.
+
+    The socket is bound before it connects, with ``IP_BIND_ADDRESS_NO_PORT``: the kernel
+    picks the local port at connect time, per (source, destination) pair, so each source
+    address has the whole ephemeral port range towards one server port.
+    """
+    if source is None:
+        return await loop.create_connection(factory, host, port)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        await loop.sock_connect(sock, (host, port))
+        return await loop.create_connection(factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class Owner(Protocol):
+    """What a connection reports to (the generator)."""
+
+    c: Counters
+
+    def pub(self, u: User, channel: str, pub: dict[str, Any], now: int, live: bool) -> None: ...
+
+    def closed(self, conn: Conn, code: int) -> None: ...
+
+    def subscribed(self, conn: Conn, reply: dict[str, Any], now: int) -> None: ...
+
+
+class User:
+    """One simulated user: its token, channels and stream positions, across reconnects."""
+
+    __slots__ = (
+        "channels",
+        "conn",
+        "connected",
+        "expected",
+        "nxt",
+        "pos",
+        "source",
+        "steady",
+        "sub_channel",
+        "sub_token",
+        "token",
+        "user",
+    )
+
+    def __init__(
+        self,
+        user: str,
+        channels: tuple[str, ...],
+        token: str,
+        steady: bool,
+        source: str | None = None,
+    ) -> None:
+        self.user = user
+        self.channels = channels  # server-side subscriptions expected at connect
+        self.expected = frozenset(channels)
+        self.token = token
+        self.steady = steady
+        self.source = source
+        # Next sequence number expected per channel; steady users were subscribed
+        # before the first publication, so they expect 1 everywhere.
+        self.nxt: dict[str, int] = dict.fromkeys(channels, 1) if steady else {}
+        self.pos: dict[str, tuple[int, str]] = {}
+        self.conn: Conn | None = None
+        self.connected = 0
+        self.sub_channel: str | None = None  # churn users: a client-side subscription
+        self.sub_token: str | None = None
+
+
+class Conn(FrameClient):
+    """One connection of a :class:`User`."""
+
+    __slots__ = ("done", "owner", "started_ns", "sub_sent_ns", "user")
+
+    def __init__(
+        self,
+        owner: Owner,
+        user: User,
+        request: bytes,
+        accept: bytes,
+        done: asyncio.Future[str | None],
+    ) -> None:
+        super().__init__(request, accept)
+        self.owner = owner
+        self.user = user
+        self.done = done  # result None once connected, else the failure reason
+        self.started_ns = time.time_ns()
+        self.sub_sent_ns = 0
+
+    def on_upgraded(self) -> None:
+        u = self.user
+        params: dict[str, Any] = {"token": u.token, "name": "loadtest"}
+        if u.pos:
+            params["subs"] = {
+                ch: {"recover": True, "offset": off, "epoch": ep} for ch, (off, ep) in u.pos.items()
+            }
+        self.send_text(orjson.dumps({"id": 1, "connect": params}))
+
+    def on_fail(self, reason: str) -> None:
+        if not self.done.done():
+            self.done.set_result(reason)
+        else:  # an open connection we gave up on (malformed traffic)
+            self.owner.closed(self, 1002)
+
+    def on_close(self, code: int) -> None:
+        if not self.done.done():
+            self.done.set_result(f"close {code}")
+            return
+        self.owner.closed(self, code)
+
+    def on_text(self, payload: bytes, now_ns: int) -> None:
+        if b"\n" in payload:  # several replies in one frame
+            for line in payload.split(b"\n"):
+                if line and self.state != CLOSED:
+                    self._message(line, now_ns)
+        else:
+            self._message(payload, now_ns)
+
+    def _message(self, payload: bytes, now: int) -> None:
+        if payload.startswith(b'{"push"'):
+            push = orjson.loads(payload)["push"]
+            pub = push.get("pub")
+            c = self.owner.c
+            if pub is not None:
+                self.owner.pub(self.user, push.get("channel", ""), pub, now, True)
+            elif "join" in push:
+                c.joins += 1
+            elif "leave" in push:
+                c.leaves += 1
+            elif "unsubscribe" in push:
+                c.unsubscribe_pushes += 1
+            return
+        if payload == b"{}":
+            self.transport_write(_PONG)
+            return
+        try:
+            reply = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.fail("malformed frame from server")
+            return
+        if not isinstance(reply, dict):
+            return
+        ident = reply.get("id")
+        if ident == 1:
+            if isinstance(reply.get("connect"), dict):
+                self._connected(reply["connect"], now)
+            else:
+                code = (reply.get("error") or {}).get("code", "?")
+                self.fail(f"error {code}")
+        elif ident == 2:
+            self.owner.subscribed(self, reply, now)
+
+    def _connected(self, result: dict[str, Any], now: int) -> None:
+        u, owner = self.user, self.owner
+        c = owner.c
+        subs = result.get("subs") or {}
+        missing = [ch for ch in u.expected if ch not in subs]
+        if missing:
+            c.missing_subs += len(missing)
+        for ch, res in subs.items():
+            if not isinstance(res, dict):
+                continue
+            if res.get("was_recovering"):
+                if res.get("recovered"):
+                    c.recovered_ok += 1
+                else:
+                    c.recovered_failed += 1
+            if "epoch" in res:
+                u.pos[ch] = (int(res.get("offset") or 0), str(res["epoch"]))
+            for pub in res.get("publications") or ():
+                owner.pub(u, ch, pub, now, False)
+        self.state = OPEN
+        c.connect_latency.record((now - self.started_ns) // 1000)
+        if not self.done.done():
+            self.done.set_result(None)
+        if u.sub_channel is not None:
+            self.sub_sent_ns = time.time_ns()
+            cmd = {"id": 2, "subscribe": {"channel": u.sub_channel, "token": u.sub_token}}
+            self.send_text(orjson.dumps(cmd))
