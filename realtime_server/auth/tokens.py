@@ -6,7 +6,9 @@ Subscription token: ``sub`` and ``channel`` required; optional ``exp``, ``iat``,
 ``nbf``, ``jti``, ``info``.
 
 Outcomes: :class:`TokenInvalid` (bad signature, algorithm, claims, audience, issuer,
-lifetime, length, ``crit`` header) or :class:`TokenExpired` (expired or not yet valid).
+lifetime, length, ``crit`` header) or :class:`TokenExpired` (expired or not yet valid),
+whatever the input (any character, any JSON behind a valid signature: fuzzed in
+``tests/test_token_fuzz.py``); never another exception.
 The messages of both are safe to log: they never include the token. HMAC tokens are
 checked by :mod:`.hmac_jws` (strict compact JWS, constant-time compare), public-key
 tokens by PyJWT.
@@ -73,7 +75,10 @@ def _number(payload: dict[str, Any], name: str, *, required: bool = False) -> fl
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenInvalid(f"malformed {name} claim")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a double (PyJWT parses any size)
+        raise TokenInvalid(f"malformed {name} claim") from None
     if not math.isfinite(number):
         raise TokenInvalid(f"malformed {name} claim")
     return number
@@ -90,6 +95,16 @@ def _string(payload: dict[str, Any], name: str, *, required: bool = False) -> st
     if len(value) > 256:
         raise TokenInvalid(f"{name} claim too long")
     return value
+
+
+def _info(payload: dict[str, Any]) -> RawJSON | None:
+    """The ``info`` claim as JSON bytes (shown to others as ``conn_info``)."""
+    if "info" not in payload:
+        return None
+    try:
+        return orjson.dumps(payload["info"])
+    except orjson.JSONEncodeError:  # integers beyond 64 bits, JSON nested too deep
+        raise TokenInvalid("malformed info claim") from None
 
 
 class TokenVerifier:
@@ -133,6 +148,8 @@ class TokenVerifier:
             raise TokenInvalid("missing token")
         if len(raw) > self._max_length:
             raise TokenInvalid("token too long")
+        if not raw.isascii():  # no compact JWS is; PyJWT would fail to encode a surrogate
+            raise TokenInvalid("bad signature or malformed token")
         if self._hmac_digests is not None:
             try:
                 _header, payload = decode_hmac_jws(raw, self._keys.key, self._hmac_digests)
@@ -219,7 +236,7 @@ class TokenVerifier:
             channels = []
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise TokenInvalid("malformed channels claim")
-        info = orjson.dumps(payload["info"]) if "info" in payload else None
+        info = _info(payload)
         assert sub is not None and exp is not None
         self._check_time(exp, iat, nbf, now)
         return ConnectionClaims(sub, exp, iat, jti, info, tuple(dict.fromkeys(channels)))
@@ -234,7 +251,7 @@ class TokenVerifier:
         iat = _number(payload, "iat")
         nbf = _number(payload, "nbf")
         jti = _string(payload, "jti")
-        info = orjson.dumps(payload["info"]) if "info" in payload else None
+        info = _info(payload)
         assert sub is not None and channel is not None
         self._check_time(exp, iat, nbf, now)
         return SubscriptionClaims(sub, channel, exp, iat, jti, info)
