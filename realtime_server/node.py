@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import zlib
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -222,23 +221,26 @@ class Node:
         offset: int | None = None,
         code: int | None = None,
         user: str | None = None,
+        at: float | None = None,
         **details: Any,
     ) -> None:
-        """Record an event (never blocks). ``details`` must hold no token or payload."""
+        """Record an event (never blocks). ``details`` must hold no token or payload;
+        ``at``: the event's time when it is not now."""
         if self._events_off:
             return
-        self.events.record(
-            Event(
-                kind,
-                self.name,
-                user=user if user is not None else (s.user or None if s is not None else None),
-                client=s.client_id if s is not None else None,
-                channel=channel,
-                offset=offset,
-                code=code,
-                details=details or None,
-            )
+        event = Event(
+            kind,
+            self.name,
+            user=user if user is not None else (s.user or None if s is not None else None),
+            client=s.client_id if s is not None else None,
+            channel=channel,
+            offset=offset,
+            code=code,
+            details=details or None,
         )
+        if at is not None:
+            event.time = at
+        self.events.record(event)
 
     def connect_rejected(self, s: Session, code: int, reason: str) -> None:
         if s.rejection_logged:
@@ -416,11 +418,13 @@ class Node:
         s.detach()
         if s.connected_at:
             code = s.close_code.code if s.close_code is not None else s.conn.close_code
+            at = s.closed_at  # hardening (issue 11): when it was decided, set by detach()
             self.log(
                 EventType.DISCONNECT,
                 s,
                 code=code,
-                duration=round(time.time() - s.connected_at, 3),
+                at=at,
+                duration=round(at - s.connected_at, 3),
                 by="server" if s.close_code is not None else "client",
             )
             for name in s.subs:

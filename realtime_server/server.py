@@ -24,7 +24,13 @@ from . import codes
 from .errors import ProtocolViolation
 from .node import Node
 from .session import Session, SessionState
-from .wsconn import GuardedConnection, guarded_connection, release_after_handshake, release_headers
+from .wsconn import (
+    CLOSE_TIMEOUT,
+    GuardedConnection,
+    guarded_connection,
+    release_after_handshake,
+    release_headers,
+)
 
 if TYPE_CHECKING:
     from .demo import Demo
@@ -217,7 +223,7 @@ async def start_websocket_server(node: Node, demo: Demo | None = None, **kwargs:
         "compression": None,
         "ping_interval": None,  # the protocol's own JSON pings replace WebSocket pings
         "ping_timeout": None,
-        "close_timeout": 5,
+        "close_timeout": CLOSE_TIMEOUT,  # then aborted: the socket is released (wsconn.py)
         "max_size": settings.max_message_size,
         "max_queue": 16,
         "open_timeout": settings.connect_timeout,

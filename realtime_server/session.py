@@ -127,6 +127,7 @@ class Session:
         "awaiting_pong",
         "client_id",
         "close_code",
+        "closed_at",
         "conn",
         "conn_info",
         "connected_at",
@@ -160,6 +161,7 @@ class Session:
         self.version = ""
         self.connected_at = 0.0
         self.close_code: CloseCode | None = None
+        self.closed_at = 0.0  # when the session was detached: the disconnect's time
         # Read now (the loop caches it while the socket is open); formatted on demand.
         conn.remote_address  # noqa: B018
         self.rejection_logged = False
@@ -271,6 +273,9 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         self.transition(SessionState.CLOSED)
+        # hardening (issue 11): the decision's time, not the socket's end (up to the
+        # close timeout later), is what the disconnect event records.
+        self.closed_at = time.time()
         self.node.expiry.cancel(self)
         for sub in self.subs.values():
             if sub.timer is not None:

@@ -1,4 +1,5 @@
-"""Our adjustments to websockets' server connection: bounded buffering, early release.
+"""Our adjustments to websockets' server connection: bounded buffering, bounded closes,
+early release.
 
 :class:`GuardedConnection` bounds what a client that does not read can make the server
 buffer through websockets' automatic replies: every ping frame is answered with a pong
@@ -7,6 +8,16 @@ client sending pings without reading grew the server by about what it sent (52 M
 pings: +71 MB of RSS). Past ``REALTIME_OUTBOX_BYTES`` of unsent data the connection
 stops being read and is closed like any slow consumer (3008); if it overflows again
 before the close completes, it is dropped.
+
+Every close ends promptly, so a closed connection never holds its socket (issue 11):
+
+- A close frame that cannot be written, because more than ``write_cap`` bytes already
+  wait for the client (the slow consumer closed with 3008), is not queued behind them:
+  the connection is aborted at once. websockets would write the frame and then wait,
+  without a deadline, for the buffer to drain (its ``drain()`` comes before its close
+  timeout starts), so a client that stopped reading kept its socket for good.
+- Any other close (the closing handshake, and the drain before it) is bounded by
+  :data:`CLOSE_TIMEOUT` as a whole; past it the connection is aborted.
 
 Two more jobs, both about memory and the garbage collector, not behaviour:
 
@@ -36,7 +47,18 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-__all__ = ["GuardedConnection", "guarded_connection", "release_after_handshake", "release_headers"]
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "GuardedConnection",
+    "guarded_connection",
+    "release_after_handshake",
+    "release_headers",
+]
+
+CLOSE_TIMEOUT = 1.5
+"""Seconds a close may take, from the decision to the socket's release: the peer's close
+frame and the end of the TCP connection (websockets' default is 10 s; ours was 5 s). A
+responsive client answers within a round trip; one that does not is aborted."""
 
 _NO_HEADERS = Headers()
 
@@ -81,6 +103,24 @@ class GuardedConnection(ServerConnection):
             transport.abort()
         else:
             handler(self)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """The closing handshake, bounded (see the module docstring): aborted at once
+        when the close frame cannot be written, after :attr:`close_timeout` seconds
+        (the drain included) otherwise. Returns once the socket is released."""
+        transport = self.transport
+        if self.flooded or transport.get_write_buffer_size() > self.write_cap:
+            await self._abort()
+            return
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await super().close(code, reason)
+        except TimeoutError:
+            await self._abort()
+
+    async def _abort(self) -> None:
+        self.transport.abort()
+        await asyncio.shield(self.connection_lost_waiter)
 
     def _answer_other(self, data: bytes) -> bool:
         """A request whose method is not GET: websockets would close the connection
