@@ -277,6 +277,20 @@ class Settings:
         minimum=0,
         metavar="N",
     )
+    max_connections: int = setting(
+        0,
+        "WebSocket-port sockets per process before handshakes get 503; 0: the open-file "
+        "limit minus a reserve for the API, Redis, Postgres and health checks",
+        minimum=0,
+        metavar="N",
+    )
+    max_unauthenticated: int = setting(
+        0,
+        "of those, sockets without a successful connect; past it the oldest is dropped; "
+        "0: half of the connection cap",
+        minimum=0,
+        metavar="N",
+    )
     outbox_bytes: int = setting(
         1048576, "bytes queued towards one client before close 3008", minimum=4096, metavar="BYTES"
     )

@@ -7,7 +7,7 @@ Plain integer attributes: the hot path increments them without locks or lookups
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 __all__ = ["Metrics"]
 
@@ -30,6 +30,7 @@ class Metrics:
         self.revocations_total = 0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.labeled: dict[str, tuple[str, str, Callable[[], Mapping[str, float]]]] = {}
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         self.gauges[name] = (help_text, read)
@@ -37,6 +38,13 @@ class Metrics:
     def counter(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """A monotonic count read at scrape time (exposed as ``realtime_<name>_total``)."""
         self.counters[name] = (help_text, read)
+
+    def counter_by(
+        self, name: str, help_text: str, label: str, read: Callable[[], Mapping[str, float]]
+    ) -> None:
+        """Monotonic counts by ``label`` value, read at scrape time
+        (``realtime_<name>_total{<label>="..."}``)."""
+        self.labeled[name] = (help_text, label, read)
 
     def render(self) -> bytes:
         lines: list[str] = []
@@ -51,6 +59,9 @@ class Metrics:
             metric(name, "gauge", help_text, [("", read())])
         for name, (help_text, read) in sorted(self.counters.items()):
             metric(f"{name}_total", "counter", help_text, [("", read())])
+        for name, (help_text, label, read_by) in sorted(self.labeled.items()):
+            samples = [(f'{{{label}="{k}"}}', v) for k, v in sorted(read_by().items())]
+            metric(f"{name}_total", "counter", help_text, samples)
         metric(
             "connections_total",
             "counter",

@@ -19,6 +19,10 @@ Every close ends promptly, so a closed connection never holds its socket (issue 
 - Any other close (the closing handshake, and the drain before it) is bounded by
   :data:`CLOSE_TIMEOUT` as a whole; past it the connection is aborted.
 
+Each socket is counted by the port's :class:`~.admission.ConnectionGate` from its
+accept (``connection_made``) to its end (``connection_lost``); the server tells it when
+the connection authenticates (:meth:`GuardedConnection.authenticated`).
+
 Two more jobs, both about memory and the garbage collector, not behaviour:
 
 - After the handshake, the request and response headers (about 2.5 KiB per idle
@@ -47,6 +51,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from .admission import Admission, ConnectionGate
+
 __all__ = [
     "CLOSE_TIMEOUT",
     "GuardedConnection",
@@ -74,15 +80,39 @@ class GuardedConnection(ServerConnection):
     write_cap: ClassVar[int] = 1 << 20
     on_flood: ClassVar[Callable[[GuardedConnection], None] | None] = None
     other_method: ClassVar[Callable[[GuardedConnection, str, str], bytes] | None] = None
+    gate: ClassVar[ConnectionGate | None] = None
     # Slots, not instance attributes: one more key in websockets' large instance dict
     # made every connection's dict a bigger, unshared one (measured +1.3 KiB each).
-    __slots__ = ("flooded", "session", "started")
+    __slots__ = ("admission", "flooded", "session", "started")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.session: Any = None  # set by the server's handler for the connection's life
         self.flooded = False
         self.started = False
+        self.admission = Admission.NONE
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        gate = type(self).gate
+        if gate is not None:
+            gate.admit(self)  # refused: kept to answer 503 (server.py's routes)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gate = type(self).gate
+        if gate is not None:
+            gate.release(self)
+        super().connection_lost(exc)
+
+    def authenticated(self) -> None:
+        """The connection's ``connect`` succeeded (out of the unauthenticated cap)."""
+        gate = type(self).gate
+        if gate is not None:
+            gate.authenticate(self)
+
+    def drop(self) -> None:
+        """Abort the socket (the gate made room for a newer one)."""
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if not self.started:
@@ -143,10 +173,16 @@ def guarded_connection(
     write_cap: int,
     on_flood: Callable[[GuardedConnection], None],
     other_method: Callable[[GuardedConnection, str, str], bytes] | None = None,
+    gate: ConnectionGate | None = None,
 ) -> type[GuardedConnection]:
-    """The connection class of one server: its cap, what to do on overflow, and how to
-    answer requests with another method than GET."""
-    attributes = {"write_cap": write_cap, "on_flood": on_flood, "other_method": other_method}
+    """The connection class of one server: its cap, what to do on overflow, how to
+    answer requests with another method than GET, and the port's admission gate."""
+    attributes = {
+        "write_cap": write_cap,
+        "on_flood": on_flood,
+        "other_method": other_method,
+        "gate": gate,
+    }
     return type("GuardedConnection", (GuardedConnection,), attributes)
 
 

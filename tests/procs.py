@@ -7,7 +7,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -77,9 +77,13 @@ class ServerProcess:
 
 
 @asynccontextmanager
-async def server_process(**env: str | None) -> AsyncIterator[ServerProcess]:
-    """Start ``realtime-server serve`` on free ports; wait until it says it listens."""
+async def server_process(
+    *, wrapper: Sequence[str] = (), **env: str | None
+) -> AsyncIterator[ServerProcess]:
+    """Start ``realtime-server serve`` on free ports; wait until it says it listens.
+    ``wrapper``: a command that runs it (``prlimit --nofile=256:256``)."""
     proc = await asyncio.create_subprocess_exec(
+        *wrapper,
         *CLI,
         "serve",
         env=cli_env(**{"LOG_LEVEL": "INFO", **env}),
