@@ -207,7 +207,8 @@ class Settings:
     )
     events_buffer: int = setting(
         100000,
-        "events held in memory; while the store is down, half of it fills before spilling",
+        "events held in memory; while the store does not answer they reach the spill "
+        "file within about 1 s (at once past half of the buffer)",
         minimum=100,
         metavar="EVENTS",
     )
