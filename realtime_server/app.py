@@ -26,6 +26,7 @@ from .auth.tokens import TokenVerifier
 from .channels.engine import Engine
 from .channels.memory import MemoryEngine
 from .config import Settings
+from .limits import raise_open_file_limit
 from .listen import effective_backlog
 from .node import Node
 from .server import WEBSOCKET_PATH, start_websocket_server
@@ -217,6 +218,7 @@ async def run(settings: Settings, reuse_port: bool = False, demo: Demo | None = 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    raise_open_file_limit()  # logged; the connection caps derive from it (limits.py)
     watchdog = None
     if reuse_port:  # a worker: stop if the supervising parent dies without telling us
         watchdog = loop.create_task(_watch_parent(os.getppid(), stop))

@@ -49,6 +49,9 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from .logscrub import install
+
+    install()  # no token or credential in any log line, at any level (logscrub.py)
     if level.upper() != "DEBUG":  # one line per connection and HTTP request is noise
         logging.getLogger("websockets").setLevel(logging.WARNING)
 

@@ -156,7 +156,8 @@ class Settings:
     )
     events_buffer: int = setting(
         100000,
-        "events held in memory; while the store is down, half of it fills before spilling",
+        "events held in memory; while the store does not answer they reach the spill "
+        "file within about 1 s (at once past half of the buffer)",
         minimum=100,
         metavar="EVENTS",
     )
@@ -269,6 +270,20 @@ class Settings:
     max_connections_per_user: int = setting(
         0,
         "connections per user on one node (close 3504); 0 means unlimited",
+        minimum=0,
+        metavar="N",
+    )
+    max_connections: int = setting(
+        0,
+        "WebSocket-port sockets per process before handshakes get 503; 0: the open-file "
+        "limit minus a reserve for the API, Redis, Postgres and health checks",
+        minimum=0,
+        metavar="N",
+    )
+    max_unauthenticated: int = setting(
+        0,
+        "of those, sockets without a successful connect; past it the oldest is dropped; "
+        "0: half of the connection cap",
         minimum=0,
         metavar="N",
     )

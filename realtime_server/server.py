@@ -21,10 +21,18 @@ from websockets.http11 import Request, Response
 from websockets.typing import Origin, Subprotocol
 
 from . import codes
+from .admission import Admission, ConnectionGate
 from .errors import ProtocolViolation
+from .limits import connection_limits, listen_backlog, open_file_limit, reserve
 from .node import Node
 from .session import Session, SessionState
-from .wsconn import GuardedConnection, guarded_connection, release_after_handshake, release_headers
+from .wsconn import (
+    CLOSE_TIMEOUT,
+    GuardedConnection,
+    guarded_connection,
+    release_after_handshake,
+    release_headers,
+)
 
 if TYPE_CHECKING:
     from .demo import Demo
@@ -63,9 +71,12 @@ def _select_subprotocol(
 
 
 class _Routes:
-    def __init__(self, node: Node, demo: Demo | None = None) -> None:
+    def __init__(
+        self, node: Node, demo: Demo | None = None, gate: ConnectionGate | None = None
+    ) -> None:
         self.node = node
         self.demo = demo  # serve --demo: the page at / and its /demo/... routes
+        self.gate = gate
 
     def __call__(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
@@ -80,6 +91,13 @@ class _Routes:
             if self.node.draining:
                 return _response(
                     http.HTTPStatus.SERVICE_UNAVAILABLE, b"draining\n", "text/plain; charset=utf-8"
+                )
+            if getattr(conn, "admission", None) is Admission.REFUSED and self.gate is not None:
+                self.gate.refuse()  # every slot authenticated (admission.py)
+                return _response(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE,
+                    b"connection limit reached\n",
+                    "text/plain; charset=utf-8",
                 )
             return None
         if path == "/healthz":
@@ -156,6 +174,8 @@ async def _serve_session(session: Session, connect_timeout: float) -> None:
             if stale is not None and session.state is not SessionState.CONNECTING:
                 stale.cancel()
                 stale = None
+                if session.state is SessionState.CONNECTED and isinstance(conn, GuardedConnection):
+                    conn.authenticated()  # out of the unauthenticated cap (admission.py)
     finally:
         if stale is not None:
             stale.cancel()
@@ -199,11 +219,63 @@ def make_handler(node: Node) -> Any:
     return handler
 
 
+def _gate_metrics(node: Node, gate: ConnectionGate) -> None:
+    metrics = node.metrics
+    metrics.gauge(
+        "port_sockets",
+        "Sockets on the WebSocket port counted against REALTIME_MAX_CONNECTIONS.",
+        lambda: gate.sockets,
+    )
+    metrics.gauge(
+        "port_sockets_unauthenticated",
+        "Of those, sockets without a successful connect (REALTIME_MAX_UNAUTHENTICATED).",
+        lambda: gate.unauthenticated,
+    )
+    metrics.gauge(
+        "max_connections", "The cap on WebSocket-port sockets.", lambda: gate.limits.max_connections
+    )
+    metrics.counter_by(
+        "port_refusals",
+        "Sockets refused (503) or dropped at the connection caps, by reason.",
+        "reason",
+        lambda: gate.refusals,
+    )
+
+
 async def start_websocket_server(node: Node, demo: Demo | None = None, **kwargs: Any) -> Server:
     """Listen on the configured host and port (``port=0`` in kwargs picks a free one);
     ``demo`` adds the demo page's routes (``serve --demo``)."""
     settings = node.settings
-    routes = _Routes(node, demo)
+    nofile = open_file_limit().soft
+    backlog = listen_backlog(settings.backlog, nofile)
+    if backlog < settings.backlog:
+        logger.warning(
+            "listen backlog %d instead of REALTIME_BACKLOG %d: the open-file limit %d keeps "
+            "a backlog's worth of descriptors in reserve (raise ulimit -n)",
+            backlog,
+            settings.backlog,
+            nofile,
+        )
+    limits = connection_limits(
+        nofile, settings.max_connections, settings.max_unauthenticated, backlog
+    )
+    gate = ConnectionGate(limits)
+    _gate_metrics(node, gate)
+    logger.info(
+        "connection caps: %d sockets, %d of them unauthenticated (open-file limit %d)",
+        limits.max_connections,
+        limits.max_unauthenticated,
+        nofile,
+    )
+    if limits.max_connections > nofile - reserve(backlog):
+        logger.warning(
+            "REALTIME_MAX_CONNECTIONS %d leaves fewer than %d of the %d descriptors for the "
+            "API, Redis, Postgres and health checks",
+            limits.max_connections,
+            reserve(backlog),
+            nofile,
+        )
+    routes = _Routes(node, demo, gate)
     origins: list[Origin | None] | None = None
     allowed = settings.origins()
     if allowed is not None:
@@ -215,21 +287,22 @@ async def start_websocket_server(node: Node, demo: Demo | None = None, **kwargs:
         "process_request": routes,
         "process_response": release_after_handshake,
         "create_connection": guarded_connection(
-            settings.outbox_bytes, _flooded, routes.other_method
+            settings.outbox_bytes, _flooded, routes.other_method, gate
         ),
         "select_subprotocol": _select_subprotocol,
         "origins": origins,
         "compression": None,
         "ping_interval": None,  # the protocol's own JSON pings replace WebSocket pings
         "ping_timeout": None,
-        "close_timeout": 5,
+        "close_timeout": CLOSE_TIMEOUT,  # then aborted: the socket is released (wsconn.py)
         "max_size": settings.max_message_size,
         "max_queue": 16,
         "open_timeout": settings.connect_timeout,
         "server_header": None,
         "reuse_address": True,
-        # Room for a reconnect storm's SYNs (asyncio's default is 100); loadtest stream.
-        "backlog": settings.backlog,
+        # Room for a reconnect storm's SYNs (asyncio's default is 100), within the
+        # descriptors kept in reserve for it (limits.listen_backlog).
+        "backlog": backlog,
     }
     options.update(kwargs)
     return await serve(make_handler(node), **options)

@@ -1,4 +1,5 @@
-"""Our adjustments to websockets' server connection: bounded buffering, early release.
+"""Our adjustments to websockets' server connection: bounded buffering, bounded closes,
+early release.
 
 :class:`GuardedConnection` bounds what a client that does not read can make the server
 buffer through websockets' automatic replies: every ping frame is answered with a pong
@@ -7,6 +8,20 @@ client sending pings without reading grew the server by about what it sent (52 M
 pings: +71 MB of RSS). Past ``REALTIME_OUTBOX_BYTES`` of unsent data the connection
 stops being read and is closed like any slow consumer (3008); if it overflows again
 before the close completes, it is dropped.
+
+Every close ends promptly, so a closed connection never holds its socket (issue 11):
+
+- A close frame that cannot be written, because more than ``write_cap`` bytes already
+  wait for the client (the slow consumer closed with 3008), is not queued behind them:
+  the connection is aborted at once. websockets would write the frame and then wait,
+  without a deadline, for the buffer to drain (its ``drain()`` comes before its close
+  timeout starts), so a client that stopped reading kept its socket for good.
+- Any other close (the closing handshake, and the drain before it) is bounded by
+  :data:`CLOSE_TIMEOUT` as a whole; past it the connection is aborted.
+
+Each socket is counted by the port's :class:`~.admission.ConnectionGate` from its
+accept (``connection_made``) to its end (``connection_lost``); the server tells it when
+the connection authenticates (:meth:`GuardedConnection.authenticated`).
 
 Two more jobs, both about memory and the garbage collector, not behaviour:
 
@@ -36,7 +51,20 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-__all__ = ["GuardedConnection", "guarded_connection", "release_after_handshake", "release_headers"]
+from .admission import Admission, ConnectionGate
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "GuardedConnection",
+    "guarded_connection",
+    "release_after_handshake",
+    "release_headers",
+]
+
+CLOSE_TIMEOUT = 1.5
+"""Seconds a close may take, from the decision to the socket's release: the peer's close
+frame and the end of the TCP connection (websockets' default is 10 s; ours was 5 s). A
+responsive client answers within a round trip; one that does not is aborted."""
 
 _NO_HEADERS = Headers()
 
@@ -52,15 +80,39 @@ class GuardedConnection(ServerConnection):
     write_cap: ClassVar[int] = 1 << 20
     on_flood: ClassVar[Callable[[GuardedConnection], None] | None] = None
     other_method: ClassVar[Callable[[GuardedConnection, str, str], bytes] | None] = None
+    gate: ClassVar[ConnectionGate | None] = None
     # Slots, not instance attributes: one more key in websockets' large instance dict
     # made every connection's dict a bigger, unshared one (measured +1.3 KiB each).
-    __slots__ = ("flooded", "session", "started")
+    __slots__ = ("admission", "flooded", "session", "started")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.session: Any = None  # set by the server's handler for the connection's life
         self.flooded = False
         self.started = False
+        self.admission = Admission.NONE
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        gate = type(self).gate
+        if gate is not None:
+            gate.admit(self)  # refused: kept to answer 503 (server.py's routes)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gate = type(self).gate
+        if gate is not None:
+            gate.release(self)
+        super().connection_lost(exc)
+
+    def authenticated(self) -> None:
+        """The connection's ``connect`` succeeded (out of the unauthenticated cap)."""
+        gate = type(self).gate
+        if gate is not None:
+            gate.authenticate(self)
+
+    def drop(self) -> None:
+        """Abort the socket (the gate made room for a newer one)."""
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if not self.started:
@@ -81,6 +133,24 @@ class GuardedConnection(ServerConnection):
             transport.abort()
         else:
             handler(self)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """The closing handshake, bounded (see the module docstring): aborted at once
+        when the close frame cannot be written, after :attr:`close_timeout` seconds
+        (the drain included) otherwise. Returns once the socket is released."""
+        transport = self.transport
+        if self.flooded or transport.get_write_buffer_size() > self.write_cap:
+            await self._abort()
+            return
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await super().close(code, reason)
+        except TimeoutError:
+            await self._abort()
+
+    async def _abort(self) -> None:
+        self.transport.abort()
+        await asyncio.shield(self.connection_lost_waiter)
 
     def _answer_other(self, data: bytes) -> bool:
         """A request whose method is not GET: websockets would close the connection
@@ -103,10 +173,16 @@ def guarded_connection(
     write_cap: int,
     on_flood: Callable[[GuardedConnection], None],
     other_method: Callable[[GuardedConnection, str, str], bytes] | None = None,
+    gate: ConnectionGate | None = None,
 ) -> type[GuardedConnection]:
-    """The connection class of one server: its cap, what to do on overflow, and how to
-    answer requests with another method than GET."""
-    attributes = {"write_cap": write_cap, "on_flood": on_flood, "other_method": other_method}
+    """The connection class of one server: its cap, what to do on overflow, how to
+    answer requests with another method than GET, and the port's admission gate."""
+    attributes = {
+        "write_cap": write_cap,
+        "on_flood": on_flood,
+        "other_method": other_method,
+        "gate": gate,
+    }
     return type("GuardedConnection", (GuardedConnection,), attributes)
 
 

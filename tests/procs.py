@@ -96,12 +96,15 @@ async def server_process(
     *args: str,
     command: Sequence[str] = ("serve",),
     os_env: Mapping[str, str] | None = None,
+    wrapper: Sequence[str] = (),
     **env: str | None,
 ) -> AsyncIterator[ServerProcess]:
     """Start ``realtime-server serve`` (or ``command``, e.g. none at all) with ``args``
     on free ports; wait until it says it listens. ``env`` holds REALTIME_* suffixes,
-    ``os_env`` other variables (``PYTHONPATH``)."""
+    ``os_env`` other variables (``PYTHONPATH``); ``wrapper``: a command that runs it
+    (``prlimit --nofile=256:256``)."""
     proc = await asyncio.create_subprocess_exec(
+        *wrapper,
         *CLI,
         *command,
         *args,

@@ -83,8 +83,8 @@ class RedisServer:
 
 
 @asynccontextmanager
-async def redis_server() -> AsyncIterator[RedisServer]:
-    server = RedisServer()
+async def redis_server(extra: list[str] | None = None) -> AsyncIterator[RedisServer]:
+    server = RedisServer(extra=extra)
     try:
         await server.start()
         yield server

@@ -159,6 +159,66 @@ async def test_store_down_spills_then_replays_each_event_once(tmp_path: Path) ->
     await rec.close()
 
 
+async def test_store_down_events_reach_the_spill_file_within_a_second(tmp_path: Path) -> None:
+    """Issue 11: below half the buffer nothing was spilled, so a crash lost it all. Now
+    whatever waits is spilled once the store has been silent for ``spill_after``."""
+    store = FakeStore()
+    store.down = True
+    rec = recorder(store, tmp_path, capacity=1000, spill_after=0.3)  # spill_at 500
+    await rec.start()
+    loop = asyncio.get_running_loop()
+    for round_ in range(3):
+        recorded_at = loop.time()
+        for e in events(10, start=10 * round_):
+            rec.record(e)
+        expected = 10 * (round_ + 1)
+        await wait_until(lambda: rec.spill.pending == expected, 2000 * MS)  # noqa: B023
+        assert loop.time() - recorded_at <= 0.3 + 300 * MS
+        assert rec.buffered == 0
+    assert rec.spilled == 30 and rec.dropped == 0
+    store.down = False
+    await store.wait(lambda: len(store.rows) == 30)
+    await rec.close()
+    assert sorted(e.offset or 0 for e in store.rows.values()) == list(range(30))
+
+
+async def test_hung_store_batch_in_flight_is_spilled_and_stored_once(tmp_path: Path) -> None:
+    """A write that hangs (the store stopped answering mid-batch): a copy of the batch
+    being written is spilled too, and events that come meanwhile; once the store
+    answers, every event is stored once."""
+    store = FakeStore()
+    store.hang = asyncio.Event()
+    rec = recorder(store, tmp_path, timeout=30.0, spill_after=0.2, batch_size=10)
+    await rec.start()
+    for e in events(10):
+        rec.record(e)
+    await wait_until(lambda: rec.spill.pending == 10, 2000 * MS)  # the batch in flight
+    for e in events(5, start=10):
+        rec.record(e)
+    await wait_until(lambda: rec.spill.pending == 15, 2000 * MS)
+    assert rec.buffered == 0
+    store.hang.set()
+    store.hang = None
+    await store.wait(lambda: len(store.rows) == 15)
+    await wait_until(lambda: rec.spill.pending == 0)
+    await rec.close()
+    assert sorted(e.offset or 0 for e in store.rows.values()) == list(range(15))
+    assert rec.dropped == 0
+
+
+async def test_healthy_store_spills_nothing(tmp_path: Path) -> None:
+    store = FakeStore()
+    rec = recorder(store, tmp_path, spill_after=0.1, flush_interval=20 * MS)
+    await rec.start()
+    for i in range(10):
+        for e in events(5, start=5 * i):
+            rec.record(e)
+        await asyncio.sleep(40 * MS)  # a steady flow across several guard periods
+    await store.wait(lambda: len(store.rows) == 50)
+    await rec.close()
+    assert rec.spilled == 0 and not (tmp_path / "spill.jsonl").exists()
+
+
 async def test_lost_acknowledgements_store_each_event_once(tmp_path: Path) -> None:
     store = FakeStore()
     store.lose_acks = 3

@@ -130,8 +130,11 @@ async def test_slow_reader_closed_3008_others_served(start_server: StartServer) 
         if slow_ws.protocol.close_rcvd is not None or server.node.metrics.slow_disconnects_total:
             break
     assert server.node.metrics.slow_disconnects_total == 1
+    assert server.node.metrics.closes[3008] == 1
     assert received > 0
-    assert await slow.closed(timeout=10000 * MS) == (3008, "slow")
+    # Its close frame could not be written (over the bound): aborted, no close frame
+    # (tests/test_socket_release.py); the SDKs reconnect after 1006 as after 3008.
+    assert await slow.closed(timeout=10000 * MS) == (None, "")
 
 
 async def test_ping_flood_without_reading_closed_3008_others_served(

@@ -94,6 +94,11 @@ def decode_hmac_jws(
         MalformedToken: with ``"algorithm not allowed"``, ``"unsupported critical
             header"`` or another fixed message.
     """
+    # Outside ASCII nothing can be a compact JWS; checked first so that no later step
+    # (the signing input's encoding) meets such a character (issue 11: U+200B).
+    # ``isascii`` is a flag CPython keeps on every str: free.
+    if not token.isascii():
+        raise MalformedToken("bad signature or malformed token")
     parts = token.split(".")
     if len(parts) != 3:
         raise MalformedToken("bad signature or malformed token")

@@ -16,6 +16,8 @@ With a key set (``REALTIME_JWT_JWKS_URL``) the verifier reads the current keys f
 :class:`KeySource` it is given and does no I/O itself; only
 :meth:`TokenVerifier.verify_connection_fresh` may await the source's rate-limited
 refetch.
+Whatever the input (any character, any JSON behind a valid signature: fuzzed in
+``tests/test_token_fuzz.py``), nothing else is raised.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import jwt
+import orjson
 
 from ..errors import BackendUnavailable, RealtimeError
 from ..model import RawJSON, raw_json
@@ -105,7 +108,10 @@ def _number(payload: dict[str, Any], name: str, *, required: bool = False) -> fl
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenInvalid(f"malformed {name} claim")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond a double (PyJWT parses any size)
+        raise TokenInvalid(f"malformed {name} claim") from None
     if not math.isfinite(number):
         raise TokenInvalid(f"malformed {name} claim")
     return number
@@ -122,6 +128,16 @@ def _string(payload: dict[str, Any], name: str, *, required: bool = False) -> st
     if len(value) > 256:
         raise TokenInvalid(f"{name} claim too long")
     return value
+
+
+def _info(payload: dict[str, Any]) -> RawJSON | None:
+    """The ``info`` claim as JSON bytes (shown to others as ``conn_info``)."""
+    if "info" not in payload:
+        return None
+    try:
+        return raw_json(payload["info"])
+    except orjson.JSONEncodeError:  # integers beyond 64 bits, JSON nested too deep
+        raise TokenInvalid("malformed info claim") from None
 
 
 class TokenVerifier:
@@ -172,6 +188,8 @@ class TokenVerifier:
             raise TokenInvalid("missing token")
         if len(raw) > self._max_length:
             raise TokenInvalid("token too long")
+        if not raw.isascii():  # no compact JWS is; PyJWT would fail to encode a surrogate
+            raise TokenInvalid("bad signature or malformed token")
         if self.source is not None:
             return self._decode_by_header(raw)
         if self._hmac_digests is not None:
@@ -294,7 +312,7 @@ class TokenVerifier:
             channels = []
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
             raise TokenInvalid("malformed channels claim")
-        info = raw_json(payload["info"]) if "info" in payload else None
+        info = _info(payload)
         assert sub is not None and exp is not None
         self._check_time(exp, iat, nbf, now)
         return ConnectionClaims(sub, exp, iat, jti, info, tuple(dict.fromkeys(channels)))
@@ -321,7 +339,7 @@ class TokenVerifier:
         iat = _number(payload, "iat")
         nbf = _number(payload, "nbf")
         jti = _string(payload, "jti")
-        info = raw_json(payload["info"]) if "info" in payload else None
+        info = _info(payload)
         assert sub is not None and channel is not None
         self._check_time(exp, iat, nbf, now)
         return SubscriptionClaims(sub, channel, exp, iat, jti, info)

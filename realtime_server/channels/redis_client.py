@@ -117,6 +117,10 @@ def describe_redis_error(url: str, exc: BaseException, timeout: float) -> str:
     variable to change and the cause, e.g. ``redis at 127.0.0.1:6390
     (REALTIME_REDIS_URL) unreachable: Connection refused``."""
     where = f"redis at {redis_address(url)} (REALTIME_REDIS_URL)"
+    if isinstance(exc, BackendUnavailable) and str(exc).startswith("redis "):
+        # Our own link's words (redis_link: "redis AUTH refused: WRONGPASS"): written
+        # to name the step and the server's error code, never a credential.
+        return f"{where}: {str(exc)[len('redis ') :]}"
     if isinstance(exc, AuthenticationError | ResponseError):
         # The server's own words (NOAUTH, WRONGPASS...): they never echo a password.
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -1,39 +1,93 @@
-"""A small fixed set of Redis pub/sub connections ("shards") and their read loops.
+"""A small fixed set of Redis pub/sub connections ("shards"), each owned by one task.
 
-Each realtime channel maps to one shard (CRC32 of its name), so its messages arrive in
-order on one connection. Each shard has exactly one read loop that blocks on the socket
-(no polling). When the link fails (Redis restart, ``CLIENT KILL TYPE pubsub``, network),
-the shard reconnects with full-jitter exponential backoff, resubscribes every channel it
-holds in one command, then calls ``on_up`` before reading further, so the broker can
-fill the gap from history. A periodic PING on the link detects a silent peer.
+Each realtime channel maps to one shard (CRC32 of its name; on a cluster, the primary
+owning its slot), so its messages arrive in order on one connection.
+
+**One owner per connection.** A shard's connection is ours (asyncio streams, RESP
+parsed by ``hiredis``; :mod:`.redis_link` dials it), and only its owner task reads it:
+it connects, subscribes every channel the shard holds, then reads and dispatches every
+reply. Other coroutines never read: :meth:`PubSubShard.subscribe` and
+:meth:`~PubSubShard.unsubscribe` update :attr:`~PubSubShard.channels` and append the
+encoded command to the transport in the same synchronous step, and ``subscribe`` then
+awaits a future that the owner resolves when Redis confirms. Redis answers commands in
+order on a connection, so replies are matched to commands by a FIFO of expected
+replies, never by name alone. (redis-py's ``PubSub`` ran those commands itself while the
+read loop waited in ``get_message``, and its reconnect raced that loop: "read() called
+while another coroutine is already waiting", a leaked subscription, issue 11.)
+
+The invariant this gives: once the commands written so far are processed, Redis holds
+on the connection exactly the anchor channel plus :attr:`~PubSubShard.channels`. A
+subscribe that fails (link lost, timeout, error reply) is undone in the same place:
+removed from ``channels`` and, while the link is up, unsubscribed. A new connection
+subscribes a snapshot of ``channels`` taken when its commands are written; later
+changes are written after it, in order.
+
+**Link health.** Any data from Redis proves the link alive (a counter per read, nothing
+per message). When a link has been silent for :data:`PING_IDLE` seconds it is pinged;
+a pong missing for :data:`PONG_LATE` seconds makes the shard not ready (``/readyz``
+503, connects get error 100) until anything arrives, and after ``timeout`` seconds the
+link is rebuilt. A lost link is redialed with full-jitter backoff capped at
+:data:`BACKOFF_CAP` seconds, resubscribed, then ``on_up`` runs before reading further,
+so the broker can fill the gap from history.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import random
 import zlib
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+import hiredis
 
 from ..errors import BackendUnavailable
-from .redis_client import connect_redis, describe_redis_error
+from .redis_client import describe_redis_error
+from .redis_link import LinkOptions, encode_command, open_link
 
-__all__ = ["PubSubShard", "PubSubShards"]
+__all__ = ["BACKOFF_CAP", "PING_IDLE", "PONG_LATE", "PubSubShard", "PubSubShards"]
 
 logger = logging.getLogger("realtime_server.redis")
 
-MessageHandler = Callable[[bytes, bytes], Awaitable[None] | None]
-_SUBSCRIBE_CHUNK = 500
+PING_IDLE: Final = 0.1
+"""Seconds of silence on a link before it is pinged (no ping while data flows)."""
+PONG_LATE: Final = 0.25
+"""Seconds a pong may take before the shard stops being ready (a hung Redis shows in
+``/readyz`` within about ``PING_IDLE`` to twice that, plus this)."""
+BACKOFF_CAP: Final = 0.25
+"""Most seconds between two attempts to redial a lost link."""
+_READ_SIZE: Final = 1 << 16
+
+_MESSAGES: Final = frozenset({b"message", b"smessage"})
+_CONFIRMATIONS: Final = frozenset(
+    {b"subscribe", b"ssubscribe", b"unsubscribe", b"sunsubscribe", b"pong"}
+)
+
+
+class _State(enum.Enum):
+    DOWN = 0
+    """No connection (or one being dialed and authenticated)."""
+    SYNCING = 1
+    """Connected; the shard's channels are being subscribed."""
+    READY = 2
+
+
+@dataclass(slots=True)
+class _Expected:
+    """A reply Redis owes us, in the order of the commands written."""
+
+    kind: bytes
+    name: bytes
+    waiter: asyncio.Future[None] | None
 
 
 class PubSubShard:
-    """One pub/sub connection, its channels and its read loop."""
+    """One pub/sub connection, its channels and its owner task (module docstring)."""
 
     def __init__(
         self,
@@ -43,34 +97,40 @@ class PubSubShard:
         on_message: Callable[[bytes, bytes], Awaitable[None]],
         on_up: Callable[[PubSubShard], Awaitable[None]],
         timeout: float,
-        ping_interval: float = 5.0,
         sharded: bool = False,
     ) -> None:
         self.index = index
         self.channels: set[str] = set()
-        self.ready = False
+        self.reconnects = 0
         self._url = url
+        self._options = LinkOptions.from_url(url)
         self._anchor = anchor
         self._on_message = on_message
         self._on_up = on_up
         self._timeout = timeout
-        self._ping_interval = ping_interval
         self._sharded = sharded
-        self._client = connect_redis(url, timeout)
-        self._pubsub: PubSub | None = None
-        self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._subscribe = b"SSUBSCRIBE" if sharded else b"SUBSCRIBE"
+        self._unsubscribe = b"SUNSUBSCRIBE" if sharded else b"UNSUBSCRIBE"
+        self._confirm_subscribe = b"ssubscribe" if sharded else b"subscribe"
+        self._confirm_unsubscribe = b"sunsubscribe" if sharded else b"unsubscribe"
+        self._state = _State.DOWN
+        self._writer: asyncio.StreamWriter | None = None
+        self._expected: deque[_Expected] = deque()
+        self._late = False
+        self._received = 0  # reads since the connection opened (the watchdog's clock)
         self._ready_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._pinger: asyncio.Task[None] | None = None
-        self._pong: asyncio.Event = asyncio.Event()
-        self.reconnects = 0
+
+    @property
+    def ready(self) -> bool:
+        """Subscribed, and Redis answered within :data:`PONG_LATE` of a ping."""
+        return self._state is _State.READY and not self._late
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run(), name=f"redis-pubsub-{self.index}")
-        self._pinger = loop.create_task(self._ping_loop(), name=f"redis-ping-{self.index}")
 
     async def wait_ready(self, within: float) -> bool:
         try:
@@ -81,98 +141,74 @@ class PubSubShard:
         return True
 
     async def close(self) -> None:
-        for task in (self._pinger, self._task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        await self._drop_link()
-        await self._client.aclose()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._teardown(ConnectionError("closed"))
 
-    # --- subscriptions ---------------------------------------------------------------
+    # --- subscriptions (any coroutine; never reads the connection) ------------------
 
     async def subscribe(self, name: str) -> None:
         """Subscribe and wait for Redis to confirm (so a history read after this call
-        cannot miss a publication). Raises BackendUnavailable while the link is down."""
-        self.channels.add(name)
-        pubsub = self._pubsub
-        if not self.ready or pubsub is None:
-            self.channels.discard(name)
+        cannot miss a publication). Raises BackendUnavailable while the link is down
+        or not answering, or when Redis does not confirm in time; the subscription is
+        then undone."""
+        if not self.ready:
             raise BackendUnavailable("redis pub/sub link down")
-        key = name.encode()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(key, []).append(waiter)
+        self.channels.add(name)
+        self._write(self._subscribe, self._confirm_subscribe, (name,), waiter)
         try:
             async with asyncio.timeout(self._timeout):
-                if self._sharded:
-                    await pubsub.ssubscribe(name)
-                else:
-                    await pubsub.subscribe(name)
                 await waiter
-        except (RedisError, OSError, TimeoutError, ConnectionError) as exc:
-            self.channels.discard(name)
-            raise BackendUnavailable(f"redis subscribe: {type(exc).__name__}") from None
-        finally:
-            waiters = self._waiters.get(key)
-            if waiters is not None and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[key]
+        except BaseException as exc:
+            self._undo(name)
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+            if isinstance(exc, TimeoutError):
+                raise BackendUnavailable("redis subscribe timed out") from None
+            raise BackendUnavailable(f"redis subscribe: {exc}") from None
 
     async def unsubscribe(self, name: str) -> None:
+        """Forget ``name`` (never raises). While a link holds the shard's channels it is
+        unsubscribed there too; a link being dialed will not subscribe it."""
+        self._undo(name)
+
+    def _undo(self, name: str) -> None:
         self.channels.discard(name)
-        pubsub = self._pubsub
-        if not self.ready or pubsub is None:
-            return  # not subscribed on a fresh link anyway
-        try:
-            async with asyncio.timeout(self._timeout):
-                if self._sharded:
-                    await pubsub.sunsubscribe(name)
-                else:
-                    await pubsub.unsubscribe(name)
-        except (RedisError, OSError, TimeoutError, ConnectionError):
-            logger.debug("unsubscribe of %s failed; the link will be rebuilt", name)
+        if self._state is not _State.DOWN:
+            self._write(self._unsubscribe, self._confirm_unsubscribe, (name,), None)
 
-    # --- the link ----------------------------------------------------------------------
+    def _write(
+        self,
+        command: bytes,
+        confirmation: bytes,
+        names: tuple[str, ...],
+        waiter: asyncio.Future[None] | None,
+    ) -> None:
+        """Append one command and the replies it will get (the last one resolves
+        ``waiter``). Synchronous: never interleaved with another command."""
+        writer = self._writer
+        if writer is None or writer.transport.is_closing():
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionError("pub/sub link lost"))
+            return
+        expected = self._expected
+        last = len(names) - 1
+        for i, name in enumerate(names):
+            expected.append(_Expected(confirmation, name.encode(), waiter if i == last else None))
+        writer.write(encode_command(command, *names))
 
-    async def _drop_link(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        self.ready = False
-        self._ready_event.clear()
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(ConnectionError("pub/sub link lost"))
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), self._timeout)
-
-    async def _connect(self) -> PubSub:
-        pubsub = self._client.pubsub()
-        names = sorted(self.channels)
-        expected = len(names) + 1
-        async with asyncio.timeout(self._timeout * 2):
-            await pubsub.subscribe(self._anchor)
-            for i in range(0, len(names), _SUBSCRIBE_CHUNK):
-                chunk = names[i : i + _SUBSCRIBE_CHUNK]
-                if self._sharded:
-                    await pubsub.ssubscribe(*chunk)
-                else:
-                    await pubsub.subscribe(*chunk)
-            confirmed = 0
-            while confirmed < expected:
-                msg = await pubsub.get_message(timeout=self._timeout)
-                if msg is not None and msg["type"] in ("subscribe", "ssubscribe"):
-                    confirmed += 1
-        return pubsub
+    # --- the owner task ----------------------------------------------------------------
 
     async def _run(self) -> None:
         attempt = 0
         while True:
+            watchdog: asyncio.Task[None] | None = None
             try:
-                pubsub = await self._connect()
-                self._pubsub = pubsub
-                self.ready = True
+                reader, parser = await self._connect()
                 if attempt:
                     self.reconnects += 1
                     logger.info(
@@ -183,56 +219,166 @@ class PubSubShard:
                 attempt = 0
                 await self._on_up(self)
                 self._ready_event.set()
-                await self._read(pubsub)
+                watchdog = asyncio.get_running_loop().create_task(
+                    self._watch(), name=f"redis-watchdog-{self.index}"
+                )
+                await self._pump(reader, parser, None)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of the link: rebuild it
-                if self.ready or attempt == 0:
+                if self._state is not _State.DOWN or attempt == 0:
                     logger.warning(  # address and cause, never the password
                         "redis pub/sub shard %d link down: %s",
                         self.index,
                         describe_redis_error(self._url, exc, self._timeout),
                     )
-                await self._drop_link()
-                delay = random.uniform(0, min(2.0, 0.05 * 2**attempt))
+                self._teardown(exc)
+                delay = random.uniform(0, min(BACKOFF_CAP, 0.02 * 2**attempt))
                 attempt += 1
                 await asyncio.sleep(delay)
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
 
-    async def _read(self, pubsub: PubSub) -> None:
+    async def _connect(self) -> tuple[asyncio.StreamReader, hiredis.Reader]:
+        """Dial, then subscribe the anchor and a snapshot of the channels; return once
+        Redis confirmed them all (READY). Messages meanwhile are dropped: ``on_up``
+        fills every channel's gap from history next."""
+        reader, writer = await open_link(self._options, self._timeout)
+        self._writer = writer
+        self._received = 0
+        self._late = False
+        names = sorted(self.channels)  # the snapshot; later changes are written after
+        self._state = _State.SYNCING
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._write(b"SUBSCRIBE", b"subscribe", (self._anchor,), None if names else done)
+        if self._sharded:  # one slot per SSUBSCRIBE on a cluster: one command each
+            for name in names:
+                self._write(self._subscribe, self._confirm_subscribe, (name,), None)
+            if names:
+                self._expected[-1].waiter = done
+        elif names:
+            self._write(self._subscribe, self._confirm_subscribe, tuple(names), done)
+        parser = hiredis.Reader()
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                await self._pump(reader, parser, done)
+        finally:
+            done.cancel()  # when the sync failed: nobody is left to retrieve it
+        self._state = _State.READY
+        return reader, parser
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        parser: hiredis.Reader,
+        until: asyncio.Future[None] | None,
+    ) -> None:
+        """Read and dispatch replies. Syncing (``until`` given): messages are dropped,
+        an error reply fails the sync, and it returns as soon as ``until`` is resolved
+        (what follows stays in ``parser``). Else it runs until the link fails
+        (raises)."""
         on_message = self._on_message
+        expected = self._expected
         while True:
-            msg: dict[str, Any] | None = await pubsub.get_message(timeout=None)
-            if msg is None:
-                continue
-            kind = msg["type"]
-            if kind in ("message", "smessage"):
-                await on_message(msg["channel"], msg["data"])
-            elif kind in ("subscribe", "ssubscribe"):
-                for waiter in self._waiters.pop(msg["channel"], ()):
-                    if not waiter.done():
-                        waiter.set_result(None)
-            elif kind == "pong":
-                self._pong.set()
+            while (reply := parser.gets()) is not False:
+                if isinstance(reply, list) and reply:
+                    kind = reply[0]
+                    if kind in _MESSAGES:
+                        if until is None:
+                            await on_message(reply[1], reply[2])
+                    elif kind in _CONFIRMATIONS:
+                        _confirm(expected, kind, reply[1])
+                    # anything else (pmessage...) is not ours
+                elif isinstance(reply, hiredis.ReplyError):
+                    if until is not None or not expected:
+                        raise ConnectionError(f"error reply: {reply}")
+                    waiter = expected.popleft().waiter
+                    if waiter is not None and not waiter.done():
+                        waiter.set_exception(BackendUnavailable(f"redis: {reply}"))
+                else:
+                    raise ConnectionError("unexpected reply on a pub/sub link")
+                if until is not None and until.done():
+                    return
+            data = await reader.read(_READ_SIZE)
+            if not data:
+                raise ConnectionError("connection closed by redis")
+            self._received += 1
+            parser.feed(data)
 
-    async def _ping_loop(self) -> None:
-        """Detect a peer that went silent without closing the socket."""
+    async def _watch(self) -> None:
+        """Ping a silent link; not ready while a pong is late; rebuild a dead link."""
+        writer = self._writer
+        ping = encode_command("PING")
+        seen = self._received
         while True:
-            await asyncio.sleep(self._ping_interval)
-            pubsub = self._pubsub
-            if pubsub is None or not self.ready:
+            await asyncio.sleep(PING_IDLE)
+            if self._received != seen:
+                seen = self._received
                 continue
-            self._pong.clear()
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await pubsub.ping()
-                    await self._pong.wait()
-            except (RedisError, OSError, TimeoutError, ConnectionError):
-                logger.warning("redis pub/sub shard %d: no pong, rebuilding link", self.index)
-                if self._task is not None and pubsub is self._pubsub:
-                    with contextlib.suppress(Exception):
-                        conn = pubsub.connection
-                        if conn is not None:
-                            await conn.disconnect()
+            if writer is None or writer is not self._writer or writer.transport.is_closing():
+                return
+            self._expected.append(_Expected(b"pong", b"", None))
+            writer.write(ping)
+            waited = 0.0
+            while self._received == seen:
+                step = PONG_LATE if waited < PONG_LATE else PING_IDLE
+                await asyncio.sleep(step)
+                waited += step
+                if self._received != seen:
+                    break
+                if waited >= PONG_LATE and not self._late:
+                    self._late = True
+                    logger.warning(
+                        "redis pub/sub shard %d: no answer for %.2f s; not ready",
+                        self.index,
+                        waited,
+                    )
+                if waited >= self._timeout:
+                    logger.warning(
+                        "redis pub/sub shard %d: no answer for %.1f s; rebuilding the link",
+                        self.index,
+                        waited,
+                    )
+                    writer.transport.abort()  # the owner's read fails and redials
+                    return
+            if self._late:
+                self._late = False
+                logger.info("redis pub/sub shard %d answering again", self.index)
+            seen = self._received
+
+    def _teardown(self, exc: BaseException) -> None:
+        """Forget the link: not ready; every pending subscribe fails and is undone (so
+        the next link does not subscribe it)."""
+        self._state = _State.DOWN
+        self._ready_event.clear()
+        self._late = False
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.transport.abort()
+        expected, self._expected = self._expected, deque()
+        for item in expected:
+            waiter = item.waiter
+            if waiter is not None and not waiter.done():
+                if item.kind == self._confirm_subscribe:  # a subscribe() still waiting
+                    self.channels.discard(item.name.decode())  # before any redial's snapshot
+                waiter.set_exception(ConnectionError(f"pub/sub link lost: {_text(exc)}"))
+
+
+def _confirm(expected: deque[_Expected], kind: bytes, name: Any) -> None:
+    """A confirmation arrived: it answers the oldest command not yet answered."""
+    if not expected:
+        raise ConnectionError("unexpected confirmation on a pub/sub link")
+    head = expected.popleft()
+    if head.kind != kind or (kind != b"pong" and head.name != name):
+        raise ConnectionError("pub/sub replies out of step with the commands")
+    waiter = head.waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+def _text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 class PubSubShards:

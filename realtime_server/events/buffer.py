@@ -6,14 +6,19 @@ takes events out in batches of ``batch_size``: as soon as a batch is full, or
 ``flush_interval`` after the first event of a partial one.
 
 When the store fails (unreachable, too slow: every call is bounded by the store's
-timeout), the events stay in memory and the writer retries with capped exponential
-backoff. Once ``spill_at`` events (half the capacity) wait, they are appended to the
-spill file (JSON lines, fsync'd, see :mod:`.spill`) and leave memory. When the store
-answers again, the spill file is written first, then the buffer; the store skips ids it
-already holds, so a batch whose acknowledgement was lost is written once. ``close``
-writes what is buffered, or spills it when the store is down; ``start`` replays a spill
-file left by the previous run. An event is dropped (and counted) only when the buffer
-is full and spilling fails or cannot keep up, or when the store refuses its content.
+timeout), the writer retries with capped exponential backoff, and the events reach the
+spill file (JSON lines, fsync'd, see :mod:`.spill`) within about ``spill_after``
+seconds (1 s): a guard task spills whatever waits once the store has acknowledged
+nothing for that long, the batch being written included (a copy: the store may still
+take it), so a crash (SIGKILL) while the store is down loses at most about the last
+second of events (issue 11: it lost everything below half the buffer). Independently,
+once ``spill_at`` events (half the capacity) wait, they are spilled at once. When the
+store answers again, the spill file is written first, then the buffer; the store skips
+ids it already holds, so a batch whose acknowledgement was lost, or an event spilled
+twice, is stored once. ``close`` writes what is buffered, or spills it when the store
+is down; ``start`` replays a spill file left by the previous run. An event is dropped
+(and counted) only when the buffer is full and spilling fails or cannot keep up, or
+when the store refuses its content.
 
 Counters: ``written`` (handed to the store), ``spilled`` (appended to the spill file),
 ``dropped``; gauges: buffered (in memory), spill pending (on disk). See
@@ -24,11 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,9 @@ logger = logging.getLogger("realtime_server.events")
 
 _RETRY_BASE = 0.1
 _SPILL_RETRY = 1.0
+SPILL_AFTER = 1.0
+"""Seconds without any acknowledgement from the store after which what waits in memory
+is spilled: the most a crash loses while the store is unreachable (about)."""
 
 
 class BufferedRecorder:
@@ -59,6 +67,7 @@ class BufferedRecorder:
         timeout: float = 5.0,
         migrate: bool = True,
         retry_max: float = 2.0,
+        spill_after: float = SPILL_AFTER,
     ) -> None:
         if capacity < 2:
             raise ValueError("capacity must be at least 2")
@@ -70,6 +79,7 @@ class BufferedRecorder:
         self.timeout = timeout
         self.migrate = migrate
         self.retry_max = retry_max
+        self.spill_after = spill_after
         self.spill = SpillFile(spill_path)
         self.written = 0
         self.spilled = 0
@@ -77,6 +87,17 @@ class BufferedRecorder:
         self._buffer: deque[Event] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The batch the writer is handing to the store (out of the buffer meanwhile), and
+        # whether the guard spilled a copy of it (then it is never put back).
+        self._inflight: list[Event] = []
+        self._inflight_spilled = False
+        # Monotonic time of the store's last acknowledgement (or of the first event to
+        # wait since): the guard spills once it is ``spill_after`` old.
+        self._progress = time.monotonic()
+        self._guard_wake = asyncio.Event()
+        self._guard_task: asyncio.Task[None] | None = None
+        # Spill appends, replay renames and deletes run on threads: one at a time.
+        self._spill_lock = asyncio.Lock()
         self._opened = False
         self._closing = False
         self._closed = False
@@ -106,6 +127,10 @@ class BufferedRecorder:
         n += 1
         if n == 1 or n == self.batch_size or n >= self.spill_at:
             self._wake.set()
+            if n == 1:
+                if not self._inflight:  # the first event waiting: the guard's clock starts
+                    self._progress = time.monotonic()
+                self._guard_wake.set()
 
     async def start(self) -> None:
         """Count a spill file left by the previous run (replayed in the background),
@@ -123,7 +148,9 @@ class BufferedRecorder:
             await self._open()
         except StoreUnavailable as exc:
             self._failed(exc)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="event-log-writer")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="event-log-writer")
+        self._guard_task = loop.create_task(self._guard(), name="event-log-guard")
 
     async def close(self) -> None:
         """Write what is buffered, or spill it if the store is down (bounded)."""
@@ -143,6 +170,7 @@ class BufferedRecorder:
                     await task
             except Exception:
                 logger.exception("event log: writer failed")
+        await self._stop_guard()
         if self._buffer:
             await self._spill_buffer()
         self._closed = True
@@ -293,14 +321,25 @@ class BufferedRecorder:
         """Write what the buffer held when called, then as many full batches as there
         are. A partial batch that came in meanwhile waits for its own flush interval
         (writing it at once would turn a busy log into many tiny batches, each paying
-        a transaction's round trips). ``everything``: down to the last event (close)."""
+        a transaction's round trips). ``everything``: down to the last event (close).
+
+        A batch leaves the buffer while it is written (the guard may spill the buffer
+        meanwhile); if the write fails it goes back to the front, unless the guard
+        spilled a copy of it."""
         buffer = self._buffer
         due = len(buffer)
         while buffer and (due > 0 or everything or len(buffer) >= self.batch_size):
-            batch = list(itertools.islice(buffer, self.batch_size))
-            await self._store(batch)
-            for _ in range(len(batch)):
-                buffer.popleft()
+            batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
+            self._inflight = batch
+            self._inflight_spilled = False
+            try:
+                await self._store(batch)
+            except BaseException:
+                if not self._inflight_spilled:
+                    buffer.extendleft(reversed(batch))
+                raise
+            finally:
+                self._inflight = []
             due -= len(batch)
             if len(buffer) >= self.spill_at and not self._closing:
                 await self._spill_buffer()  # the store is slower than the events come
@@ -308,14 +347,15 @@ class BufferedRecorder:
     async def _replay(self) -> None:
         """Write the spill file(s), oldest first, chunk by chunk."""
         spill = self.spill
-        while not self._closing and await asyncio.to_thread(spill.begin_replay):
+        while not self._closing and await self._locked_spill(spill.begin_replay):
             while not self._closing:
                 events, offset, bad = await asyncio.to_thread(spill.read_chunk, self.batch_size)
                 if not events and not bad:
-                    await asyncio.to_thread(spill.finish_replay)
+                    await self._locked_spill(spill.finish_replay)
                     break
                 await self._store(events)
-                spill.advance(offset, len(events) + bad)
+                async with self._spill_lock:
+                    spill.advance(offset, len(events) + bad)
                 self.dropped += bad
                 if len(self._buffer) >= self.spill_at:
                     await self._spill_buffer()
@@ -336,24 +376,66 @@ class BufferedRecorder:
                     self.dropped += 1
                     logger.error("event log: dropped event %s (%s)", event.id, event.type.value)
         self.written += len(batch)
+        self._progress = time.monotonic()
 
-    async def _spill_buffer(self) -> None:
-        """Move everything buffered to the spill file (fsync'd before it leaves memory)."""
-        events = list(self._buffer)
-        if not events:
-            return
-        try:
-            async with asyncio.timeout(self.timeout):
-                await asyncio.to_thread(self.spill.append, events)
-        except (OSError, TimeoutError) as exc:
-            # Kept in memory; if the buffer fills up, record() drops and counts.
-            logger.error("event log: cannot spill to %s: %s", self.spill.path, _text(exc))
-            self._spill_retry_at = asyncio.get_running_loop().time() + _SPILL_RETRY
-            return
-        for _ in range(len(events)):
-            self._buffer.popleft()
-        self.spilled += len(events)
-        self._full_logged = False
+    async def _locked_spill(self, operation: Callable[[], bool] | Callable[[], None]) -> Any:
+        """Run a spill-file operation on a thread, never two at a time."""
+        async with self._spill_lock:
+            return await asyncio.to_thread(operation)
+
+    async def _spill_buffer(self, *, inflight: bool = False) -> bool:
+        """Move everything buffered to the spill file (fsync'd before it leaves memory);
+        ``inflight``: also a copy of the batch being written, unless it is spilled
+        already. Returns whether the spill succeeded (or there was nothing to spill)."""
+        async with self._spill_lock:
+            batch = self._inflight if inflight and not self._inflight_spilled else []
+            taken = list(self._buffer)
+            self._buffer.clear()
+            events = batch + taken
+            if not events:
+                return True
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await asyncio.to_thread(self.spill.append, events)
+            except (OSError, TimeoutError) as exc:
+                # Kept in memory; if the buffer fills up, record() drops and counts.
+                self._buffer.extendleft(reversed(taken))
+                logger.error("event log: cannot spill to %s: %s", self.spill.path, _text(exc))
+                self._spill_retry_at = asyncio.get_running_loop().time() + _SPILL_RETRY
+                return False
+            if batch and batch is self._inflight:
+                self._inflight_spilled = True
+            self.spilled += len(events)
+            self._full_logged = False
+            self._progress = time.monotonic()
+            return True
+
+    # --- the guard: nothing waits in memory long while the store does not answer ------
+
+    async def _guard(self) -> None:
+        """Spill what waits (buffer and batch in flight) once the store has acknowledged
+        nothing for ``spill_after`` seconds; again every ``spill_after`` while it stays
+        silent. Sleeps while nothing waits."""
+        while True:
+            if not self._buffer and (not self._inflight or self._inflight_spilled):
+                self._guard_wake.clear()
+                await self._guard_wake.wait()
+                continue
+            delay = self._progress + self.spill_after - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            if not await self._spill_buffer(inflight=True):
+                await asyncio.sleep(_SPILL_RETRY)
+
+    async def _stop_guard(self) -> None:
+        task = self._guard_task
+        if task is not None:
+            self._guard_task = None
+            async with self._spill_lock:  # never in the middle of a spill
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # --- health --------------------------------------------------------------------------
 

@@ -1,0 +1,130 @@
+"""Redis timing (issue 11, item 5): a hung Redis shows in ``/readyz`` within about half a
+second; after a restart, readiness and resubscription come back within about half a
+second. Private redis-server processes, frozen with SIGSTOP / thawed with SIGCONT.
+
+Before: a hung Redis was noticed after 8 s (a ping every 5 s, then a 2 s timeout);
+readiness and resubscription took 1.1-1.4 s after a restart (backoff capped at 2 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from realtime_server.app import Running
+
+from .conftest import StartServer, connected
+from .helpers import SCALE, sub_token
+from .redis_server import redis_server
+
+_MARGIN = 0.15 * SCALE  # a shared 2-core machine's scheduling noise
+
+
+async def _readyz(http: aiohttp.ClientSession, server: Running) -> int:
+    async with http.get(f"http://127.0.0.1:{server.port}/readyz") as response:
+        return response.status
+
+
+async def _until_status(http: aiohttp.ClientSession, server: Running, status: int) -> float:
+    """Seconds until ``/readyz`` answers ``status`` (checked every 10 ms; bounded)."""
+    start = time.monotonic()
+    async with asyncio.timeout(10 * SCALE):
+        while await _readyz(http, server) != status:
+            await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+async def test_hung_redis_shows_in_readyz_within_half_a_second(
+    start_server: StartServer,
+) -> None:
+    async with redis_server() as redis_proc, aiohttp.ClientSession() as http:
+        server = await start_server(REDIS_URL=redis_proc.url)
+        client = await connected(server, "1", channels=["document:hung"])
+        assert await _readyz(http, server) == 200
+        assert redis_proc.proc is not None
+        reconnects = server.node.broker.reconnects  # type: ignore[attr-defined]
+        # A short freeze (below REALTIME_REDIS_TIMEOUT): not ready, then ready again
+        # on the same links.
+        redis_proc.proc.send_signal(signal.SIGSTOP)
+        try:
+            noticed = await _until_status(http, server, 503)
+        finally:
+            redis_proc.proc.send_signal(signal.SIGCONT)
+        thawed = await _until_status(http, server, 200)
+        print(f"\nhung redis: /readyz 503 after {noticed:.3f} s, 200 {thawed:.3f} s after SIGCONT")
+        assert noticed <= 0.5 + _MARGIN
+        assert thawed <= 0.3 + _MARGIN
+        assert server.node.broker.reconnects == reconnects  # type: ignore[attr-defined]
+        await server.node.ops.publish("document:hung", b'"after"')
+        assert (await client.push("pub"))["pub"]["data"] == "after"
+
+        # A long freeze (past the timeout): the links are rebuilt, then ready again.
+        redis_proc.proc.send_signal(signal.SIGSTOP)
+        try:
+            noticed = await _until_status(http, server, 503)
+            await asyncio.sleep(2.5)  # past REALTIME_REDIS_TIMEOUT (2 s): links dropped
+        finally:
+            redis_proc.proc.send_signal(signal.SIGCONT)
+        thawed = await _until_status(http, server, 200)
+        print(f"long freeze: 503 after {noticed:.3f} s, 200 {thawed:.3f} s after SIGCONT")
+        assert noticed <= 0.5 + _MARGIN
+        assert thawed <= 0.5 + _MARGIN
+        await server.node.ops.publish("document:hung", b'"again"')
+        assert (await client.push("pub"))["pub"]["data"] == "again"
+
+
+async def _back(
+    http: aiohttp.ClientSession, server: Running, url: str, names: list[str]
+) -> tuple[float, float]:
+    """Seconds from now until every name is subscribed again (``PUBSUB NUMSUB``), and
+    until ``/readyz`` answers 200."""
+    up = time.monotonic()
+    admin = aioredis.Redis.from_url(url)
+    resubscribed = ready = None
+    try:
+        async with asyncio.timeout(5 * SCALE):
+            while resubscribed is None or ready is None:
+                counts = dict(await admin.pubsub_numsub(*names))
+                if resubscribed is None and all(counts.values()):
+                    resubscribed = time.monotonic() - up
+                if ready is None and await _readyz(http, server) == 200:
+                    ready = time.monotonic() - up
+                await asyncio.sleep(0.005)
+    finally:
+        await admin.aclose()
+    return resubscribed, ready
+
+
+async def test_restart_readiness_and_resubscription_within_half_a_second(
+    start_server: StartServer,
+) -> None:
+    # An append-only file: the restart keeps the streams (no 3010 to get in the way).
+    async with redis_server(extra=["--appendonly", "yes", "--appendfsync", "always"]) as redis_proc:
+        server = await start_server(REDIS_URL=redis_proc.url)
+        channels = [f"document:r{i}" for i in range(50)]
+        client = await connected(server, "9")
+        for channel in channels:
+            reply = await client.call(
+                "subscribe", {"channel": channel, "token": sub_token("9", channel)}
+            )
+            assert "subscribe" in reply, reply
+        names = [server.node.broker.names.channel(c) for c in channels]  # type: ignore[attr-defined]
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                assert await _readyz(http, server) == 200
+                await redis_proc.stop()
+                await _until_status(http, server, 503)
+                await asyncio.sleep(2.0)  # a restart that takes a while (a big AOF to load)
+                await redis_proc.start()  # returns as soon as it answers PING
+                resubscribed, ready = await _back(http, server, redis_proc.url, names)
+                print(
+                    f"\nredis restart: resubscribed after {resubscribed:.3f} s, ready {ready:.3f} s"
+                )
+                assert resubscribed <= 0.5 + _MARGIN
+                assert ready <= 0.5 + _MARGIN
+        await server.node.ops.publish("document:r7", b'"back"')
+        assert (await client.push("pub"))["pub"]["data"] == "back"
