@@ -51,9 +51,9 @@ async def reach_backends(
 
 
 async def _reach_redis(settings: Settings, url: str) -> int:
-    from .channels.redis_client import RedisCommands
-    from .channels.redis_names import RedisNames
-    from .channels.redis_url import redis_address
+    from .redis.client import RedisCommands
+    from .redis.names import RedisNames
+    from .redis.url import redis_address
 
     commands = RedisCommands(url, RedisNames(settings.redis_prefix), settings.redis_timeout)
     try:

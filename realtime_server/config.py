@@ -24,9 +24,9 @@ from typing import Any, Final
 import orjson
 
 from .channels.namespaces import Namespaces
-from .channels.redis_url import check_redis_url
 from .errors import ConfigError
 from .proxy_settings import check_proxy_settings
+from .redis.url import check_redis_url
 from .settings_table import Variable, check_value, convert, setting, variables_of
 
 __all__ = ["ALL_VARIABLES", "SECRET_FIELDS", "VARIABLES", "Settings", "Variable", "setting"]

@@ -28,11 +28,11 @@ from . import codes
 from .auth.redis_revocation import RedisRevocationStore
 from .channels.namespaces import Namespaces
 from .channels.redis_broker import RedisBroker
-from .channels.redis_client import RedisCommands
-from .channels.redis_names import RedisNames
 from .config import Settings
 from .errors import BackendUnavailable, CommandError, ConfigError, RealtimeError, describe_cause
 from .model import StreamPosition
+from .redis.client import RedisCommands
+from .redis.names import RedisNames
 
 __all__ = ["PublishError", "Publisher"]
 

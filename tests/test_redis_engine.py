@@ -14,10 +14,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from realtime_server.channels.engine import HistoryOptions, HistoryQuery, Membership, PublishItem
-from realtime_server.channels.redis_client import LuaScript
 from realtime_server.channels.redis_engine import RedisEngine
 from realtime_server.errors import BackendUnavailable
 from realtime_server.model import ClientInfo
+from realtime_server.redis.client import LuaScript
 
 from .redis_server import RedisServer, redis_server
 from .test_engine_contract import Recorder

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 
 from realtime_server.app import Running
 from realtime_server.auth.redis_revocation import RedisRevocationStore
-from realtime_server.channels.redis_client import RedisCommands
-from realtime_server.channels.redis_names import RedisNames
+from realtime_server.redis.client import RedisCommands
+from realtime_server.redis.names import RedisNames
 
 from .conftest import StartServer, connected, ws_url
 from .helpers import MS, RawClient, sub_token, token

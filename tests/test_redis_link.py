@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from realtime_server.channels.redis_link import LinkOptions
-from realtime_server.channels.redis_pubsub import PubSubShard
 from realtime_server.errors import BackendUnavailable
+from realtime_server.redis.link import LinkOptions
+from realtime_server.redis.pubsub import PubSubShard
 
 from .conftest import StartServer, connected
 from .helpers import MS

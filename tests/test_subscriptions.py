@@ -155,7 +155,7 @@ class FakeConnection:
 def messages(node: Node, conn: FakeConnection) -> list[dict[str, Any]]:
     """Every JSON message written to the connection (what the writer holds is written
     first; frames unwrapped, lines split)."""
-    node.writer.flush()
+    node.writer.turn()
     out = []
     for frame in conn.transport.frames:
         length = frame[1] & 0x7F

@@ -14,7 +14,7 @@ import time
 
 import orjson
 
-from ..channels.redis_client import RedisCommands
+from ..redis.client import RedisCommands
 from .revocation import KEEP_MARGIN, Revocation, RevocationListener
 
 __all__ = ["RedisRevocationStore"]

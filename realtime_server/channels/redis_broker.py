@@ -1,7 +1,7 @@
 """The Redis broker: publications, history and control messages shared by every node.
 
-- ``publish`` with history runs ``publish.lua``: the stream append and the PUBLISH are
-  one atomic step returning the offset.
+- Publishing (:mod:`.redis_publish`): with history, ``publish.lua`` appends to the
+  stream and publishes in one atomic step, returning the offset.
 - Each node keeps one pub/sub subscription per channel that has local subscribers (the
   node reference-counts; the broker subscribes idempotently), spread over a few shards.
 - Per channel with history the broker remembers the last delivered (epoch, offset),
@@ -27,29 +27,25 @@ from typing import Any
 import orjson
 
 from ..errors import BackendUnavailable
-from ..model import ClientInfo, Publication, RawJSON, StreamPosition
-from ..protocol import encode_client_info
+from ..model import Publication, StreamPosition
+from ..redis.client import RedisCommands, ScriptCall
+from ..redis.envelope import decode_message
+from ..redis.names import RedisNames
+from ..redis.pubsub import PubSubShard, PubSubShards
+from ..redis.url import redis_address
 from .engine import (
     BrokerEventHandler,
     ControlMessage,
     HistoryOptions,
     HistoryQuery,
     HistoryResult,
-    PublishItem,
 )
 from .memory import new_epoch
-from .redis_client import RedisCommands, ScriptCall
-from .redis_names import RedisNames, decode_message, encode_join_leave, encode_publication
-from .redis_pubsub import PubSubShard, PubSubShards
-from .redis_url import redis_address
+from .redis_publish import RedisPublishing
 
 __all__ = ["RedisBroker"]
 
 logger = logging.getLogger("realtime_server.redis")
-
-
-def _info_json(info: ClientInfo | None) -> str:
-    return encode_client_info(info).decode() if info is not None else ""
 
 
 def _entry_publication(entry: Any) -> Publication:
@@ -65,14 +61,7 @@ def _entry_publication(entry: Any) -> Publication:
     return Publication(fields[b"d"], offset, info, tags or None)
 
 
-def _publish_result(reply: Any) -> tuple[StreamPosition | None, bool]:
-    """``publish.lua``'s ``{offset, epoch, published}``."""
-    offset, epoch, published = reply
-    epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
-    return (StreamPosition(int(offset), epoch) if epoch else None), bool(published)
-
-
-class RedisBroker:
+class RedisBroker(RedisPublishing):
     """Implements :class:`engine.Broker` on Redis (single instance)."""
 
     def __init__(self, commands: RedisCommands, shards: int = 2) -> None:
@@ -197,120 +186,6 @@ class RedisBroker:
             claim.set_result(None)
         self._history_options.pop(channel, None)
         await self._shards.for_channel(name).unsubscribe(name)
-
-    # --- publishing ---------------------------------------------------------------------
-
-    async def publish(
-        self,
-        channel: str,
-        data: RawJSON,
-        *,
-        info: ClientInfo | None = None,
-        tags: dict[str, str] | None = None,
-        history: HistoryOptions | None = None,
-    ) -> StreamPosition | None:
-        names = self.names
-        if history is None or history.size <= 0:
-            pub = Publication(data, 0, info, tags)
-            payload = encode_publication(pub) if (info or tags) else data
-            await self.commands.publish(names.channel(channel), payload)
-            return None
-        position, _ = await self._run_publish(channel, data, info, tags, history, None, 0.0)
-        return position
-
-    async def publish_once(
-        self,
-        channel: str,
-        data: RawJSON,
-        key: str,
-        ttl: float,
-        *,
-        info: ClientInfo | None = None,
-        tags: dict[str, str] | None = None,
-        history: HistoryOptions | None = None,
-    ) -> tuple[StreamPosition | None, bool]:
-        """``publish.lua`` with the key ``P{C}:i:<key>`` (also without history: the
-        script then only checks the key, publishes and stores it)."""
-        return await self._run_publish(channel, data, info, tags, history, key, ttl)
-
-    async def publish_many(
-        self, items: Sequence[PublishItem]
-    ) -> list[tuple[StreamPosition | None, bool]]:
-        """One ``publish.lua`` call per item, pipelined: one round trip for all (on a
-        cluster, one call after the other: items go to different shards)."""
-        if not items:
-            return []
-        if not self.commands.detected:
-            await self.commands.run(self.commands.detect)
-        calls = [
-            self._publish_call(i.channel, i.data, i.info, i.tags, i.history, i.key, i.ttl)
-            for i in items
-        ]
-        if self.commands.cluster:
-            replies = [
-                await self.commands.script(self.commands.publish_script, c.keys, c.args)
-                for c in calls
-            ]
-        else:
-            replies = await self.commands.script_pipeline(self.commands.publish_script, calls)
-        return [_publish_result(reply) for reply in replies]
-
-    async def _run_publish(
-        self,
-        channel: str,
-        data: RawJSON,
-        info: ClientInfo | None,
-        tags: dict[str, str] | None,
-        history: HistoryOptions | None,
-        key: str | None,
-        ttl: float,
-    ) -> tuple[StreamPosition | None, bool]:
-        if not self.commands.detected:
-            await self.commands.run(self.commands.detect)
-        call = self._publish_call(channel, data, info, tags, history, key, ttl)
-        reply = await self.commands.script(self.commands.publish_script, call.keys, call.args)
-        return _publish_result(reply)
-
-    def _publish_call(
-        self,
-        channel: str,
-        data: RawJSON,
-        info: ClientInfo | None,
-        tags: dict[str, str] | None,
-        history: HistoryOptions | None,
-        key: str | None,
-        ttl: float,
-    ) -> ScriptCall:
-        """The keys and arguments of ``publish.lua`` (after cluster detection)."""
-        names = self.names
-        size = history.size if history is not None and history.size > 0 else 0
-        args: list[bytes | str | int] = [
-            names.channel(channel),
-            data,
-            _info_json(info),
-            orjson.dumps(tags).decode() if tags else "",
-            size,
-            int(history.ttl * 1000) if history is not None else 0,
-            int(max(history.meta_ttl, history.ttl) * 1000) if history is not None else 0,
-            new_epoch(),
-            int(time.time() * 1000),
-            "1" if self.commands.cluster else "0",
-        ]
-        keys = [names.stream(channel), names.meta(channel)]
-        if key is not None:
-            keys.append(names.idempotency(channel, key))
-            args.append(max(1, int(ttl * 1000)))
-        return ScriptCall(keys, args)
-
-    async def publish_join(self, channel: str, info: ClientInfo) -> None:
-        await self.commands.publish(self.names.channel(channel), encode_join_leave("join", info))
-
-    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
-        await self.commands.publish(self.names.channel(channel), encode_join_leave("leave", info))
-
-    async def publish_control(self, message: ControlMessage) -> None:
-        payload = orjson.dumps({"kind": message.kind, "params": message.params})
-        await self.commands.run(lambda: self.commands.client.publish(self.names.control, payload))
 
     # --- history ----------------------------------------------------------------------
 

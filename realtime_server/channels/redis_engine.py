@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from ..redis.client import LuaScript, RedisCommands, ScriptArg, ScriptCall
+from ..redis.names import RedisNames
 from .engine import Membership
 from .redis_broker import RedisBroker
-from .redis_client import LuaScript, RedisCommands, ScriptArg, ScriptCall
-from .redis_names import RedisNames
 from .redis_presence import RedisPresence
 
 __all__ = ["RedisEngine"]

@@ -10,9 +10,9 @@ import time
 
 from ..model import ClientInfo
 from ..protocol import encode_client_info
+from ..redis.client import RedisCommands
+from ..redis.envelope import decode_message
 from .engine import PresenceStats
-from .redis_client import RedisCommands
-from .redis_names import decode_message
 
 __all__ = ["RedisPresence"]
 

@@ -3,7 +3,7 @@
 -- from ARGV[5i+1]: client, info JSON (for the leave message), "1" to remove the
 -- presence entry, the channel's pub/sub channel to announce the leave on ("" for
 -- none), "1" for SPUBLISH (cluster).
--- The leave message is the envelope "~l" .. info JSON (redis_names.encode_join_leave).
+-- The leave message is the envelope "~l" .. info JSON (redis/envelope.py, encode_join_leave).
 -- Several channels only on a single Redis: on a cluster each call handles one channel
 -- (its keys and pub/sub channel share the channel's hash slot).
 local out = {}

@@ -4,7 +4,7 @@ Each realtime channel maps to one shard (CRC32 of its name; on a cluster, the pr
 owning its slot), so its messages arrive in order on one connection.
 
 **One owner per connection.** A shard's connection is ours (asyncio streams, RESP
-parsed by ``hiredis``; :mod:`.redis_link` dials it), and only its owner task reads it:
+parsed by ``hiredis``; :mod:`.link` dials it), and only its owner task reads it:
 it connects, subscribes every channel the shard holds, then reads and dispatches every
 reply. Other coroutines never read: :meth:`PubSubShard.subscribe` and
 :meth:`~PubSubShard.unsubscribe` update :attr:`~PubSubShard.channels` and append the
@@ -47,8 +47,8 @@ from typing import Any, Final
 import hiredis
 
 from ..errors import BackendUnavailable
-from .redis_client import describe_redis_error
-from .redis_link import LinkOptions, encode_command, open_link
+from .client import describe_redis_error
+from .link import LinkOptions, encode_command, open_link
 
 __all__ = ["BACKOFF_CAP", "PING_IDLE", "PONG_LATE", "PubSubShard", "PubSubShards"]
 

@@ -22,8 +22,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 
 from ..errors import BackendUnavailable, describe_cause
-from .redis_names import RedisNames
-from .redis_url import redis_address
+from .names import RedisNames
+from .url import redis_address
 
 __all__ = [
     "LuaScript",
@@ -118,7 +118,7 @@ def describe_redis_error(url: str, exc: BaseException, timeout: float) -> str:
     (REALTIME_REDIS_URL) unreachable: Connection refused``."""
     where = f"redis at {redis_address(url)} (REALTIME_REDIS_URL)"
     if isinstance(exc, BackendUnavailable) and str(exc).startswith("redis "):
-        # Our own link's words (redis_link: "redis AUTH refused: WRONGPASS"): written
+        # Our own link's words (link.py: "redis AUTH refused: WRONGPASS"): written
         # to name the step and the server's error code, never a credential.
         return f"{where}: {str(exc)[len('redis ') :]}"
     if isinstance(exc, AuthenticationError | ResponseError):
@@ -146,7 +146,7 @@ class RedisCommands:
         self._detected = False
         self._detect_lock = asyncio.Lock()
         self.client: Any = connect_redis(url, timeout, retries=1)
-        pkg = "realtime_server.channels"
+        pkg = "realtime_server.redis"
         self.publish_script = load_script(pkg, "publish.lua")
         self.history_script = load_script(pkg, "history.lua")
         self.presence_add_script = load_script(pkg, "presence_add.lua")
@@ -154,7 +154,7 @@ class RedisCommands:
         self.presence_get_script = load_script(pkg, "presence_get.lua")
         self.presence_remove_script = load_script(pkg, "presence_remove.lua")
         self.presence_leave_script = load_script(pkg, "presence_leave.lua")
-        self.revoke_user_script = load_script("realtime_server.auth", "revoke_user.lua")
+        self.revoke_user_script = load_script(pkg, "revoke_user.lua")
 
     async def detect(self) -> None:
         """Switch to a cluster client when the URL points at a Redis Cluster."""

@@ -3,7 +3,7 @@
 -- from ARGV[7i+1]: client, info JSON, expire at (ms), key ttl (ms), "1" to add the
 -- presence entry, the channel's pub/sub channel to announce the join on ("" for none),
 -- "1" for SPUBLISH (cluster).
--- The join message is the envelope "~j" .. info JSON (redis_names.encode_join_leave).
+-- The join message is the envelope "~j" .. info JSON (redis/envelope.py, encode_join_leave).
 -- Several channels only on a single Redis: on a cluster each call handles one channel
 -- (its keys and pub/sub channel share the channel's hash slot).
 local out = {}

@@ -1,6 +1,6 @@
 """Dialing a Redis connection of our own: URL, TLS, AUTH, SELECT; RESP encoding.
 
-The pub/sub shards (:mod:`.redis_pubsub`) own their connections outright, on asyncio
+The pub/sub shards (:mod:`.pubsub`) own their connections outright, on asyncio
 streams with ``hiredis.Reader`` for parsing, so that exactly one task ever reads each
 one. This module opens such a connection the way redis-py would for the same URL (its
 ``parse_url`` reads the URL): ``redis://`` (TCP), ``rediss://`` (TLS, with the

@@ -1,0 +1,156 @@
+"""The publishing side of the Redis broker: publications (with history and
+idempotency keys through ``publish.lua``), joins, leaves and control messages.
+
+``publish.lua`` appends to the channel's stream and publishes in one atomic step,
+returning the offset; with an idempotency key it first checks ``P{C}:i:<key>`` and, for a
+repeat, returns the first call's position without publishing. Several publications go in
+one pipelined round trip (:meth:`RedisPublishing.publish_many`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ..model import ClientInfo, Publication, RawJSON, StreamPosition
+from ..protocol import encode_client_info
+from ..redis.client import RedisCommands, ScriptCall
+from ..redis.envelope import encode_join_leave, encode_publication
+from ..redis.names import RedisNames
+from .engine import ControlMessage, HistoryOptions, PublishItem
+from .memory import new_epoch
+
+__all__ = ["RedisPublishing"]
+
+
+def _info_json(info: ClientInfo | None) -> str:
+    return encode_client_info(info).decode() if info is not None else ""
+
+
+def _publish_result(reply: Any) -> tuple[StreamPosition | None, bool]:
+    """``publish.lua``'s ``{offset, epoch, published}``."""
+    offset, epoch, published = reply
+    epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+    return (StreamPosition(int(offset), epoch) if epoch else None), bool(published)
+
+
+class RedisPublishing:
+    """The :class:`~.engine.Broker` methods that publish (base of the Redis broker)."""
+
+    commands: RedisCommands
+    names: RedisNames
+
+    async def publish(
+        self,
+        channel: str,
+        data: RawJSON,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        history: HistoryOptions | None = None,
+    ) -> StreamPosition | None:
+        names = self.names
+        if history is None or history.size <= 0:
+            pub = Publication(data, 0, info, tags)
+            payload = encode_publication(pub) if (info or tags) else data
+            await self.commands.publish(names.channel(channel), payload)
+            return None
+        position, _ = await self._run_publish(channel, data, info, tags, history, None, 0.0)
+        return position
+
+    async def publish_once(
+        self,
+        channel: str,
+        data: RawJSON,
+        key: str,
+        ttl: float,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        history: HistoryOptions | None = None,
+    ) -> tuple[StreamPosition | None, bool]:
+        """``publish.lua`` with the key ``P{C}:i:<key>`` (also without history: the
+        script then only checks the key, publishes and stores it)."""
+        return await self._run_publish(channel, data, info, tags, history, key, ttl)
+
+    async def publish_many(
+        self, items: Sequence[PublishItem]
+    ) -> list[tuple[StreamPosition | None, bool]]:
+        """One ``publish.lua`` call per item, pipelined: one round trip for all (on a
+        cluster, one call after the other: items go to different shards)."""
+        if not items:
+            return []
+        if not self.commands.detected:
+            await self.commands.run(self.commands.detect)
+        calls = [
+            self._publish_call(i.channel, i.data, i.info, i.tags, i.history, i.key, i.ttl)
+            for i in items
+        ]
+        if self.commands.cluster:
+            replies = [
+                await self.commands.script(self.commands.publish_script, c.keys, c.args)
+                for c in calls
+            ]
+        else:
+            replies = await self.commands.script_pipeline(self.commands.publish_script, calls)
+        return [_publish_result(reply) for reply in replies]
+
+    async def _run_publish(
+        self,
+        channel: str,
+        data: RawJSON,
+        info: ClientInfo | None,
+        tags: dict[str, str] | None,
+        history: HistoryOptions | None,
+        key: str | None,
+        ttl: float,
+    ) -> tuple[StreamPosition | None, bool]:
+        if not self.commands.detected:
+            await self.commands.run(self.commands.detect)
+        call = self._publish_call(channel, data, info, tags, history, key, ttl)
+        reply = await self.commands.script(self.commands.publish_script, call.keys, call.args)
+        return _publish_result(reply)
+
+    def _publish_call(
+        self,
+        channel: str,
+        data: RawJSON,
+        info: ClientInfo | None,
+        tags: dict[str, str] | None,
+        history: HistoryOptions | None,
+        key: str | None,
+        ttl: float,
+    ) -> ScriptCall:
+        """The keys and arguments of ``publish.lua`` (after cluster detection)."""
+        names = self.names
+        size = history.size if history is not None and history.size > 0 else 0
+        args: list[bytes | str | int] = [
+            names.channel(channel),
+            data,
+            _info_json(info),
+            orjson.dumps(tags).decode() if tags else "",
+            size,
+            int(history.ttl * 1000) if history is not None else 0,
+            int(max(history.meta_ttl, history.ttl) * 1000) if history is not None else 0,
+            new_epoch(),
+            int(time.time() * 1000),
+            "1" if self.commands.cluster else "0",
+        ]
+        keys = [names.stream(channel), names.meta(channel)]
+        if key is not None:
+            keys.append(names.idempotency(channel, key))
+            args.append(max(1, int(ttl * 1000)))
+        return ScriptCall(keys, args)
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        await self.commands.publish(self.names.channel(channel), encode_join_leave("join", info))
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        await self.commands.publish(self.names.channel(channel), encode_join_leave("leave", info))
+
+    async def publish_control(self, message: ControlMessage) -> None:
+        payload = orjson.dumps({"kind": message.kind, "params": message.params})
+        await self.commands.run(lambda: self.commands.client.publish(self.names.control, payload))
