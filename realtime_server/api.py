@@ -234,6 +234,38 @@ METHODS: dict[str, Method] = {
 }
 
 
+BATCH_MAX = 100
+"""Most commands in one ``batch`` call."""
+
+
+async def batch(ops: Operations, params: dict[str, Any]) -> dict[str, Any]:
+    """Centrifugo's ``batch``: ``{"commands": [{"publish": {...}}, ...]}``, run in
+    order; ``{"replies": [{"publish": {...}} or {"error": {...}}, ...]}``. Publications
+    of one batch reach each subscriber in one loop iteration, so its writes coalesce
+    (:mod:`writer`). A failing command does not stop the others; a backend outage
+    (BackendUnavailable) fails the whole call, as for a single command."""
+    commands = params.get("commands")
+    if not isinstance(commands, list) or not 0 < len(commands) <= BATCH_MAX:
+        raise _bad(f"commands must be a list of 1 to {BATCH_MAX} commands")
+    replies: list[dict[str, Any]] = []
+    for command in commands:
+        if not isinstance(command, dict) or len(command) != 1:
+            raise _bad("each command is an object with one method")
+        ((method, body),) = command.items()
+        if method == "batch" or not isinstance(body, dict):
+            raise _bad("a command's method is an API method other than batch, its body an object")
+        try:
+            replies.append({method: await execute(ops, method, body)})
+        except CommandError as exc:
+            replies.append(
+                {"error": {"code": exc.error.code, "message": str(exc) or exc.error.message}}
+            )
+    return {"replies": replies}
+
+
+METHODS["batch"] = batch
+
+
 async def execute(ops: Operations, method: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run API ``method`` with its JSON body ``params``; its ``result`` object.
 

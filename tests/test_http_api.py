@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from realtime_server.app import Running
 
 from .conftest import StartServer, api_url, ws_url
-from .helpers import API_KEY, RawClient, sub_token, token
+from .helpers import API_KEY, MS, RawClient, sub_token, token
 
 
 async def get(server: Running, path: str) -> tuple[int, str, str]:
@@ -118,6 +119,32 @@ async def test_api_publish_broadcast_history(server: Running) -> None:
     assert responses[2]["error"]["code"] == 107
     _, body = await api(server, "history", {"channel": "document:1", "limit": -1})
     assert [p["data"] for p in body["result"]["publications"]] == [{"s": "viewed"}, 7]
+
+
+async def test_api_batch_runs_commands_in_order_and_coalesces_writes(server: Running) -> None:
+    """Centrifugo's batch: replies in order, a failing command does not stop the
+    others; ten publications of one batch reach a subscriber in two frames."""
+    client = await RawClient.open(ws_url(server))
+    await client.connect(token("42", channels=["document:1"]))
+    commands: list[dict[str, object]] = [
+        {"publish": {"channel": "document:1", "data": i}} for i in range(10)
+    ]
+    commands.insert(3, {"publish": {"channel": "bad channel", "data": 0}})
+    status, body = await api(server, "batch", {"commands": commands})
+    replies = body["result"]["replies"]
+    assert status == 200 and len(replies) == 11
+    assert replies[3]["error"]["code"] == 107
+    offsets = [r["publish"]["offset"] for r in replies if "publish" in r]
+    assert offsets == list(range(1, 11))
+    frames = []
+    while sum(frames) < 10:
+        frame = await asyncio.wait_for(client.ws.recv(), 2000 * MS)
+        pubs = sum('"pub"' in line for line in str(frame).split("\n"))
+        if pubs:  # (not the join push of its own subscription)
+            frames.append(pubs)
+    assert frames == [1, 9]
+    for bad in ({"commands": []}, {"commands": [{"batch": {}}]}, {"commands": [{"a": 1, "b": 2}]}):
+        assert (await api(server, "batch", bad))[1]["error"]["code"] == 107
 
 
 async def test_api_presence_disconnect_unsubscribe(server: Running) -> None:
