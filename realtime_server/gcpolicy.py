@@ -18,16 +18,49 @@ afterwards found nothing to free).
 from __future__ import annotations
 
 import gc
-from typing import Final
+import logging
+import time
+from typing import Any, Final
 
-__all__ = ["THRESHOLDS", "freeze_startup", "tune"]
+from .metrics import Histogram
+
+__all__ = ["PAUSES", "THRESHOLDS", "freeze_startup", "tune"]
+
+logger = logging.getLogger("realtime_server.gc")
 
 THRESHOLDS: Final = (50_000, 20, 10)
 
+PAUSES: Final = Histogram((0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+"""Every collection's duration, in seconds (``realtime_gc_pause_seconds``): a
+collection stops the event loop, so it is the latency every client sees then."""
+SLOW_PAUSE: Final = 0.05
+"""A collection longer than this is logged (with its generation and what it freed)."""
+
+_started: list[float] = [0.0]
+
+
+def _watch(phase: str, info: dict[str, Any]) -> None:
+    """``gc.callbacks`` hook: time each collection (cheap; runs only around one)."""
+    if phase == "start":
+        _started[0] = time.perf_counter()
+        return
+    pause = time.perf_counter() - _started[0]
+    PAUSES.observe(pause)
+    if pause > SLOW_PAUSE:
+        logger.warning(
+            "garbage collection of generation %s took %.0f ms (%d collected)",
+            info.get("generation"),
+            pause * 1000,
+            info.get("collected", 0),
+        )
+
 
 def tune() -> None:
-    """Apply :data:`THRESHOLDS` (called once per process, before connections arrive)."""
+    """Apply :data:`THRESHOLDS` and time every collection (:data:`PAUSES`); called once
+    per process, before connections arrive."""
     gc.set_threshold(*THRESHOLDS)
+    if _watch not in gc.callbacks:
+        gc.callbacks.append(_watch)
 
 
 def freeze_startup() -> None:

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, codes
+from . import __version__, codes, gcpolicy
 from .auth.revocation import RevocationStore
 from .auth.tokens import TokenVerifier
 from .channels.engine import ControlMessage, Engine
@@ -149,13 +149,21 @@ class Node:
         self._metrics.gauge(
             "channels", "Channels with local subscribers.", lambda: self.hub.num_channels
         )
+        self._metrics.histogram(
+            "gc_pause_seconds",
+            "Garbage collections (each stops the event loop), by duration.",
+            gcpolicy.PAUSES,
+        )
         self._metrics.counter(
-            "frames_written",
-            "WebSocket frames written to clients (messages of one loop iteration share one).",
+            "coalesced_frames",
+            "Frames that carried what a client got in one loop iteration after its first "
+            "message (bursts, several channels).",
             lambda: self._writer.frames,
         )
         self._metrics.counter(
-            "messages_written", "Messages written to clients.", lambda: self._writer.messages
+            "coalesced_messages",
+            "Messages sent in coalesced frames.",
+            lambda: self._writer.messages,
         )
 
     # --- what sessions use (SessionHost) ---------------------------------------------

@@ -89,3 +89,17 @@ async def test_what_was_queued_before_a_close_goes_out_before_the_close_frame(
     push = await client.push("unsubscribe")
     assert push["unsubscribe"]["code"] == 2000
     assert (await client.closed())[0] == 4100
+
+
+async def test_coalescing_and_gc_pauses_are_on_metrics(server: Running) -> None:
+    import gc
+
+    from realtime_server import gcpolicy
+
+    gcpolicy.tune()
+    before = gcpolicy.PAUSES.count
+    gc.collect()
+    assert gcpolicy.PAUSES.count > before
+    text = server.node.metrics.render().decode()
+    assert "realtime_gc_pause_seconds_count" in text
+    assert "realtime_coalesced_frames_total" in text
