@@ -21,7 +21,7 @@ from .auth.tokens import SubscriptionClaims, TokenExpired, TokenInvalid, TokenVe
 from .channels.namespaces import Namespaces
 from .channels.rules import check_client_publish, check_subscribe, needs_token, user_channel
 from .config import Settings
-from .errors import CommandError, ProtocolViolation
+from .errors import BackendUnavailable, CommandError, ProtocolViolation
 from .events import EventType
 from .journal import Journal
 from .operations import Operations
@@ -75,6 +75,7 @@ class Commands:
         operations: Operations,
         journal: Journal,
         subscribe_proxy: SubscribeProxy | None = None,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self._settings = settings
         self._namespaces: Namespaces = settings.namespaces()
@@ -85,6 +86,7 @@ class Commands:
         self._operations = operations
         self._journal = journal
         self._proxy = subscribe_proxy
+        self._ready = ready
         self._handlers: dict[str, Handler] = {
             "connect": self.connect,
             "subscribe": self.subscribe,
@@ -116,8 +118,16 @@ class Commands:
         now = time.time()
         # TokenInvalid -> close 3500, TokenExpired -> 109, BackendUnavailable -> 100; may
         # await the key set's rate-limited refetch on an unknown kid.
-        claims = await self._verifier.verify_connection_fresh(req.token, now)
+        try:
+            claims = await self._verifier.verify_connection_fresh(req.token, now)
+        except TokenExpired as exc:
+            s.user = exc.subject or ""  # signed: the refusal names the user (audit)
+            raise
         s.user = claims.sub  # the signature verified: refusals from here name the user
+        if not self._ready():
+            # A hung or lost Redis: fail at once (100, temporary) rather than wait for
+            # the revocation check's timeout; /readyz already sends clients elsewhere.
+            raise BackendUnavailable("broker unreachable")
         await self._check_revoked(claims.jti, claims.sub, claims.iat)
         if s.state is not SessionState.CONNECTING:
             return

@@ -134,6 +134,7 @@ class Node:
             self.ops,
             self._journal,
             subscribe_proxy,
+            ready=lambda: self.broker.ready,
         )
         self.broker.set_handler(self)
         revocations.set_listener(self.control.handle_revocation)

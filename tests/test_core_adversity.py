@@ -150,3 +150,9 @@ async def test_revocation_rows_name_the_user(server: Running) -> None:
     rejected = [e for e in seen if e.type is EventType.CONNECT_REJECTED]
     assert [e.user for e in revoked] == ["42"]
     assert [(e.user, e.code) for e in rejected] == [("42", 4501)]
+    # an expired token's refusal (109) names its user too: its signature verified
+    late = await RawClient.open(f"ws://127.0.0.1:{server.port}/connection/websocket")
+    reply = await late.connect(token("43", exp=int(time.time()) - 60, iat=int(time.time()) - 120))
+    assert reply["error"]["code"] == 109
+    rejected = [e for e in seen if e.type is EventType.CONNECT_REJECTED]
+    assert (rejected[-1].user, rejected[-1].code) == ("43", 109)

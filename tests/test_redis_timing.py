@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 
 from realtime_server.app import Running
 
-from .conftest import StartServer, connected
-from .helpers import SCALE, sub_token
+from .conftest import StartServer, connected, ws_url
+from .helpers import SCALE, RawClient, sub_token, token
 from .redis_server import redis_server
 
 _MARGIN = 0.15 * SCALE  # a shared 2-core machine's scheduling noise
@@ -52,8 +52,16 @@ async def test_hung_redis_shows_in_readyz_within_half_a_second(
         redis_proc.proc.send_signal(signal.SIGSTOP)
         try:
             noticed = await _until_status(http, server, 503)
+            # Meanwhile a connect is answered 100 (temporary) at once, not after the
+            # revocation check's 2 s timeout.
+            attempt = await RawClient.open(ws_url(server))
+            started = time.monotonic()
+            reply = await attempt.connect(token("2"))
+            refused_in = time.monotonic() - started
         finally:
             redis_proc.proc.send_signal(signal.SIGCONT)
+        assert reply["error"]["code"] == 100 and reply["error"]["temporary"] is True
+        assert refused_in <= 0.2 + _MARGIN, refused_in
         thawed = await _until_status(http, server, 200)
         print(f"\nhung redis: /readyz 503 after {noticed:.3f} s, 200 {thawed:.3f} s after SIGCONT")
         assert noticed <= 0.5 + _MARGIN

@@ -54,7 +54,12 @@ class TokenInvalid(RealtimeError):
 
 
 class TokenExpired(RealtimeError):
-    """The token is expired or not yet valid: the client should get a new one."""
+    """The token is expired or not yet valid: the client should get a new one.
+
+    ``subject`` is the token's ``sub``: its signature verified, so the refusal can be
+    recorded under the user it names (the audit trail's ``connect_rejected`` rows)."""
+
+    subject: str | None = None
 
 
 class UnknownKey(TokenInvalid):
@@ -314,7 +319,11 @@ class TokenVerifier:
             raise TokenInvalid("malformed channels claim")
         info = _info(payload)
         assert sub is not None and exp is not None
-        self._check_time(exp, iat, nbf, now)
+        try:
+            self._check_time(exp, iat, nbf, now)
+        except TokenExpired as exc:
+            exc.subject = sub
+            raise
         return ConnectionClaims(sub, exp, iat, jti, info, tuple(dict.fromkeys(channels)))
 
     async def verify_connection_fresh(self, raw: object, now: float) -> ConnectionClaims:
