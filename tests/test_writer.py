@@ -96,10 +96,15 @@ async def test_coalescing_and_gc_pauses_are_on_metrics(server: Running) -> None:
 
     from realtime_server import gcpolicy
 
+    thresholds, callbacks = gc.get_threshold(), list(gc.callbacks)
     gcpolicy.tune()
-    before = gcpolicy.PAUSES.count
-    gc.collect()
-    assert gcpolicy.PAUSES.count > before
+    try:
+        before = gcpolicy.PAUSES.count
+        gc.collect()
+        assert gcpolicy.PAUSES.count > before
+    finally:  # the test process keeps its own collector settings
+        gc.set_threshold(*thresholds)
+        gc.callbacks[:] = callbacks
     text = server.node.metrics.render().decode()
     assert "realtime_gc_pause_seconds_count" in text
     assert "realtime_coalesced_frames_total" in text
