@@ -24,6 +24,7 @@ __all__ = [
     "ProtocolViolation",
     "RealtimeError",
     "describe_cause",
+    "describe_database_error",
     "missing_dependency",
 ]
 
@@ -107,3 +108,16 @@ def missing_dependency(exc: ModuleNotFoundError) -> str:
         "the locked dependencies with `make .venv/bin/.installed`, or "
         "`pip install -r requirements/main.txt`"
     )
+
+
+def describe_database_error(exc: BaseException) -> str:
+    """A PostgreSQL (asyncpg) error without connection parameters: the text of the
+    server's and the OS's errors (which hold none), only the type of anything else (a
+    configuration error could quote part of the DSN)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    trusted = isinstance(exc, OSError) or (
+        type(exc).__module__.startswith("asyncpg.exc") and not isinstance(exc, ValueError)
+    )
+    text = str(exc).splitlines()[0] if trusted and str(exc) else ""
+    name = type(exc).__name__
+    return f"{name} {sqlstate}: {text}" if sqlstate else f"{name}: {text}" if text else name

@@ -29,16 +29,21 @@ class Migration:
     version: int
     name: str
     sql: str
+    prefix: str = ""
+    """What the label starts with (``"outbox "`` for the outbox's)."""
 
     @property
     def label(self) -> str:
-        return f"{self.version:04d}_{self.name}"
+        return f"{self.prefix}{self.version:04d}_{self.name}"
 
 
-def load_migrations(dialect: Dialect) -> list[Migration]:
-    """The migrations of ``dialect``, in version order."""
+def load_migrations(
+    dialect: Dialect, package: str = "realtime_server.events", prefix: str = ""
+) -> list[Migration]:
+    """The migrations of ``dialect`` shipped in ``package``'s ``migrations/`` folder (the
+    event log's, or the outbox's), in version order."""
     found: dict[int, Migration] = {}
-    folder = resources.files(__package__ or "realtime_server.events").joinpath("migrations")
+    folder = resources.files(package).joinpath("migrations")
     for entry in folder.iterdir():
         match = _NAME.match(entry.name)
         if match is None:
@@ -48,7 +53,8 @@ def load_migrations(dialect: Dialect) -> list[Migration]:
         version = int(match.group(1))
         if version in found:
             raise RuntimeError(f"two {dialect} migrations with version {version:04d}")
-        found[version] = Migration(version, match.group(2), entry.read_text(encoding="utf-8"))
+        text = entry.read_text(encoding="utf-8")
+        found[version] = Migration(version, match.group(2), text, prefix)
     return [found[v] for v in sorted(found)]
 
 

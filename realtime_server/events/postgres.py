@@ -20,6 +20,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
+from ..errors import describe_database_error
 from .migrate import load_migrations
 from .model import Event
 from .store import (
@@ -150,11 +151,13 @@ class PostgresStore:
                         raise
         except asyncpg.PostgresError as exc:
             if _is_data_error(exc):
-                raise EventsRejected(f"PostgreSQL refused the batch: {_describe(exc)}") from None
+                reason = describe_database_error(exc)
+                raise EventsRejected(f"PostgreSQL refused the batch: {reason}") from None
             raise _unavailable(exc) from None
         except asyncpg.InterfaceError as exc:
             if isinstance(exc, ValueError):  # asyncpg could not encode an argument
-                raise EventsRejected(f"PostgreSQL refused the batch: {_describe(exc)}") from None
+                reason = describe_database_error(exc)
+                raise EventsRejected(f"PostgreSQL refused the batch: {reason}") from None
             raise _unavailable(exc) from None
         except (OSError, TimeoutError) as exc:
             raise _unavailable(exc) from None
@@ -254,22 +257,9 @@ def _is_data_error(exc: BaseException) -> bool:
     return sqlstate.startswith(("22", "23"))
 
 
-def _describe(exc: BaseException) -> str:
-    """An error without connection parameters: the text of the server's and the OS's
-    errors (which hold none), only the type of anything else (a configuration error
-    could quote part of the DSN)."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    trusted = isinstance(exc, OSError) or (
-        type(exc).__module__.startswith("asyncpg.exc") and not isinstance(exc, ValueError)
-    )
-    text = str(exc).splitlines()[0] if trusted and str(exc) else ""
-    name = type(exc).__name__
-    return f"{name} {sqlstate}: {text}" if sqlstate else f"{name}: {text}" if text else name
-
-
 def _unavailable(exc: BaseException) -> StoreUnavailable:
     if isinstance(exc, TimeoutError):
         return StoreUnavailable("PostgreSQL did not answer in time")
     if getattr(exc, "sqlstate", None) == "42P01":  # undefined table
         return NotInitialised("event log not initialised (run realtime-server migrate)")
-    return StoreUnavailable(f"PostgreSQL unreachable ({_describe(exc)})")
+    return StoreUnavailable(f"PostgreSQL unreachable ({describe_database_error(exc)})")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, describe_database_error
 
-__all__ = ["TIMEOUT", "OutboxUnavailable", "connect", "describe", "unavailable"]
+__all__ = ["TIMEOUT", "OutboxUnavailable", "connect", "unavailable"]
 
 TIMEOUT: Final = 5.0
 """Seconds one connect or statement of the outbox may take."""
@@ -41,19 +41,6 @@ async def connect(dsn: str, budget: float = TIMEOUT) -> Any:
         raise unavailable(exc) from None
 
 
-def describe(exc: BaseException) -> str:
-    """An error without connection parameters: the text of the server's and the OS's
-    errors (which hold none), only the type of anything else (a configuration error
-    could quote part of the DSN)."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    trusted = isinstance(exc, OSError) or (
-        type(exc).__module__.startswith("asyncpg.exc") and not isinstance(exc, ValueError)
-    )
-    text = str(exc).splitlines()[0] if trusted and str(exc) else ""
-    name = type(exc).__name__
-    return f"{name} {sqlstate}: {text}" if sqlstate else f"{name}: {text}" if text else name
-
-
 def unavailable(exc: BaseException) -> OutboxUnavailable:
     if isinstance(exc, OutboxUnavailable):
         return exc
@@ -61,4 +48,4 @@ def unavailable(exc: BaseException) -> OutboxUnavailable:
         return OutboxUnavailable("outbox: PostgreSQL did not answer in time")
     if getattr(exc, "sqlstate", None) in ("42P01", "42883"):  # undefined table / function
         return OutboxUnavailable("outbox: tables missing (run realtime-server migrate)")
-    return OutboxUnavailable(f"outbox: PostgreSQL unreachable ({describe(exc)})")
+    return OutboxUnavailable(f"outbox: PostgreSQL unreachable ({describe_database_error(exc)})")

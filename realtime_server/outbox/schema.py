@@ -11,10 +11,10 @@ when ``REALTIME_OUTBOX_URL`` is set.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Final
+
+from ..events.migrate import Migration
+from ..events.migrate import load_migrations as load_event_style_migrations
 
 __all__ = [
     "CHANNEL",
@@ -71,33 +71,10 @@ POLL: Final = (
     " ORDER BY partition, id LIMIT 1) AS below"
 )
 
-_NAME: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-    @property
-    def label(self) -> str:
-        return f"outbox {self.version:04d}_{self.name}"
-
-
 def load_migrations() -> list[Migration]:
-    """The outbox migrations shipped with the package, in version order."""
-    found: dict[int, Migration] = {}
-    folder = resources.files(__package__ or "realtime_server.outbox").joinpath("migrations")
-    for entry in folder.iterdir():
-        match = _NAME.match(entry.name)
-        if match is None:
-            continue
-        version = int(match.group(1))
-        if version in found:
-            raise RuntimeError(f"two outbox migrations with version {version:04d}")
-        found[version] = Migration(version, match.group(2), entry.read_text(encoding="utf-8"))
-    return [found[v] for v in sorted(found)]
+    """The outbox migrations shipped with the package, in version order (PostgreSQL
+    only; loaded as the event log's are)."""
+    return load_event_style_migrations("postgres", "realtime_server.outbox", "outbox ")
 
 
 async def migrate(conn: Any) -> list[str]:
