@@ -147,12 +147,10 @@ def start_server(
     elif name == "starlette":
         assert redis is not None
         command = _script("starlette_broadcaster.py", "--redis-url", redis.url)
-    elif name == "socketio-node":
+    elif name in SOCKETIO:
         # Credentials through the environment, never on a command line.
         env.update({"BENCH_JWT_SECRET": JWT_SECRET, "BENCH_API_KEY": API_KEY})
-        command = _node
-    elif name == "python-socketio":
-        command = _script("python_socketio_server.py")
+        command = _node if name == "socketio-node" else _script("python_socketio_server.py")
     else:
         fanout = "broadcast" if name == "floor-bcast" else "write"
         command = _script("floor_server.py", "--fanout", fanout)

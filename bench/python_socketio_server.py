@@ -5,16 +5,20 @@ workload (``fanout.py --servers python-socketio``).
 
 python-socketio 5.x's ``AsyncServer`` in ASGI mode, WebSocket transport only (no HTTP
 long-polling, no per-message compression), pings every 10 minutes (they cannot be turned
-off; the other servers' are off). A client connects with its HS256 token as the auth
-payload (``{"token": "<jwt>"}``); the ``connect`` handler verifies it with PyJWT (HS256
-pinned, ``exp`` required) and refuses the connect (a connect error) otherwise, then
-enters the connection into one room per channel of the token's ``channels`` claim (one
-room per document). ``POST /api/publish`` (``{"channel", "data"}``) and ``POST
-/api/batch`` (``{"commands": [{"publish": {...}}, ...]}``) with ``X-API-Key`` (a small
-Starlette app beside the Socket.IO one) emit each publication to its room with
-``sio.emit("pub", {"channel", "data", "offset"}, room=channel)``: the library's own
-fan-out (one packet encoded once, one task per recipient). Both routes are served on
-both ports (``--port``, ``--api-port``), as for the other servers.
+off; the other servers' are off; ``--ping-interval`` sets it, and the time allowed for
+the answer is the same, at most 60 s: the tests check that the generator answers).
+
+A client connects with its HS256 token as the auth payload (``{"token": "<jwt>"}``);
+the ``connect`` handler verifies it with PyJWT (HS256 pinned, ``exp`` required) and
+refuses the connect (a connect error) otherwise, then enters the connection into one
+room per channel of the token's ``channels`` claim (one room per document). ``POST
+/api/publish`` (``{"channel", "data"}``) and ``POST /api/batch`` (``{"commands":
+[{"publish": {...}}, ...]}``) with ``X-API-Key`` (a small Starlette app beside the
+Socket.IO one) emit each publication to its room with ``sio.emit("pub", {"channel",
+"data", "offset"}, room=channel)``: the library's own fan-out (one packet encoded once,
+one task per recipient). Both routes are served on both ports (``--port``,
+``--api-port``), as for the other servers. The secret and the API key come from the
+environment (``BENCH_JWT_SECRET``, ``BENCH_API_KEY``; by default the benchmarks').
 
 Run: ``python bench/python_socketio_server.py --port 9000 --api-port 9001``.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import socket
 import sys
 from typing import Any, Final
@@ -48,12 +53,14 @@ _BAD_REQUEST: Final = {"error": {"code": 107, "message": "bad request"}}
 BATCH_MAX: Final = 100
 
 
-def build_app(secret: str = JWT_SECRET, api_key: str = API_KEY) -> socketio.ASGIApp:
+def build_app(
+    secret: str = JWT_SECRET, api_key: str = API_KEY, ping_interval: float = 600.0
+) -> socketio.ASGIApp:
     sio = socketio.AsyncServer(
         async_mode="asgi",
         transports=["websocket"],
-        ping_interval=600,
-        ping_timeout=60,
+        ping_interval=ping_interval,
+        ping_timeout=min(ping_interval, 60.0),
         max_http_buffer_size=65536,  # the same frame size limit as the others
         http_compression=False,
     )
@@ -128,10 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--port", type=int, required=True, help="WebSocket port")
     parser.add_argument("--api-port", type=int, required=True, help="publish trigger port")
+    parser.add_argument(
+        "--ping-interval", type=float, default=600.0, help="seconds between pings (600)"
+    )
     args = parser.parse_args(argv)
     raise_nofile()
+    app = build_app(
+        os.environ.get("BENCH_JWT_SECRET") or JWT_SECRET,
+        os.environ.get("BENCH_API_KEY") or API_KEY,
+        args.ping_interval,
+    )
     config = uvicorn.Config(
-        build_app(),
+        app,
         loop="uvloop",
         http="httptools",
         ws="websockets-sansio",

@@ -14,13 +14,15 @@
 //   own fan-out. Replies follow our server's API: {"result": {}} and
 //   {"result": {"replies": [{"publish": {}}, ...]}}.
 // - Keepalive: socket.io cannot turn its pings off; they are every 10 minutes here, so
-//   that none happens during a measurement (the other servers' pings are off).
+//   that none happens during a measurement (the other servers' pings are off);
+//   --ping-interval S sets it (the tests check that the generator answers them), and
+//   the time allowed for the answer is the same, at most 60 s.
 //
 // The secret and the API key come from the environment (BENCH_JWT_SECRET,
 // BENCH_API_KEY), never from the command line.
 //
 // Run: BENCH_JWT_SECRET=... BENCH_API_KEY=... node bench/peers/socketio/server.mjs \
-//        --port 9000 --api-port 9001
+//        --port 9000 --api-port 9001 [--ping-interval 600]
 
 import http from "node:http";
 import process from "node:process";
@@ -39,12 +41,17 @@ function fail(message) {
 }
 
 const { values: args } = parseArgs({
-  options: { port: { type: "string" }, "api-port": { type: "string" } },
+  options: {
+    port: { type: "string" },
+    "api-port": { type: "string" },
+    "ping-interval": { type: "string", default: "600" },
+  },
 });
 const port = Number(args.port);
 const apiPort = Number(args["api-port"]);
-if (!Number.isInteger(port) || !Number.isInteger(apiPort)) {
-  fail("usage: server.mjs --port N --api-port N");
+const pingInterval = Math.round(Number(args["ping-interval"]) * 1000);
+if (!Number.isInteger(port) || !Number.isInteger(apiPort) || !(pingInterval > 0)) {
+  fail("usage: server.mjs --port N --api-port N [--ping-interval SECONDS]");
 }
 const secret = process.env.BENCH_JWT_SECRET;
 const apiKey = process.env.BENCH_API_KEY;
@@ -61,8 +68,8 @@ const io = new Server(wsServer, {
   httpCompression: false,
   serveClient: false,
   maxHttpBufferSize: 65536, // the same frame size limit as the others
-  pingInterval: 600_000,
-  pingTimeout: 60_000,
+  pingInterval,
+  pingTimeout: Math.min(pingInterval, 60_000),
   connectTimeout: 30_000,
 });
 
