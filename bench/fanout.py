@@ -72,6 +72,9 @@ MODES: Final = ("burst", "spread", "bursts")
 DEFAULT_MESSAGES: Final = {"burst": 100, "spread": 40, "bursts": 100}
 DEFAULT_BURST_SIZE: Final = 10
 DEFAULT_RATE: Final = 20.0
+STATS_EVERY_S: Final = 0.02
+"""How often a phase asks the generators for their counters (the end of a phase is seen
+within this)."""
 SPREAD_MAX_LOAD: Final = 50_000.0
 """Deliveries/s offered in default spread mode: well under what 2 cores deliver, so that
 each publication finds an idle server (its own wake-up) rather than a queue. Bursts
@@ -185,6 +188,11 @@ class Bench:
         self.log_notes: dict[tuple[str, int], list[str]] = {}
 
     def run(self) -> list[Row]:
+        _, load_cpus = self.opts.cpu_sets()
+        if load_cpus:
+            # This process polls the generators during every phase: on the load's CPUs,
+            # never on the server's.
+            os.sched_setaffinity(0, load_cpus)
         rows: list[Row] = []
         for n in self.opts.subscribers:
             for name in self.opts.servers:
@@ -342,21 +350,28 @@ class Bench:
         deadline = time.monotonic() + 30.0 + publish_time + messages * n * allowance
 
         pid = server.proc.pid
-        procs = [pid, *(c.proc.pid for c in load.pipes.children if c.proc.pid)]
+        # The server, its load and this process: what is busy beyond them is other work.
+        procs = [pid, os.getpid(), *(c.proc.pid for c in load.pipes.children if c.proc.pid)]
         busy0, ours0 = machine_busy_s(), sum(read_proc(p).cpu_s for p in procs)
         load0 = sum(gens.cpu_s())
         cpu0 = read_proc(pid)
         pub.run(None, (Stream((CHANNEL,), rate, "broadcast", count=messages, batch=batch),))
         done = None
         started = time.monotonic()
+        next_ask = 0.0
         while True:
             load.pipes.pump(0.02)
-            gens.ask_stats()
+            now = time.monotonic()
+            if now >= next_ask:
+                # At most every 20 ms: asking again as soon as an answer arrived kept this
+                # process and the generators busy with thousands of round trips a second
+                # (half a CPU here, and as much in the generators answering).
+                gens.ask_stats()
+                next_ask = now + STATS_EVERY_S
             received = gens.total(lambda c: c.received) - received0
             done = done or pub.done()
             if done is not None and received >= run.expected:
                 break
-            now = time.monotonic()
             if now > deadline:
                 # Whatever did not arrive by now is lost.
                 run.notes.append("not every message arrived before the deadline")
