@@ -45,10 +45,11 @@ serve: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/realtime-server serve --demo
 
-## Install test dependencies, then lint, type-check and run every test. Nothing is
-## installed system-wide: tests whose prerequisite (redis-server, PostgreSQL, Node.js,
-## Chromium, docker) is missing skip with one line naming it (README, "Tests").
-test: $(BIN)/.test-installed js-deps
+## Install test dependencies (the benchmark peers' too: tests/test_loadtest_peers.py
+## drives them), then lint, type-check and run every test. Nothing is installed
+## system-wide: tests whose prerequisite (redis-server, PostgreSQL, Node.js, Chromium,
+## docker) is missing skip with one line naming it (README, "Tests").
+test: $(BIN)/.test-installed js-deps bench-deps
 	$(MAKE) --no-print-directory lint typecheck pytest
 
 lint: $(BIN)/.test-installed
@@ -85,9 +86,21 @@ upgrade: $(BIN)/.test-installed
 	$(MAKE) --no-print-directory lock UV_FLAGS=--upgrade
 	$(MAKE) --no-print-directory test
 
-## The benchmark baselines' dependencies (Starlette + broadcaster, py-spy).
-bench-deps: $(BIN)/.test-installed
+## The benchmark peers' dependencies: Starlette + broadcaster, python-socketio, py-spy
+## (requirements/bench.txt) and, when npm is there, Node.js socket.io (bench/peers/socketio).
+bench-deps: $(BIN)/.bench-installed
+	@if command -v npm >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory bench/peers/socketio/node_modules/.installed; \
+	else echo "npm not found: the socket.io peer (bench, tests) is skipped (install Node.js 20+)"; fi
+
+$(BIN)/.bench-installed: $(BIN)/.test-installed requirements/bench.txt
 	$(PIP_LOCKED) -r requirements/bench.txt
+	touch $@
+
+bench/peers/socketio/node_modules/.installed: bench/peers/socketio/package.json \
+		bench/peers/socketio/package-lock.json
+	npm ci --prefix bench/peers/socketio --no-audit --no-fund --loglevel=error
+	touch $@
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) tests/js/node_modules bench/peers/socketio/node_modules .mypy_cache .ruff_cache .pytest_cache

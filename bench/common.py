@@ -10,8 +10,10 @@ processes, the ``/proc`` readers and limits) is the installed load test's
 from __future__ import annotations
 
 import importlib
+import shutil
 import signal
 import sys
+from pathlib import Path
 from typing import Final
 
 from realtime_server.loadtest.procfs import (
@@ -28,14 +30,17 @@ __all__ = [
     "CHANNEL",
     "HOST",
     "JWT_SECRET",
+    "SOCKETIO_NODE_DIR",
     "WS_PATH",
     "ProcSample",
     "free_port",
     "ignore_sigint",
     "machine_busy_s",
+    "peer_missing",
     "raise_nofile",
     "read_proc",
     "require_bench_deps",
+    "require_peer",
     "wait_port",
 ]
 
@@ -59,16 +64,59 @@ def wait_port(port: int, timeout: float) -> bool:
 BENCH_MODULES: Final = ("starlette", "broadcaster", "uvicorn")
 """What the Starlette + broadcaster baseline imports beyond the server's dependencies."""
 
+PEER_MODULES: Final = {
+    "starlette": BENCH_MODULES,
+    "python-socketio": ("socketio", "starlette", "uvicorn"),
+}
+"""The Python packages each Python peer imports beyond the server's dependencies."""
 
-def require_bench_deps(script: str) -> None:
-    """Exit with one line naming what to install when the baseline's packages are
-    missing (they are not the server's dependencies: ``make bench-deps``)."""
+SOCKETIO_NODE_DIR: Final = Path(__file__).resolve().parent / "peers" / "socketio"
+"""The Node.js socket.io peer: server.mjs, its package.json and, once installed,
+node_modules/ (``make bench-deps`` runs ``npm ci`` there)."""
+
+
+def _missing_modules(modules: tuple[str, ...]) -> list[str]:
     missing = []
-    for module in BENCH_MODULES:
+    for module in modules:
         try:
             importlib.import_module(module)
         except ImportError:
             missing.append(module)
+    return missing
+
+
+def peer_missing(name: str) -> str | None:
+    """What the peer server ``name`` lacks to run, as one line naming how to install
+    it; None when it can run (and for servers that need nothing beyond ours)."""
+    if name == "socketio-node":
+        if shutil.which("node") is None:
+            return "socketio-node needs Node.js 20+ (node not found on PATH)"
+        if not (SOCKETIO_NODE_DIR / "node_modules" / "socket.io").is_dir():
+            return (
+                "socketio-node needs its packages: run `make bench-deps` "
+                "(npm ci --prefix bench/peers/socketio)"
+            )
+        return None
+    missing = _missing_modules(PEER_MODULES.get(name, ()))
+    if missing:
+        return (
+            f"{name} needs {', '.join(missing)}: run `make bench-deps` "
+            "(installs requirements/bench.txt into .venv)"
+        )
+    return None
+
+
+def require_peer(name: str) -> None:
+    """Exit with one line naming what to install when the peer ``name`` cannot run."""
+    line = peer_missing(name)
+    if line is not None:
+        sys.exit(line)
+
+
+def require_bench_deps(script: str) -> None:
+    """Exit with one line naming what to install when the baseline's packages are
+    missing (they are not the server's dependencies: ``make bench-deps``)."""
+    missing = _missing_modules(BENCH_MODULES)
     if missing:
         sys.exit(
             f"{script}: the Starlette + broadcaster baseline needs {', '.join(missing)}: "

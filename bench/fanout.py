@@ -4,11 +4,18 @@ For each subscriber count and each server (one after the other, each a fresh pro
 open N idle authenticated subscribed WebSocket connections from several generator
 processes, measure the server's RSS before and after, then publish M messages through
 the server's HTTP publish API (``burst``: back to back; ``spread``: ``--rate`` per
-second) and measure the server's CPU time over the delivery phase, the deliveries, the
-publish-to-receive latency and the losses. Prints one table. See bench/README.md.
+second, one request each; ``bursts``: ``--burst-size`` publications in one ``/api/batch``
+request, the bursts spaced as in ``spread``) and measure the server's CPU time over the
+delivery phase, the deliveries, the publish-to-receive latency and the losses. Prints
+one table, ours against the floor and the peers, and the verdicts against issue 5's and
+issue 15's targets. See bench/README.md.
 
     .venv/bin/python bench/fanout.py [--subscribers 1000,10000] [--messages N]
-        [--mode burst|spread|both] [--servers ours,floor] [--json]
+        [--mode burst,spread,bursts|both|all] [--burst-size 10]
+        [--servers ours,floor,...] [--json]
+
+Servers (``--servers``): see ``fanout_servers.py`` (ours, the floor, and the peers:
+Starlette + broadcaster, Node.js socket.io, python-socketio).
 
 Only 127.0.0.1 is used; every step has a time bound; every child process is stopped
 at the end, on failure and on Ctrl-C.
@@ -36,10 +43,18 @@ from common import (
     CHANNEL,
     HOST,
     JWT_SECRET,
-    WS_PATH,
     machine_busy_s,
+    peer_missing,
     raise_nofile,
-    require_bench_deps,
+)
+from fanout_report import Row, mode_label, ratio_table, table, verdicts
+from fanout_servers import (
+    SERVERS,
+    Server,
+    StartError,
+    delivery_allowance_s,
+    start_server,
+    wire,
 )
 
 from realtime_server.loadtest.errors import LoadTestError
@@ -48,140 +63,26 @@ from realtime_server.loadtest.messages import GeneratorConfig, PublisherConfig, 
 from realtime_server.loadtest.pipes import Pipes
 from realtime_server.loadtest.procfs import read_proc
 from realtime_server.loadtest.progress import ProgressLine
-from realtime_server.loadtest.spawn import RedisProcess, ServerProcess, SpawnError
 from realtime_server.loadtest.stats import Histogram
 
 __all__ = ["main"]
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
-SERVERS: Final = ("ours", "ours-redis", "floor", "floor-bcast", "starlette")
-ALTERNATIVE: Final = "starlette"
-"""The typical alternative: Starlette + encode/broadcaster on Redis (starlette_broadcaster.py)."""
-DEFAULT_MESSAGES: Final = {"burst": 100, "spread": 40}
+MODES: Final = ("burst", "spread", "bursts")
+DEFAULT_MESSAGES: Final = {"burst": 100, "spread": 40, "bursts": 100}
+DEFAULT_BURST_SIZE: Final = 10
 DEFAULT_RATE: Final = 20.0
+STATS_EVERY_S: Final = 0.02
+"""How often a phase asks the generators for their counters (the end of a phase is seen
+within this)."""
 SPREAD_MAX_LOAD: Final = 50_000.0
 """Deliveries/s offered in default spread mode: well under what 2 cores deliver, so that
-each publication finds an idle server (its own wake-up) rather than a queue."""
-OURS_ENV: Final = {
-    "REALTIME_JWT_SECRET": JWT_SECRET,
-    "REALTIME_API_KEY": API_KEY,
-    "REALTIME_LOG_LEVEL": "WARNING",
-    "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
-    "REALTIME_RATE_LIMIT": "100000",
-    "REALTIME_RATE_BURST": "100000",
-    "REALTIME_PING_INTERVAL": "0",
-    "REALTIME_CONNECT_TIMEOUT": "30",
-    "REALTIME_SHUTDOWN_TIMEOUT": "2",
-    # Join/leave pushes would make opening N connections cost N^2/2 frames.
-    "REALTIME_NAMESPACES": '{"document": {"join_leave": false}}',
-}
+each publication finds an idle server (its own wake-up) rather than a queue. Bursts
+offer the same publications per second, ``--burst-size`` at a time."""
 
 
 class BenchError(RuntimeError):
     """A step of the benchmark failed or ran out of time."""
-
-
-# --- servers ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    """One server case's processes: the server (the load test's spawner) and, for the
-    Redis-backed ones, a private redis-server."""
-
-    name: str
-    proc: ServerProcess
-    redis: RedisProcess | None
-
-    def stop(self) -> None:
-        self.proc.stop(10.0)
-        if self.redis is not None:
-            self.redis.stop()
-
-
-def start_server(
-    name: str, workdir: Path, cpus: set[int] | None, load_cpus: set[int] | None
-) -> Server:
-    redis: RedisProcess | None = None
-    if name in ("ours-redis", "starlette"):
-        # A private redis-server on the load generators' CPUs: its CPU time is not the
-        # server's (one PUBLISH per publication, one message to the server).
-        redis = RedisProcess(workdir)
-        redis.start()
-        if load_cpus and redis.proc is not None:
-            os.sched_setaffinity(redis.proc.pid, load_cpus)
-    env: dict[str, str] = {}
-    if name in ("ours", "ours-redis"):
-        env.update(OURS_ENV)
-        if redis is not None:
-            env["REALTIME_REDIS_URL"] = redis.url
-        command = None
-    elif name == "starlette":
-        assert redis is not None
-        url = redis.url
-
-        def command(port: int, api_port: int) -> list[str]:
-            script = str(BENCH_DIR / "starlette_broadcaster.py")
-            return [sys.executable, script, "--port", str(port), "--api-port", str(api_port),
-                    "--redis-url", url]  # fmt: skip
-    else:
-        fanout = "broadcast" if name == "floor-bcast" else "write"
-
-        def command(port: int, api_port: int) -> list[str]:
-            script = str(BENCH_DIR / "floor_server.py")
-            return [sys.executable, script, "--port", str(port), "--api-port", str(api_port),
-                    "--fanout", fanout]  # fmt: skip
-
-    proc = ServerProcess(
-        workdir, env, 1, sorted(cpus) if cpus else None, command=command, name=name
-    )
-    try:
-        proc.start(20.0)
-    except SpawnError as exc:
-        if redis is not None:
-            redis.stop()
-        raise BenchError(str(exc)) from None
-    return Server(name, proc, redis)
-
-
-# --- one server case ---------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    """One line of the result table."""
-
-    server: str
-    subscribers: int
-    mode: str
-    messages: int
-    rate: float = 0.0
-    repeats: int = 0
-    published: int = 0
-    publish_errors: int = 0
-    deliveries: int = 0
-    expected: int = 0
-    lost: int = 0
-    closed: int = 0
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
-    deliveries_per_s: float = 0.0
-    cpu_us_per_delivery: float = 0.0
-    cpu_us_per_delivery_runs: list[float] = field(default_factory=list)
-    user_us_per_delivery: float = 0.0
-    sys_us_per_delivery: float = 0.0
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
-    max_ms: float = 0.0
-    rss_kib_per_conn: float = 0.0
-    rss_before_kib: int = 0
-    rss_after_kib: int = 0
-    connected: int = 0
-    connect_failed: int = 0
-    publisher_behind_s: float = 0.0
-    other_load: float = 0.0
-    subscriber_cpu_us_per_delivery: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -220,6 +121,7 @@ class Options:
     repeat: int
     pin: bool = True
     json: bool = False
+    burst_size: int = DEFAULT_BURST_SIZE
 
     def cpu_sets(self) -> tuple[set[int] | None, set[int] | None]:
         """(server CPUs, load generator CPUs): the first CPU for the server, the others
@@ -230,8 +132,9 @@ class Options:
         return {cpus[0]}, set(cpus[1:])
 
     def spread_rate(self, n: int) -> float:
-        """Publications per second in spread mode: ``--rate``, or by default 20/s capped
-        so that N subscribers get at most SPREAD_MAX_LOAD deliveries per second."""
+        """Publications per second in spread and bursts modes: ``--rate``, or by default
+        20/s capped so that N subscribers get at most SPREAD_MAX_LOAD deliveries per
+        second (in bursts: ``--burst-size`` publications every ``burst-size / rate`` s)."""
         if self.rate is not None:
             return self.rate
         return min(DEFAULT_RATE, SPREAD_MAX_LOAD / n)
@@ -252,16 +155,17 @@ class Load:
         load_cpus = sorted(cpus) if cpus else None
         try:
             gens = Generators(pipes, opts.procs, load_cpus)
+            path, protocol = wire(server.name)
             configs = [
                 GeneratorConfig(
-                    index=i, host=HOST, port=server.proc.port, path=WS_PATH, secret=JWT_SECRET,
-                    reconnect=False, user_channel=False, prefix="bench-",
+                    index=i, host=HOST, port=server.proc.port, path=path, secret=JWT_SECRET,
+                    reconnect=False, user_channel=False, prefix="bench-", protocol=protocol,
                 )
                 for i in range(opts.procs)
             ]  # fmt: skip
             gens.setup(configs, [UserSpec(f"bench-{i}", (CHANNEL,)) for i in range(n)])
             # One request at a time over one keep-alive connection: the next publication
-            # goes when the previous one is answered.
+            # (or batch) goes when the previous one is answered.
             config = PublisherConfig(
                 via="api", streams=(), api_url=server.proc.api_url, api_key=API_KEY,
                 inflight=1, timeout=30.0,
@@ -284,6 +188,11 @@ class Bench:
         self.log_notes: dict[tuple[str, int], list[str]] = {}
 
     def run(self) -> list[Row]:
+        _, load_cpus = self.opts.cpu_sets()
+        if load_cpus:
+            # This process polls the generators during every phase: on the load's CPUs,
+            # never on the server's.
+            os.sched_setaffinity(0, load_cpus)
         rows: list[Row] = []
         for n in self.opts.subscribers:
             for name in self.opts.servers:
@@ -362,13 +271,14 @@ class Bench:
     def _phase(self, label: str, server: Server, load: Load, n: int, mode: str) -> Row:
         """Run ``--repeat`` delivery phases of ``mode``; one row of medians and totals."""
         messages = self.opts.messages[mode]
-        rate = self.opts.spread_rate(n) if mode == "spread" else 0.0
-        row = Row(server.name, n, mode, messages, rate=rate)
+        rate = self.opts.spread_rate(n) if mode in ("spread", "bursts") else 0.0
+        batch = self.opts.burst_size if mode == "bursts" else 1
+        row = Row(server.name, n, mode, messages, rate=rate, burst_size=batch if batch > 1 else 0)
         runs: list[Run] = []
         latency = Histogram()
         for repeat in range(self.opts.repeat):
-            what = f"{label} {mode} {repeat + 1}/{self.opts.repeat}: {messages} msgs"
-            run = self._run_once(what, server, load, n, messages, rate)
+            what = f"{label} {mode_label(row)} {repeat + 1}/{self.opts.repeat}: {messages} msgs"
+            run = self._run_once(what, server, load, n, messages, rate, batch)
             runs.append(run)
             latency.merge(run.latency)
             self.progress.done(
@@ -392,7 +302,8 @@ class Bench:
             # The user/system split over all runs together (the tick is 10 ms: too coarse
             # to split one short run).
             row.user_us_per_delivery = sum(r.user_s for r in runs) / row.deliveries * 1e6
-            row.sys_us_per_delivery = row.cpu_s / row.deliveries * 1e6 - row.user_us_per_delivery
+            system = row.cpu_s / row.deliveries * 1e6 - row.user_us_per_delivery
+            row.sys_us_per_delivery = max(0.0, system)
         row.publisher_behind_s = max(r.behind_s for r in runs)
         row.subscriber_cpu_us_per_delivery = (
             sum(r.load_cpu_s for r in runs) / max(1, row.deliveries) * 1e6
@@ -408,7 +319,7 @@ class Bench:
         row.p50_ms = latency.percentile(0.50) / 1000.0
         row.p99_ms = latency.percentile(0.99) / 1000.0
         row.max_ms = latency.percentile(1.0) / 1000.0
-        if mode == "spread" and row.publisher_behind_s > 2.0 / rate:
+        if rate > 0 and row.publisher_behind_s > 2.0 * batch / rate:
             row.notes.append(
                 f"publisher fell {row.publisher_behind_s:.2f}s behind schedule: "
                 "the server could not keep up with the rate"
@@ -416,10 +327,17 @@ class Bench:
         return row
 
     def _run_once(
-        self, what: str, server: Server, load: Load, n: int, messages: int, rate: float
+        self,
+        what: str,
+        server: Server,
+        load: Load,
+        n: int,
+        messages: int,
+        rate: float,
+        batch: int = 1,
     ) -> Run:
-        """One delivery phase: publish ``messages``, wait until every connection open at
-        the start has them all (or a deadline passed)."""
+        """One delivery phase: publish ``messages`` (``batch`` per request), wait until
+        every connection open at the start has them all (or a deadline passed)."""
         gens, pub = load.gens, load.pub
         gens.refresh()
         run = Run()
@@ -428,24 +346,32 @@ class Bench:
         latency0 = gens.latency()
         run.expected = messages * gens.total(lambda c: c.open_now)
         publish_time = messages / rate if rate > 0 else 0.0
-        deadline = time.monotonic() + 30.0 + publish_time + messages * n * 60e-6
+        allowance = delivery_allowance_s(server.name)
+        deadline = time.monotonic() + 30.0 + publish_time + messages * n * allowance
 
         pid = server.proc.pid
-        procs = [pid, *(c.proc.pid for c in load.pipes.children if c.proc.pid)]
+        # The server, its load and this process: what is busy beyond them is other work.
+        procs = [pid, os.getpid(), *(c.proc.pid for c in load.pipes.children if c.proc.pid)]
         busy0, ours0 = machine_busy_s(), sum(read_proc(p).cpu_s for p in procs)
         load0 = sum(gens.cpu_s())
         cpu0 = read_proc(pid)
-        pub.run(None, (Stream((CHANNEL,), rate, "broadcast", count=messages),))
+        pub.run(None, (Stream((CHANNEL,), rate, "broadcast", count=messages, batch=batch),))
         done = None
         started = time.monotonic()
+        next_ask = 0.0
         while True:
             load.pipes.pump(0.02)
-            gens.ask_stats()
+            now = time.monotonic()
+            if now >= next_ask:
+                # At most every 20 ms: asking again as soon as an answer arrived kept this
+                # process and the generators busy with thousands of round trips a second
+                # (half a CPU here, and as much in the generators answering).
+                gens.ask_stats()
+                next_ask = now + STATS_EVERY_S
             received = gens.total(lambda c: c.received) - received0
             done = done or pub.done()
             if done is not None and received >= run.expected:
                 break
-            now = time.monotonic()
             if now > deadline:
                 # Whatever did not arrive by now is lost.
                 run.notes.append("not every message arrived before the deadline")
@@ -515,115 +441,6 @@ def machine_info(opts: Options) -> dict[str, Any]:
     }
 
 
-# --- output ------------------------------------------------------------------------------------
-
-
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b > 0 else "-"
-
-
-def table(rows: list[Row]) -> str:
-    floors = {(r.subscribers, r.mode): r for r in rows if r.server == "floor"}
-    lines = [
-        "| server | subs | mode | msgs x runs | deliveries/s | CPU us/delivery (user+sys) "
-        "| p50 ms | p99 ms | lost | RSS KiB/conn | CPU ours/floor | mem ours/floor |",
-        "|" + "---|" * 12,
-    ]
-    for r in rows:
-        floor = floors.get((r.subscribers, r.mode))
-        cpu_ratio = mem_ratio = ""
-        if r.server.startswith("ours") and floor is not None:
-            cpu_ratio = _ratio(r.cpu_us_per_delivery, floor.cpu_us_per_delivery)
-            mem_ratio = _ratio(r.rss_kib_per_conn, floor.rss_kib_per_conn)
-        mode = f"{r.mode} {r.rate:g}/s" if r.mode == "spread" else r.mode
-        lines.append(
-            f"| {r.server} | {r.subscribers:,} | {mode} | {r.messages}x{r.repeats} "
-            f"| {r.deliveries_per_s:,.0f} | {r.cpu_us_per_delivery:.2f} "
-            f"({r.user_us_per_delivery:.2f}+{r.sys_us_per_delivery:.2f}) "
-            f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.lost} | {r.rss_kib_per_conn:.1f} "
-            f"| {cpu_ratio} | {mem_ratio} |"
-        )
-    notes = [
-        f"- {r.server} n={r.subscribers} {r.mode}: {'; '.join(r.notes)}" for r in rows if r.notes
-    ]
-    if notes:
-        lines += ["", "Notes:", *notes]
-    return "\n".join(lines)
-
-
-def ratio_table(rows: list[Row]) -> str:
-    """Ours against the floor and against the alternative, for each N and mode: higher
-    is better for deliveries/s, lower is better for the three others."""
-    by = {(r.server, r.subscribers, r.mode): r for r in rows}
-    keys = list(dict.fromkeys((r.subscribers, r.mode) for r in rows))
-    lines = [
-        "| subs | mode | vs | deliveries/s ours/x | CPU us/delivery ours/x | p99 ours/x "
-        "| memory/conn ours/x |",
-        "|" + "---|" * 7,
-    ]
-    for n, mode in keys:
-        ours = by.get(("ours", n, mode))
-        if ours is None:
-            continue
-        for other in ("floor", ALTERNATIVE):
-            x = by.get((other, n, mode))
-            if x is None:
-                continue
-            label = f"{mode} {ours.rate:g}/s" if mode == "spread" else mode
-            lines.append(
-                f"| {n:,} | {label} | {other} "
-                f"| {_ratio(ours.deliveries_per_s, x.deliveries_per_s)} "
-                f"| {_ratio(ours.cpu_us_per_delivery, x.cpu_us_per_delivery)} "
-                f"| {_ratio(ours.p99_ms, x.p99_ms)} "
-                f"| {_ratio(ours.rss_kib_per_conn, x.rss_kib_per_conn)} |"
-            )
-    return "\n".join(lines) if len(lines) > 2 else ""
-
-
-TARGET_FLOOR: Final = {"burst": 1.2, "spread": 1.3}
-"""CPU per delivery, ours / floor, at most (issue 5)."""
-TARGET_MEMORY_KIB: Final = 16.0
-TARGET_ALT_CPU: Final = 2.5
-TARGET_ALT_P99: Final = 10.0
-"""Spread out: at least this many times cheaper per delivery / lower p99 than the alternative."""
-
-
-def verdicts(rows: list[Row]) -> str:
-    by = {(r.server, r.subscribers, r.mode): r for r in rows}
-    out = []
-    for r in rows:
-        if r.server != "ours":
-            continue
-        floor = by.get(("floor", r.subscribers, r.mode))
-        if floor is not None and floor.cpu_us_per_delivery:
-            ratio = r.cpu_us_per_delivery / floor.cpu_us_per_delivery
-            limit = TARGET_FLOOR[r.mode]
-            out.append(
-                f"- CPU/delivery n={r.subscribers} {r.mode}: {ratio:.2f}x floor "
-                f"(target <= {limit}x): {'met' if ratio <= limit else 'MISSED'}"
-            )
-        alt = by.get((ALTERNATIVE, r.subscribers, r.mode))
-        if alt is not None and r.mode == "spread" and r.cpu_us_per_delivery and r.p99_ms:
-            cheaper = alt.cpu_us_per_delivery / r.cpu_us_per_delivery
-            lower = alt.p99_ms / r.p99_ms
-            out.append(
-                f"- vs {ALTERNATIVE} n={r.subscribers} spread: {cheaper:.2f}x cheaper per "
-                f"delivery (target >= {TARGET_ALT_CPU}x): "
-                f"{'met' if cheaper >= TARGET_ALT_CPU else 'MISSED'}; p99 {lower:.1f}x lower "
-                f"(target >= {TARGET_ALT_P99:g}x): {'met' if lower >= TARGET_ALT_P99 else 'MISSED'}"
-            )
-    seen: set[int] = set()
-    for r in rows:
-        if r.server == "ours" and r.subscribers not in seen:
-            seen.add(r.subscribers)
-            out.append(
-                f"- memory n={r.subscribers}: {r.rss_kib_per_conn:.1f} KiB per idle "
-                f"connection (target < {TARGET_MEMORY_KIB:g}): "
-                f"{'met' if r.rss_kib_per_conn < TARGET_MEMORY_KIB else 'MISSED'}"
-            )
-    return "\n".join(out)
-
-
 # --- command line ------------------------------------------------------------------------------
 
 
@@ -641,19 +458,27 @@ def parse_args(argv: list[str] | None) -> Options:
         "--messages",
         type=int,
         default=None,
-        help="publications per phase (default: burst 100, spread 60)",
+        help="publications per phase (default: burst 100, spread 40, bursts 100)",
     )
     parser.add_argument(
         "--mode",
-        choices=("burst", "spread", "both"),
-        default="both",
-        help="burst: back to back; spread: --rate per second (default both)",
+        default="all",
+        help="comma-separated, from burst (back to back, one request each), spread "
+        "(--rate per second, one request each), bursts (--burst-size publications per "
+        "/api/batch request, --rate publications per second); both = burst,spread; "
+        "all = burst,spread,bursts (default all)",
+    )
+    parser.add_argument(
+        "--burst-size",
+        type=int,
+        default=DEFAULT_BURST_SIZE,
+        help=f"publications per burst in bursts mode (default {DEFAULT_BURST_SIZE})",
     )
     parser.add_argument(
         "--rate",
         type=float,
         default=None,
-        help="publications per second in spread mode (default 20, capped "
+        help="publications per second in spread and bursts modes (default 20, capped "
         f"at {SPREAD_MAX_LOAD:,.0f}/N so that the server is never saturated)",
     )
     parser.add_argument(
@@ -704,7 +529,14 @@ def parse_args(argv: list[str] | None) -> Options:
         parser.error("--rate: between 0.1 and 10000")
     if not 1 <= args.procs <= 16 or not 1 <= args.repeat <= 20:
         parser.error("--procs: between 1 and 16; --repeat: between 1 and 20")
-    modes = ["burst", "spread"] if args.mode == "both" else [args.mode]
+    if not 2 <= args.burst_size <= 100:
+        parser.error("--burst-size: between 2 and 100 (the API's batch limit)")
+    modes: list[str] = []
+    for part in args.mode.split(","):
+        named = {"both": ["burst", "spread"], "all": list(MODES)}.get(part.strip(), [part.strip()])
+        modes += [m for m in named if m not in modes]
+    if not modes or any(m not in MODES for m in modes):
+        parser.error(f"--mode: comma-separated, from {', '.join(MODES)}, both, all")
     messages = {m: args.messages or DEFAULT_MESSAGES[m] for m in modes}
     return Options(
         subscribers,
@@ -717,6 +549,7 @@ def parse_args(argv: list[str] | None) -> Options:
         args.repeat,
         args.pin,
         args.json,
+        args.burst_size,
     )
 
 
@@ -738,8 +571,11 @@ def _signals_as_interrupt() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    if ALTERNATIVE in opts.servers:
-        require_bench_deps("fanout")  # one line naming what to install, not a traceback
+    for name in opts.servers:
+        line = peer_missing(name)
+        if line is not None:  # one line naming what to install, not a traceback
+            print(f"fanout: {line}", file=sys.stderr)
+            return 2
     limit = raise_nofile()
     needed = max(opts.subscribers) + 256
     if limit < needed:
@@ -753,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\nfanout: interrupted; every process stopped", file=sys.stderr)
             return 130
-        except (BenchError, LoadTestError) as exc:
+        except (BenchError, StartError, LoadTestError) as exc:
             print(f"\nfanout: {exc}", file=sys.stderr)
             return 1
     if opts.json:

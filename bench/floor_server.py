@@ -14,6 +14,12 @@ it to every open connection:
 - ``--fanout broadcast``: ``websockets.asyncio.server.broadcast(conns, payload,
   text=True)``, the library's own API, which frames the payload once per connection.
 
+``POST /api/batch`` (``{"commands": [{"publish": {...}}, ...]}``, our API's batch)
+publishes each command's publication the same way, one after the other: the way a
+server without coalescing answers a burst, each publication's frame written to every
+connection (one ``write`` per publication per connection; ours writes a burst to a
+connection in two).
+
 A client's first message (the protocol's ``connect`` command) is answered with a
 minimal connect reply and is not checked: the floor authenticates nobody.
 
@@ -42,6 +48,7 @@ __all__ = ["FloorServer", "main"]
 
 _CONNECT_REPLY: Final = b'{"id":1,"connect":{"client":"floor","version":"0"}}'
 _RESULT: Final = b'{"result":{}}'
+_PUBLISHED: Final = b'{"publish":{}}'
 
 
 class FloorServer:
@@ -93,11 +100,23 @@ class FloorServer:
         self.publish(params["channel"], params["data"])
         return web.Response(body=_RESULT, content_type="application/json")
 
+    async def http_batch(self, request: web.Request) -> web.Response:
+        if request.headers.get("X-API-Key") != self._api_key:
+            return web.Response(status=401)
+        commands = orjson.loads(await request.read())["commands"]
+        for command in commands:
+            params = command["publish"]
+            self.publish(params["channel"], params["data"])
+        replies = b",".join([_PUBLISHED] * len(commands))
+        body = b'{"result":{"replies":[' + replies + b"]}}"
+        return web.Response(body=body, content_type="application/json")
+
 
 async def serve_floor(port: int, api_port: int, fanout: str) -> None:
     floor = FloorServer(fanout)
     app = web.Application()
     app.router.add_post("/api/publish", floor.http_publish)
+    app.router.add_post("/api/batch", floor.http_batch)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, HOST, api_port, reuse_address=True).start()

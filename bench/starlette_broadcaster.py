@@ -14,9 +14,10 @@ Protocol: a client's first message (the ``connect`` command) has its token verif
 answered with a connect reply; the connection is then subscribed to each channel of
 the token's ``channels`` claim. ``POST /api/publish`` with ``X-API-Key`` and
 ``{"channel": ..., "data": ...}`` builds the same push our server sends
-(``{"push":{"channel":...,"pub":{"data":...,"offset":N}}}``) and publishes it. Both
-routes are served on both ports (``--port``, ``--api-port``), so that the benchmark
-drives it like the others.
+(``{"push":{"channel":...,"pub":{"data":...,"offset":N}}}``) and publishes it; ``POST
+/api/batch`` (``{"commands": [{"publish": {...}}, ...]}``) publishes each command's
+publication in turn. The routes are served on both ports (``--port``, ``--api-port``),
+so that the benchmark drives it like the others.
 
 **Fixes applied** (two small subclasses; nothing else of broadcaster is changed):
 
@@ -42,7 +43,7 @@ import itertools
 import socket
 import sys
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Any, Final
 
 from common import API_KEY, HOST, JWT_SECRET, raise_nofile, require_bench_deps
 
@@ -155,10 +156,7 @@ def build_app(redis_url: str, secret: str = JWT_SECRET, api_key: str = API_KEY) 
             for channel in channels:
                 group.start_soon(sender, channel, group.cancel_scope)
 
-    async def publish(request: Request) -> Response:
-        if request.headers.get("x-api-key") != api_key:
-            return Response(status_code=401)
-        params = orjson.loads(await request.body())
+    async def publish_one(params: dict[str, Any]) -> None:
         channel = params["channel"]
         payload = b"".join(
             (
@@ -172,12 +170,28 @@ def build_app(redis_url: str, secret: str = JWT_SECRET, api_key: str = API_KEY) 
             )
         )
         await broadcast.publish(channel=channel, message=payload.decode())
+
+    async def publish(request: Request) -> Response:
+        if request.headers.get("x-api-key") != api_key:
+            return Response(status_code=401)
+        await publish_one(orjson.loads(await request.body()))
         return Response(_RESULT, media_type="application/json")
+
+    async def batch(request: Request) -> Response:
+        if request.headers.get("x-api-key") != api_key:
+            return Response(status_code=401)
+        commands = orjson.loads(await request.body())["commands"]
+        for command in commands:
+            await publish_one(command["publish"])
+        replies = b",".join([b'{"publish":{}}'] * len(commands))
+        body = b'{"result":{"replies":[' + replies + b"]}}"
+        return Response(body, media_type="application/json")
 
     return Starlette(
         routes=[
             WebSocketRoute("/connection/websocket", websocket_endpoint),
             Route("/api/publish", publish, methods=["POST"]),
+            Route("/api/batch", batch, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

@@ -10,7 +10,8 @@ The modules, each with one job: :mod:`.options` (the options, checked once) and
 :mod:`.limits` (descriptors and ports); :mod:`.scenarios` (the presets);
 :mod:`.runner` (the steps of a run); :mod:`.fleet` and :mod:`.pipes` (the child
 processes), :mod:`.messages` (what goes over their pipes); :mod:`.generator`,
-:mod:`.clients`, :mod:`.wsclient` and :mod:`.counters` (the generator processes);
+:mod:`.clients`, :mod:`.wsclient`, :mod:`.counters` and :mod:`.sioclient` (the
+generator processes; the last one their Socket.IO mode, for the benchmarks' peers);
 :mod:`.publisher`; :mod:`.storm` (reconnect storms); :mod:`.spawn` (servers started for
 a run); :mod:`.result`, :mod:`.verdict` and :mod:`.report` (what a run measured, whether
 it failed, the table); :mod:`.procfs`, :mod:`.netstat`, :mod:`.stats` and

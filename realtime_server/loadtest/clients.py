@@ -213,6 +213,13 @@ class Conn(FrameClient):
         elif ident == 2:
             self.owner.subscribed(self, reply, now)
 
+    def opened(self, now: int) -> None:
+        """The protocol's connect was answered: the connection is open."""
+        self.state = OPEN
+        self.owner.c.connect_latency.record((now - self.started_ns) // 1000)
+        if not self.done.done():
+            self.done.set_result(None)
+
     def _connected(self, result: dict[str, Any], now: int) -> None:
         u, owner = self.user, self.owner
         c = owner.c
@@ -232,10 +239,7 @@ class Conn(FrameClient):
                 u.pos[ch] = (int(res.get("offset") or 0), str(res["epoch"]))
             for pub in res.get("publications") or ():
                 owner.pub(u, ch, pub, now, False)
-        self.state = OPEN
-        c.connect_latency.record((now - self.started_ns) // 1000)
-        if not self.done.done():
-            self.done.set_result(None)
+        self.opened(now)
         if u.sub_channel is not None:
             self.sub_sent_ns = time.time_ns()
             cmd = {"id": 2, "subscribe": {"channel": u.sub_channel, "token": u.sub_token}}

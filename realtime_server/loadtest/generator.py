@@ -5,6 +5,8 @@ of users (:class:`~.messages.Setup`), mints their connection tokens before anyth
 measured, opens their connections (``connect`` with the token; the token's ``channels``
 claim subscribes the documents server-side, and the server adds ``user:<sub>``), answers
 the server's pings, and counts every publication it receives (:class:`~.counters.Counters`).
+The protocol is Centrifugo's JSON protocol, or Socket.IO for the benchmarks' socket.io
+peers (``GeneratorConfig.protocol``, :mod:`.sioclient`).
 
 Counting: every publication's data carries ``s``, its sequence number in its channel
 (1, 2, 3... per channel, assigned by the publisher), and ``t``, the publisher's
@@ -56,6 +58,7 @@ from .messages import (
 )
 from .pipes import child_setup, forward_orders, run_loop
 from .procfs import raise_nofile
+from .sioclient import SocketIOConn
 from .wsclient import CLOSED, OPEN, abort_with_reset, upgrade_request
 
 __all__ = ["Generator", "generator_main"]
@@ -188,11 +191,12 @@ class Generator:
         loop = asyncio.get_running_loop()
         request, accept = upgrade_request(cfg.host, cfg.port, cfg.path)
         done: asyncio.Future[str | None] = loop.create_future()
+        kind = SocketIOConn if cfg.protocol == "socketio" else Conn
         self.c.attempts += 1
         try:
             _, conn = await asyncio.wait_for(
                 create_connection(
-                    loop, lambda: Conn(self, u, request, accept, done), cfg.host, cfg.port, u.source
+                    loop, lambda: kind(self, u, request, accept, done), cfg.host, cfg.port, u.source
                 ),
                 cfg.open_timeout,
             )

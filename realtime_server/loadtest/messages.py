@@ -76,6 +76,10 @@ class GeneratorConfig:
     sources: tuple[str, ...] = ()
     """Local addresses the connections are bound to, in turn; () lets the kernel choose."""
     prefix: str = ""
+    protocol: str = "centrifuge"
+    """``centrifuge`` (the Centrifugo JSON protocol: ours, the floor, the alternative) or
+    ``socketio`` (Socket.IO v5 over Engine.IO v4, WebSocket only: the benchmarks'
+    socket.io peers; :mod:`.sioclient`)."""
     discard: int = 0
     """Test hook: throw away this many live deliveries, as if lost."""
 
@@ -83,12 +87,18 @@ class GeneratorConfig:
 @dataclass(frozen=True, slots=True)
 class Stream:
     """Publications to ``channels`` in turn at ``rate`` per second (0: back to back);
-    ``kind`` shapes their data; at most ``count`` of them when given."""
+    ``kind`` shapes their data; at most ``count`` of them when given.
+
+    ``batch`` > 1: the publications go ``batch`` at a time in one request (the API's
+    ``/api/batch``; the other paths send a batch's publications one after the other), a
+    batch every ``batch / rate`` seconds, so that the offered publications per second
+    stay ``rate``; ``count`` still counts publications (the last batch may be smaller)."""
 
     channels: tuple[str, ...]
     rate: float
     kind: str
     count: int | None = None
+    batch: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,13 @@ signing platform sends. Publications to one channel never overlap (the next wait
 the previous one's answer), so that they reach subscribers in sequence order; a failed
 publication gives its sequence number to the next one of its channel.
 
+Batches (:attr:`Stream.batch` > 1): ``batch`` publications in one ``POST /api/batch``
+(``{"commands": [{"publish": {...}}, ...]}``, each command's reply or error in
+``{"result": {"replies": [...]}}``); the other paths publish a batch's items one after
+the other. A batch's publications get consecutive sequence numbers; when one of them
+fails and a later one of its channel succeeds, the failed one's number is a gap (the
+generators count it lost, the publisher counts it as an error).
+
 Orders over the pipe (:mod:`.messages`): :class:`Run` -> :class:`Progress` every half
 second, then :class:`Published`; :class:`Stop` ends the run early; :class:`Exit` ends the
 process. Runs may follow each other (the benchmarks' phases): sequence numbers go on
@@ -49,11 +56,28 @@ __all__ = ["publisher_main"]
 _STATUSES: Final = ("sent", "viewed", "signed", "declined", "completed")
 
 
+Item = tuple[str, dict[str, Any]]
+"""One publication: its channel and its data."""
+
+
 class _Backend(Protocol):
     async def publish(self, channel: str, data: dict[str, Any]) -> str | None:
         """Publish; None when it worked, else what went wrong (a short reason)."""
 
+    async def publish_many(self, items: list[Item]) -> list[str | None]:
+        """Publish ``items`` in order; for each, what :meth:`publish` would return."""
+
     async def close(self) -> None: ...
+
+
+async def _one_by_one(backend: _Backend, items: list[Item]) -> list[str | None]:
+    return [await backend.publish(channel, data) for channel, data in items]
+
+
+def _api_error(answer: Any) -> str:
+    """The short reason for an API ``{"error": {...}}`` object."""
+    code = answer.get("code") if isinstance(answer, dict) else None
+    return f"api: error {code}" if code is not None else "api: error"
 
 
 class _Api:
@@ -62,6 +86,7 @@ class _Api:
 
         self._aiohttp = aiohttp
         self.url = cfg.api_url.rstrip("/") + "/api/publish"
+        self.batch_url = cfg.api_url.rstrip("/") + "/api/batch"
         self.headers = {"X-API-Key": cfg.api_key, "Content-Type": "application/json"}
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=cfg.inflight),
@@ -80,10 +105,37 @@ class _Api:
             return f"api: HTTP {status}"
         if answer.startswith(b'{"error"'):
             try:
-                return f"api: error {orjson.loads(answer)['error'].get('code')}"
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+                return _api_error(orjson.loads(answer)["error"])
+            except (orjson.JSONDecodeError, KeyError, TypeError):
                 return "api: error"
         return None
+
+    async def publish_many(self, items: list[Item]) -> list[str | None]:
+        """One ``/api/batch`` request; a failure of the whole request fails every item."""
+        commands = [{"publish": {"channel": channel, "data": data}} for channel, data in items]
+        body = orjson.dumps({"commands": commands})
+        try:
+            async with self.session.post(self.batch_url, data=body, headers=self.headers) as resp:
+                answer = await resp.read()
+                status = resp.status
+        except (self._aiohttp.ClientError, TimeoutError) as exc:
+            return [f"api: {type(exc).__name__}"] * len(items)
+        if status != 200:
+            return [f"api: HTTP {status}"] * len(items)
+        try:
+            reply = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            return ["api: malformed batch reply"] * len(items)
+        result = reply.get("result") if isinstance(reply, dict) else None
+        replies = result.get("replies") if isinstance(result, dict) else None
+        if not isinstance(replies, list) or len(replies) != len(items):
+            error = reply.get("error") if isinstance(reply, dict) else None
+            why = _api_error(error) if error is not None else "api: malformed batch reply"
+            return [why] * len(items)
+        return [
+            _api_error(r["error"]) if isinstance(r, dict) and "error" in r else None
+            for r in replies
+        ]
 
     async def close(self) -> None:
         await self.session.close()
@@ -144,6 +196,9 @@ class _RedisPlain:
             await self.writer.drain()
         return None
 
+    async def publish_many(self, items: list[Item]) -> list[str | None]:
+        return await _one_by_one(self, items)
+
     async def close(self) -> None:
         if self.writer is not None:
             with contextlib.suppress(OSError):
@@ -173,6 +228,9 @@ class _Python:
         except RealtimeError as exc:
             return f"python: {type(exc).__name__}: {exc}"[:100]
         return None
+
+    async def publish_many(self, items: list[Item]) -> list[str | None]:
+        return await _one_by_one(self, items)
 
     async def close(self) -> None:
         await self.publisher.close()
@@ -214,29 +272,42 @@ class Publisher:
             }
         return {"s": seq, "t": time.time_ns(), "type": "announcement"}
 
-    async def _one(self, backend: _Backend, channel: str, kind: str, ordered: bool) -> None:
+    async def _some(
+        self, backend: _Backend, channels: tuple[str, ...], kind: str, ordered: bool
+    ) -> None:
+        """Publish one publication per entry of ``channels`` (one request when there are
+        several: a batch), holding each channel's lock when ``ordered``."""
         run = self._run
+        locks: list[asyncio.Lock] = []
         try:
-            lock = None
             if ordered:
-                lock = self._locks.get(channel)
-                if lock is None:
-                    lock = self._locks[channel] = asyncio.Lock()
-                await lock.acquire()
-            try:
-                seq = self.counts.get(channel, 0) + 1
-                data = self._data(kind, channel, seq)
-                error = await backend.publish(channel, data)
+                # Sorted, so that two batches sharing channels never wait for each other.
+                for channel in sorted(set(channels)):
+                    lock = self._locks.get(channel)
+                    if lock is None:
+                        lock = self._locks[channel] = asyncio.Lock()
+                    await lock.acquire()
+                    locks.append(lock)
+            seqs: dict[str, int] = {}
+            items: list[Item] = []
+            for channel in channels:
+                seq = seqs[channel] = seqs.get(channel, self.counts.get(channel, 0)) + 1
+                items.append((channel, self._data(kind, channel, seq)))
+            if len(items) == 1:
+                errors = [await backend.publish(*items[0])]
+            else:
+                errors = await backend.publish_many(items)
+            answered = time.time_ns()
+            for (channel, data), error in zip(items, errors, strict=True):
                 if error is None:
-                    self.counts[channel] = seq
+                    self.counts[channel] = max(self.counts.get(channel, 0), data["s"])
                     run.published += 1
-                    run.rtt.record((time.time_ns() - data["t"]) // 1000)
+                    run.rtt.record((answered - data["t"]) // 1000)
                 else:
                     run.errors[error] = run.errors.get(error, 0) + 1
-            finally:
-                if lock is not None:
-                    lock.release()
         finally:
+            for lock in locks:
+                lock.release()
             self._inflight.release()
 
     async def _stream(self, backend: _Backend, stream: Stream, until: float, ordered: bool) -> None:
@@ -244,8 +315,9 @@ class Publisher:
         channels, rate = stream.channels, stream.rate
         if not channels or (rate <= 0 and stream.count is None):
             return
+        batch = max(1, stream.batch)
         start = loop.time()
-        n = 0
+        n = 0  # publications so far: the next batch is due at start + n / rate
         while not self._stop.is_set():
             if stream.count is not None and n >= stream.count:
                 return
@@ -261,15 +333,16 @@ class Publisher:
                 self._run.behind_s = max(self._run.behind_s, now - due)
             elif now >= until:
                 return
-            channel = channels[n % len(channels)]
-            n += 1
+            size = batch if stream.count is None else min(batch, stream.count - n)
+            some = tuple(channels[(n + i) % len(channels)] for i in range(size))
+            n += size
             await self._inflight.acquire()
             if ordered:
-                task = loop.create_task(self._one(backend, channel, stream.kind, True))
+                task = loop.create_task(self._some(backend, some, stream.kind, True))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
-                await self._one(backend, channel, stream.kind, False)
+                await self._some(backend, some, stream.kind, False)
 
     def _backend(self) -> _Backend:
         via = self.cfg.via
