@@ -224,6 +224,7 @@ async def run(settings: Settings, reuse_port: bool = False, demo: Demo | None = 
         watchdog = loop.create_task(_watch_parent(os.getppid(), stop))
     async with running(settings, reuse_port=reuse_port, demo=demo) as server:
         gcpolicy.tune()
+        gcpolicy.time_pauses()
         gcpolicy.freeze_startup()
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         logger.info(
@@ -242,6 +243,7 @@ async def run(settings: Settings, reuse_port: bool = False, demo: Demo | None = 
             logger.info("HTTP server API off (set REALTIME_API_KEY to enable it)")
         await stop.wait()
         logger.info("shutting down: closing %d clients with 3001", len(server.node.registry))
+        gcpolicy.stop_timing()
     if watchdog is not None:
         watchdog.cancel()
     logger.info("stopped")

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from .metrics import Histogram
 
-__all__ = ["PAUSES", "THRESHOLDS", "freeze_startup", "tune"]
+__all__ = ["PAUSES", "THRESHOLDS", "freeze_startup", "stop_timing", "time_pauses", "tune"]
 
 logger = logging.getLogger("realtime_server.gc")
 
@@ -56,11 +56,23 @@ def _watch(phase: str, info: dict[str, Any]) -> None:
 
 
 def tune() -> None:
-    """Apply :data:`THRESHOLDS` and time every collection (:data:`PAUSES`); called once
-    per process, before connections arrive."""
+    """Apply :data:`THRESHOLDS` (once per process, before connections arrive; the
+    server and the load test's generators)."""
     gc.set_threshold(*THRESHOLDS)
+
+
+def time_pauses() -> None:
+    """Time every collection (:data:`PAUSES`, ``/metrics``) and log the slow ones: the
+    server's, once per process."""
     if _watch not in gc.callbacks:
         gc.callbacks.append(_watch)
+
+
+def stop_timing() -> None:
+    """Stop timing collections (the server stopped: the collections of its shutdown
+    stop no client and are not worth a warning)."""
+    if _watch in gc.callbacks:
+        gc.callbacks.remove(_watch)
 
 
 def freeze_startup() -> None:

@@ -97,7 +97,7 @@ async def test_coalescing_and_gc_pauses_are_on_metrics(server: Running) -> None:
     from realtime_server import gcpolicy
 
     thresholds, callbacks = gc.get_threshold(), list(gc.callbacks)
-    gcpolicy.tune()
+    gcpolicy.time_pauses()
     try:
         before = gcpolicy.PAUSES.count
         gc.collect()
