@@ -14,7 +14,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from realtime_server.loadtest.procfs import (
     ProcSample,
@@ -122,3 +122,38 @@ def require_bench_deps(script: str) -> None:
             f"{script}: the Starlette + broadcaster baseline needs {', '.join(missing)}: "
             "run `make bench-deps` (installs requirements/bench.txt into .venv)"
         )
+
+
+def serve_uvicorn(app: Any, port: int, api_port: int) -> int:
+    """Serve an ASGI peer (Starlette + broadcaster, python-socketio) on both ports with
+    the options of the other servers: uvloop, httptools, no WebSocket pings, no
+    compression, the same frame size limit, a backlog of 4096, no access log."""
+    import socket
+
+    import uvicorn
+    import uvloop
+
+    def listen(p: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, p))
+        sock.listen(4096)
+        sock.setblocking(False)
+        return sock
+
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
+        ws_per_message_deflate=False,
+        ws_max_size=65536,
+        log_level="warning",
+        access_log=False,
+        backlog=4096,
+    )
+    # uvicorn's own run() with loop="uvloop" does the same: serve() under uvloop.
+    uvloop.run(uvicorn.Server(config).serve(sockets=[listen(port), listen(api_port)]))
+    return 0

@@ -28,19 +28,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import socket
 import sys
 from typing import Any, Final
 
-from common import API_KEY, HOST, JWT_SECRET, raise_nofile, require_peer
+from common import API_KEY, JWT_SECRET, raise_nofile, require_peer, serve_uvicorn
 
 require_peer("python-socketio")  # one line naming what to install
 
 import jwt  # noqa: E402 - after the check above
 import orjson  # noqa: E402
 import socketio  # noqa: E402
-import uvicorn  # noqa: E402
-import uvloop  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.requests import Request  # noqa: E402
 from starlette.responses import Response  # noqa: E402
@@ -122,15 +119,6 @@ def build_app(
     return socketio.ASGIApp(sio, other_asgi_app=api)
 
 
-def _listen(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, port))
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--port", type=int, required=True, help="WebSocket port")
@@ -145,23 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.get("BENCH_API_KEY") or API_KEY,
         args.ping_interval,
     )
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        ws_ping_interval=None,  # the same options as the other servers: no pings,
-        ws_ping_timeout=None,
-        ws_per_message_deflate=False,  # no compression,
-        ws_max_size=65536,  # the same frame size limit
-        log_level="warning",
-        access_log=False,
-        backlog=4096,
-    )
-    server = uvicorn.Server(config)
-    sockets = [_listen(args.port), _listen(args.api_port)]
-    uvloop.run(server.serve(sockets=sockets))
-    return 0
+    return serve_uvicorn(app, args.port, args.api_port)
 
 
 if __name__ == "__main__":

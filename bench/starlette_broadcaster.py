@@ -40,20 +40,17 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import socket
 import sys
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-from common import API_KEY, HOST, JWT_SECRET, raise_nofile, require_bench_deps
+from common import API_KEY, JWT_SECRET, raise_nofile, require_bench_deps, serve_uvicorn
 
 require_bench_deps("starlette_broadcaster")  # one line naming what to install
 
 import anyio  # noqa: E402 - after the check above
 import jwt  # noqa: E402
 import orjson  # noqa: E402
-import uvicorn  # noqa: E402
-import uvloop  # noqa: E402
 from broadcaster import Broadcast  # noqa: E402
 from broadcaster._backends.redis import RedisBackend  # noqa: E402
 from broadcaster._base import Event, Subscriber  # noqa: E402
@@ -197,15 +194,6 @@ def build_app(redis_url: str, secret: str = JWT_SECRET, api_key: str = API_KEY) 
     )
 
 
-def _listen(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, port))
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--port", type=int, required=True, help="WebSocket port")
@@ -213,24 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", required=True)
     args = parser.parse_args(argv)
     raise_nofile()
-    config = uvicorn.Config(
-        build_app(args.redis_url),
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        ws_ping_interval=None,  # same options as ours and the floor: no pings,
-        ws_ping_timeout=None,
-        ws_per_message_deflate=False,  # no compression,
-        ws_max_size=65536,  # the same frame size limit
-        log_level="warning",
-        access_log=False,
-        backlog=4096,
-    )
-    server = uvicorn.Server(config)
-    sockets = [_listen(args.port), _listen(args.api_port)]
-    # uvicorn's own run() with loop="uvloop" does the same: serve() under uvloop.
-    uvloop.run(server.serve(sockets=sockets))
-    return 0
+    return serve_uvicorn(build_app(args.redis_url), args.port, args.api_port)
 
 
 if __name__ == "__main__":
