@@ -39,13 +39,13 @@ OURS = (
 BUDGET = 1250
 """Bytes per idle connection in those modules (a user channel, one document with
 presence): measured 900 after the core redesign when the test runs alone, up to 1,070
-inside the whole suite (allocator and container growth vary with what ran before): the session 260 (client id, rate
-limiter floats, its subs dict), the registry's and hub's entries 230, the two
-subscriptions 220, ping bucket 85, the subs dict's growth 70, expiry entry. Before the
-expiry wheel (a loop timer per connection, 0.5 KiB), the lazy ``pending`` set (0.2 KiB)
-and single-session hub entries (0.2 KiB) it was 1,200 for the first four modules alone;
-an encoded ClientInfo cached per subscription cost 4 KiB each (orjson keeps its buffer:
-``model.kept``)."""
+inside the whole suite (allocator and container growth vary with what ran before). Alone:
+the session 260 (client id, rate limiter floats, its subs dict), the registry's and hub's
+entries 230, the two subscriptions 220, ping bucket 85, the subs dict's growth 70, expiry
+entry. Before the expiry wheel (a loop timer per connection, 0.5 KiB), the lazy
+``pending`` set (0.2 KiB) and single-session hub entries (0.2 KiB) it was 1,200 for the
+first four modules alone; an encoded ClientInfo cached per subscription cost 4 KiB each
+(orjson keeps its buffer: ``model.kept``)."""
 
 
 def _by_module(snapshot: tracemalloc.Snapshot) -> Counter[str]:
