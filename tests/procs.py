@@ -132,3 +132,49 @@ async def server_process(
         yield server
     finally:
         await server.stop(signal.SIGKILL if proc.returncode is None else signal.SIGTERM)
+
+
+@dataclass
+class Workers:
+    """``serve --workers 2`` started by :func:`workers_process`."""
+
+    proc: asyncio.subprocess.Process
+    env: dict[str, str]
+    port: int
+    api_port: int
+
+    async def wait_logged(self, marker: bytes, count: int = 2) -> None:
+        """Until ``count`` stderr lines (one per worker) contain ``marker``."""
+        assert self.proc.stderr is not None
+        seen = 0
+        async with asyncio.timeout(40000 * MS):
+            while seen < count:
+                line = await self.proc.stderr.readline()
+                assert line, "workers exited early"
+                seen += marker in line
+
+
+@asynccontextmanager
+async def workers_process(redis_url: str, redis_prefix: str, *args: str) -> AsyncIterator[Workers]:
+    """``realtime-server serve --workers 2 *args`` on free ports with a Redis, in its own
+    process group: the workers are killed with it if the test did not stop them."""
+    from .redis_server import free_port
+
+    port, api_port = free_port(), free_port()
+    env = cli_env(
+        REDIS_URL=redis_url,
+        REDIS_PREFIX=redis_prefix,
+        PORT=str(port),
+        API_PORT=str(api_port),
+        LOG_LEVEL="INFO",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--workers", "2", *args,
+        env=env, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield Workers(proc, env, port, api_port)
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the workers too
+            await proc.wait()

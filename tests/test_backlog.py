@@ -6,7 +6,6 @@ The backlog of a listening socket is what ``ss -ltn`` shows as its Send-Q.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,9 +15,7 @@ import pytest
 from realtime_server.listen import effective_backlog, somaxconn
 
 from .conftest import StartServer
-from .helpers import MS
-from .procs import CLI, cli_env, server_process
-from .redis_server import free_port
+from .procs import server_process, workers_process
 
 pytestmark = pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
 
@@ -69,29 +66,7 @@ def test_effective_backlog_reads_the_kernel_cap(tmp_path: Path) -> None:
 
 
 async def test_every_worker_listens_with_the_backlog(redis_url: str, redis_prefix: str) -> None:
-    port, api_port = free_port(), free_port()
-    env = cli_env(
-        REDIS_URL=redis_url,
-        REDIS_PREFIX=redis_prefix,
-        PORT=str(port),
-        API_PORT=str(api_port),
-        LOG_LEVEL="INFO",
-    )
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, "serve", "--workers", "2", "--backlog", "55",
-        env=env, stderr=asyncio.subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
-    try:
-        assert proc.stderr is not None
-        apis = 0
-        async with asyncio.timeout(40000 * MS):
-            while apis < 2:
-                line = await proc.stderr.readline()
-                assert line, "workers exited early"
-                apis += b"HTTP server API on" in line
-        assert listen_backlogs(port) == [55, 55]
-        assert listen_backlogs(api_port) == [55, 55]
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await asyncio.wait_for(proc.wait(), 20000 * MS)
+    async with workers_process(redis_url, redis_prefix, "--backlog", "55") as workers:
+        await workers.wait_logged(b"HTTP server API on")
+        assert listen_backlogs(workers.port) == [55, 55]
+        assert listen_backlogs(workers.api_port) == [55, 55]

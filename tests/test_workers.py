@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 
 from .helpers import MS, RawClient, token
-from .procs import CLI, cli_env, run_cli
-from .redis_server import free_port
+from .procs import run_cli, workers_process
 
 
 async def test_workers_need_redis_and_fixed_ports() -> None:
@@ -18,31 +16,9 @@ async def test_workers_need_redis_and_fixed_ports() -> None:
 
 
 async def test_two_workers_share_port_and_channels(redis_url: str, redis_prefix: str) -> None:
-    port, api_port = free_port(), free_port()
-    env = cli_env(
-        REDIS_URL=redis_url,
-        REDIS_PREFIX=redis_prefix,
-        PORT=str(port),
-        API_PORT=str(api_port),
-        LOG_LEVEL="INFO",
-    )
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--workers",
-        "2",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stderr is not None
-        listening = 0
-        async with asyncio.timeout(40000 * MS):
-            while listening < 2:
-                line = await proc.stderr.readline()
-                assert line, "workers exited early"
-                listening += b"listening on ws://" in line
+    async with workers_process(redis_url, redis_prefix) as workers:
+        proc, env, port = workers.proc, workers.env, workers.port
+        await workers.wait_logged(b"listening on ws://")
         url = f"ws://127.0.0.1:{port}/connection/websocket"
         clients = []
         for i in range(8):
@@ -67,7 +43,3 @@ async def test_two_workers_share_port_and_channels(redis_url: str, redis_prefix:
         assert await asyncio.wait_for(proc.wait(), 15000 * MS) == 0
         for client in clients:
             assert (await client.closed())[0] == 3001
-    finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the workers too
-            await proc.wait()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -33,9 +33,11 @@ OVERHEAD_CAP: Final = 1800.0
 """Seconds a run may spend beyond ``duration`` (connecting, draining, reconnecting)."""
 
 
-@dataclass
-class Options:
-    """Everything a run needs; the command line fills it (see :mod:`.cli`)."""
+@dataclass(frozen=True)
+class Options(Workload):
+    """Everything a run needs; the command line fills it (see :mod:`.cli`). The
+    workload's sizes and rates are :class:`Workload`'s fields (None: the scenario's
+    default, :meth:`workload`)."""
 
     scenario: str = "signing-day"
     url: str | None = None
@@ -53,18 +55,8 @@ class Options:
     server_env: dict[str, str] = field(default_factory=dict)
     server_pid: int | None = None
     publish_via: str = "api"
-    users: int | None = None
-    documents: int | None = None
-    participants: int | None = None
-    rate: float | None = None
-    doc_rate: float | None = None
-    user_rate: float | None = None
-    churn_rate: float | None = None
-    churn_lifetime: float | None = None
     drop: str = "api"
-    storm_at: float | None = None
     reconnect_delay: float = 2.0
-    duration: float | None = None
     drain: float = 10.0
     procs: int = 2
     concurrency: int = 32
@@ -81,18 +73,9 @@ class Options:
     """Test hook: the first generator throws away this many deliveries, as if lost."""
 
     def workload(self) -> Workload:
-        return Workload(
-            users=self.users,
-            documents=self.documents,
-            participants=self.participants,
-            rate=self.rate,
-            doc_rate=self.doc_rate,
-            user_rate=self.user_rate,
-            churn_rate=self.churn_rate,
-            churn_lifetime=self.churn_lifetime,
-            storm_at=self.storm_at,
-            duration=self.duration,
-        ).over(DEFAULTS.get(self.scenario, Workload()))
+        """The sizes and rates given, the scenario's defaults elsewhere."""
+        given = Workload(**{f.name: getattr(self, f.name) for f in fields(Workload)})
+        return given.over(DEFAULTS.get(self.scenario, Workload()))
 
     def engine_to_spawn(self) -> str:
         """With ``spawn``: the engine (``auto``: Redis when the workload needs it)."""
