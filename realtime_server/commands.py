@@ -40,8 +40,9 @@ from .protocol import (
     parse_subscribe,
     presence_json,
 )
+from .records import Subscription
 from .registry import Registry
-from .session import Session, SessionState, Subscription
+from .session import Session, SessionState
 from .subscriptions import Request, Subscriptions
 
 if TYPE_CHECKING:

@@ -30,8 +30,9 @@ from .events import EventType
 from .hub import Hub
 from .journal import Journal
 from .metrics import Metrics
+from .records import Ended
 from .registry import Registry
-from .session import Ended, Session
+from .session import Session
 from .subscriptions import Subscriptions
 
 __all__ = ["Control", "close_spread"]

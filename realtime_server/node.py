@@ -43,8 +43,9 @@ from .metrics import Metrics
 from .model import ClientInfo, Publication
 from .operations import Operations
 from .protocol import Command, encode_join, encode_leave
+from .records import Ended
 from .registry import Registry
-from .session import Ended, Session
+from .session import Session
 from .subscriptions import Subscriptions
 from .writer import Writer
 

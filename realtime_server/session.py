@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Coroutine
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
@@ -30,7 +29,6 @@ from websockets.protocol import State
 
 from . import codes
 from .auth.tokens import TokenExpired, TokenInvalid
-from .channels.namespaces import NamespaceOptions
 from .codes import CloseCode, ErrorCode
 from .config import Settings
 from .errors import BackendUnavailable, CommandError, ProtocolViolation
@@ -41,16 +39,10 @@ from .journal import Journal
 from .metrics import Metrics
 from .model import ClientInfo
 from .protocol import Command, encode_error, encode_reply, parse_frame
+from .records import Ended, Subscription
 from .writer import Writer
 
-__all__ = [
-    "Ended",
-    "Session",
-    "SessionHost",
-    "SessionState",
-    "Subscription",
-    "SubscriptionExpiry",
-]
+__all__ = ["Session", "SessionHost", "SessionState", "SubscriptionExpiry"]
 
 logger = logging.getLogger("realtime_server.session")
 
@@ -64,16 +56,6 @@ class SessionState(enum.IntEnum):
 _OPEN = State.OPEN
 _NO_CHANNELS: frozenset[str] = frozenset()
 _CLOSED = SessionState.CLOSED
-
-
-class Ended(enum.StrEnum):
-    """Why a subscription ended (recorded in the event log as the unsubscribe reason)."""
-
-    CLIENT = "client"
-    DISCONNECT = "disconnect"
-    EXPIRED = "expired"
-    SERVER = "server"
-    INSUFFICIENT_STATE = "insufficient state"
 
 
 _MOVES = {
@@ -123,22 +105,6 @@ class SessionHost(Protocol):
         """End one subscription now (the client is told, unless it asked), its
         presence and broker cleanup in the background."""
         ...
-
-
-@dataclass(slots=True)
-class Subscription:
-    """A channel a session is subscribed to (server-side or client-side)."""
-
-    channel: str
-    options: NamespaceOptions
-    client_info: ClientInfo
-    """The subscriber as others see it (``chan_info`` from its subscription token)."""
-    server_side: bool
-    token_jti: str | None = None
-    token_iat: float | None = None
-    expires_at: float | None = None
-    timer: SubscriptionExpiry | None = None
-    """The subscription token's deadline, while it has one: ``timer.cancel()``."""
 
 
 class SubscriptionExpiry:

@@ -45,8 +45,9 @@ from .protocol import (
     encode_client_info,
     encode_unsubscribe_push,
 )
+from .records import Ended, Subscription
 from .registry import Registry
-from .session import Ended, Session, SessionState, Subscription
+from .session import Session, SessionState
 
 __all__ = ["Request", "Setup", "Subscriptions"]
 
@@ -280,17 +281,8 @@ class Subscriptions:
         """Presence and join for new subscriptions (one round trip on Redis). Never
         raises: the reply is out; the presence refresher adds a missed entry later."""
         joins = self._memberships(subs)
-        if not joins:
-            return
-        try:
-            await self._engine.joined(joins, self._presence_ttl)
-        except BackendUnavailable:
-            logger.warning(
-                "presence/join for %s not recorded: backend unavailable",
-                ", ".join(j.channel for j in joins),
-            )
-        except Exception:
-            logger.exception("presence/join failed")
+        if joins:
+            await _best_effort("join", self._engine.joined(joins, self._presence_ttl), joins)
 
     async def refresh_presence(self) -> None:
         """Re-add local clients' presence before it expires (shared engines expire
@@ -364,15 +356,7 @@ class Subscriptions:
         anyway; a failed unsubscribe is redone when the link is rebuilt)."""
         leaves = self._memberships(subs)
         if leaves:
-            try:
-                await self._engine.left(leaves)
-            except BackendUnavailable:
-                logger.warning(
-                    "presence/leave for %s not recorded: backend unavailable",
-                    ", ".join(m.channel for m in leaves),
-                )
-            except Exception:
-                logger.exception("presence/leave failed")
+            await _best_effort("leave", self._engine.left(leaves), leaves)
         for sub in subs:
             await self._release_quietly(sub.channel)
 
@@ -383,3 +367,20 @@ class Subscriptions:
             raise
         except Exception:
             logger.exception("releasing %s failed", channel)
+
+
+async def _best_effort(
+    what: str, call: Coroutine[Any, Any, None], memberships: Sequence[Membership]
+) -> None:
+    """Presence and join/leave after the fact: logged, never raised (the client's reply
+    is out; shared presence entries expire and the refresher adds missed ones)."""
+    try:
+        await call
+    except BackendUnavailable:
+        logger.warning(
+            "presence/%s for %s not recorded: backend unavailable",
+            what,
+            ", ".join(m.channel for m in memberships),
+        )
+    except Exception:
+        logger.exception("presence/%s failed", what)

@@ -58,7 +58,7 @@ class RedisPublishing:
             payload = encode_publication(pub) if (info or tags) else data
             await self.commands.publish(names.channel(channel), payload)
             return None
-        position, _ = await self._run_publish(channel, data, info, tags, history, None, 0.0)
+        [(position, _)] = await self.publish_many([PublishItem(channel, data, info, tags, history)])
         return position
 
     async def publish_once(
@@ -74,7 +74,8 @@ class RedisPublishing:
     ) -> tuple[StreamPosition | None, bool]:
         """``publish.lua`` with the key ``P{C}:i:<key>`` (also without history: the
         script then only checks the key, publishes and stores it)."""
-        return await self._run_publish(channel, data, info, tags, history, key, ttl)
+        item = PublishItem(channel, data, info, tags, history, key, ttl)
+        return (await self.publish_many([item]))[0]
 
     async def publish_many(
         self, items: Sequence[PublishItem]
@@ -85,11 +86,8 @@ class RedisPublishing:
             return []
         if not self.commands.detected:
             await self.commands.run(self.commands.detect)
-        calls = [
-            self._publish_call(i.channel, i.data, i.info, i.tags, i.history, i.key, i.ttl)
-            for i in items
-        ]
-        if self.commands.cluster:
+        calls = [self._publish_call(item) for item in items]
+        if len(calls) == 1 or self.commands.cluster:
             replies = [
                 await self.commands.script(self.commands.publish_script, c.keys, c.args)
                 for c in calls
@@ -98,40 +96,16 @@ class RedisPublishing:
             replies = await self.commands.script_pipeline(self.commands.publish_script, calls)
         return [_publish_result(reply) for reply in replies]
 
-    async def _run_publish(
-        self,
-        channel: str,
-        data: RawJSON,
-        info: ClientInfo | None,
-        tags: dict[str, str] | None,
-        history: HistoryOptions | None,
-        key: str | None,
-        ttl: float,
-    ) -> tuple[StreamPosition | None, bool]:
-        if not self.commands.detected:
-            await self.commands.run(self.commands.detect)
-        call = self._publish_call(channel, data, info, tags, history, key, ttl)
-        reply = await self.commands.script(self.commands.publish_script, call.keys, call.args)
-        return _publish_result(reply)
-
-    def _publish_call(
-        self,
-        channel: str,
-        data: RawJSON,
-        info: ClientInfo | None,
-        tags: dict[str, str] | None,
-        history: HistoryOptions | None,
-        key: str | None,
-        ttl: float,
-    ) -> ScriptCall:
+    def _publish_call(self, item: PublishItem) -> ScriptCall:
         """The keys and arguments of ``publish.lua`` (after cluster detection)."""
         names = self.names
+        channel, history, key = item.channel, item.history, item.key
         size = history.size if history is not None and history.size > 0 else 0
         args: list[bytes | str | int] = [
             names.channel(channel),
-            data,
-            _info_json(info),
-            orjson.dumps(tags).decode() if tags else "",
+            item.data,
+            _info_json(item.info),
+            orjson.dumps(item.tags).decode() if item.tags else "",
             size,
             int(history.ttl * 1000) if history is not None else 0,
             int(max(history.meta_ttl, history.ttl) * 1000) if history is not None else 0,
@@ -142,7 +116,7 @@ class RedisPublishing:
         keys = [names.stream(channel), names.meta(channel)]
         if key is not None:
             keys.append(names.idempotency(channel, key))
-            args.append(max(1, int(ttl * 1000)))
+            args.append(max(1, int(item.ttl * 1000)))
         return ScriptCall(keys, args)
 
     async def publish_join(self, channel: str, info: ClientInfo) -> None:
