@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from realtime_server.app import Running
 from realtime_server.config import Settings
+from realtime_server.events import Event
 
 SECRET = "test-secret-for-hs256-0123456789abcdef"
 API_KEY = "test-api-key-0123456789"
@@ -203,3 +204,18 @@ def claims(tok: str) -> dict[str, Any]:
     """A token's claims, unverified (to compare with what the server saw)."""
     decoded: dict[str, Any] = jwt.decode(tok, options={"verify_signature": False})
     return decoded
+
+
+def recorded(server: Running) -> list[Event]:
+    """Every event the server's node records from now on (its recorder still gets
+    them)."""
+    events: list[Event] = []
+    recorder = server.node.events
+    original = recorder.record
+
+    def record(event: Event) -> None:
+        events.append(event)
+        original(event)
+
+    recorder.record = record  # type: ignore[method-assign]
+    return events

@@ -12,11 +12,11 @@ from websockets.protocol import State
 
 from realtime_server.app import Running
 from realtime_server.channels.engine import Membership
-from realtime_server.events import Event, EventType
+from realtime_server.events import EventType
 from realtime_server.protocol import Command
 
 from .conftest import StartServer, connected
-from .helpers import MS, RawClient, sub_token, token
+from .helpers import MS, RawClient, recorded, sub_token, token
 from .redis_server import redis_server
 from .test_subscriptions import CHANNEL, build, messages, subscribe
 from .test_subscriptions import connected as unit_connected
@@ -124,23 +124,10 @@ async def _closed_at(client: RawClient) -> tuple[int | None, float]:
     return code, time.monotonic()
 
 
-def _events(server: Running) -> list[Event]:
-    seen: list[Event] = []
-    recorder = server.node.events
-    original = recorder.record
-
-    def record(event: Event) -> None:
-        seen.append(event)
-        original(event)
-
-    recorder.record = record  # type: ignore[method-assign]
-    return seen
-
-
 async def test_revocation_rows_name_the_user(server: Running) -> None:
     """Revoked by jti: the token_revoked row and the refused reconnect's row carry the
     user (so ``audit user`` shows them)."""
-    seen = _events(server)
+    seen = recorded(server)
     await connected(server, "42", jti="to-revoke")
     await server.node.ops.revoke_token("to-revoke", time.time() + 60)
     retry = await RawClient.open(f"ws://127.0.0.1:{server.port}/connection/websocket")

@@ -18,7 +18,7 @@ from realtime_server.events.buffer import BufferedRecorder
 from realtime_server.events.model import Event
 
 from .conftest import StartServer, ws_url
-from .helpers import MS, RawClient, make_settings, sub_token, token
+from .helpers import MS, RawClient, make_settings, recorded, sub_token, token
 from .pg import PgCluster, require_postgres
 
 DOC = "document:live"
@@ -36,15 +36,7 @@ def capture(server: Running) -> tuple[BufferedRecorder, list[Event]]:
     """The server's recorder, and every event it is handed from now on."""
     recorder = server.node.events
     assert isinstance(recorder, BufferedRecorder)
-    seen: list[Event] = []
-    original = recorder.record
-
-    def record(event: Event) -> None:
-        seen.append(event)
-        original(event)
-
-    recorder.record = record  # type: ignore[method-assign]
-    return recorder, seen
+    return recorder, recorded(server)
 
 
 async def wait_until(check: Callable[[], bool], timeout: float) -> None:

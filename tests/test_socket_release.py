@@ -22,27 +22,12 @@ import pytest
 from websockets.asyncio.client import connect
 
 from realtime_server.events import EventType
-from realtime_server.events.model import Event
 from realtime_server.session import Session
 from realtime_server.wsconn import CLOSE_TIMEOUT
 
 from .conftest import StartServer, ws_url
-from .helpers import MS, RawClient, token
+from .helpers import MS, RawClient, recorded, token
 from .procs import server_process
-
-
-def _capture(server: Any) -> list[Event]:
-    """Every event the server's recorder is handed from now on."""
-    recorder = server.node.events
-    seen: list[Event] = []
-    original = recorder.record
-
-    def record(event: Event) -> None:
-        seen.append(event)
-        original(event)
-
-    recorder.record = record
-    return seen
 
 
 def _server_conn(server: Any, user: str) -> Any:
@@ -52,7 +37,7 @@ def _server_conn(server: Any, user: str) -> Any:
 
 async def test_non_reading_3008_client_is_aborted_at_once(start_server: StartServer) -> None:
     server = await start_server(OUTBOX_BYTES=65536)
-    events = _capture(server)
+    events = recorded(server)
     slow_ws = await connect(ws_url(server), max_size=None, ping_interval=None)
     slow = RawClient(slow_ws)
     await slow.connect(token("slow"))
@@ -88,7 +73,7 @@ async def test_frozen_3012_client_aborted_after_close_timeout_event_at_decision(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = await start_server(PING_INTERVAL=0.4, PONG_TIMEOUT=0.2)
-    events = _capture(server)
+    events = recorded(server)
     decisions: dict[int, float] = {}
     original_close = Session.close
 

@@ -21,7 +21,7 @@ from realtime_server.app import Running
 from realtime_server.codes import ErrorCode
 from realtime_server.config import Settings
 from realtime_server.errors import ConfigError
-from realtime_server.events import Event, EventType
+from realtime_server.events import EventType
 from realtime_server.proxy import (
     Allowed,
     Denied,
@@ -32,7 +32,7 @@ from realtime_server.proxy import (
 )
 
 from .conftest import StartServer, ws_url
-from .helpers import MS, RawClient, make_settings, quiet_period, sub_token, token
+from .helpers import MS, RawClient, make_settings, quiet_period, recorded, sub_token, token
 
 INFO = {"role": "signer", "name": "Ada"}
 ANSWERS: dict[str, Any] = {
@@ -127,20 +127,6 @@ async def client_of(server: Running, user: str = "42", **kwargs: Any) -> RawClie
     reply = await client.connect(token(user))
     assert "connect" in reply, reply
     return client
-
-
-def recorded(server: Running) -> list[Event]:
-    """The events the node records from now on (the real recorder still gets them)."""
-    events: list[Event] = []
-    recorder = server.node.events
-    original = recorder.record
-
-    def record(event: Event) -> None:
-        events.append(event)
-        original(event)
-
-    recorder.record = record  # type: ignore[method-assign]
-    return events
 
 
 async def test_allowed_subscribes_with_info_as_chan_info(
