@@ -17,8 +17,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from websockets.asyncio.server import Server
-
 from . import codes, gcpolicy
 from .auth.keys import load_keys
 from .auth.revocation import MemoryRevocationStore, RevocationStore
@@ -30,6 +28,7 @@ from .limits import raise_open_file_limit
 from .listen import effective_backlog
 from .node import Node
 from .server import WEBSOCKET_PATH, start_websocket_server
+from .wsserver import WsServer
 
 if TYPE_CHECKING:
     from .auth.jwks_fetch import JwksRefresher
@@ -136,7 +135,7 @@ class Running:
     """A started server: its node, WebSocket server and (optional) API runner."""
 
     node: Node
-    ws: Server
+    ws: WsServer
     api: object | None
 
     @property

@@ -54,10 +54,9 @@ from .model import RawJSON, raw_json
 from .proxy_settings import header_names
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-
     from .config import Settings
     from .metrics import Metrics
+    from .wsconn import WsConnection
 
 __all__ = [
     "MAX_ANSWER_BYTES",
@@ -127,7 +126,7 @@ class Subscriber(Protocol):
     def client_id(self) -> str: ...
 
     @property
-    def conn(self) -> ServerConnection: ...
+    def conn(self) -> WsConnection: ...
 
 
 Record = Callable[..., None]

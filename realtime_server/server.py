@@ -9,15 +9,16 @@ offering ``centrifuge-json`` gets it selected; none offered is the SDK default.
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, NegotiationError
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 from websockets.typing import Origin, Subprotocol
 
 from . import codes
@@ -26,13 +27,8 @@ from .errors import ProtocolViolation
 from .limits import connection_limits, listen_backlog, open_file_limit, reserve
 from .node import Node
 from .session import Session, SessionState
-from .wsconn import (
-    CLOSE_TIMEOUT,
-    GuardedConnection,
-    guarded_connection,
-    release_after_handshake,
-    release_headers,
-)
+from .wsconn import Endpoint, WsConnection
+from .wsserver import WsServer, listen
 
 if TYPE_CHECKING:
     from .demo import Demo
@@ -60,14 +56,16 @@ def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Respon
     return Response(status.value, status.phrase, headers, body)
 
 
-def _select_subprotocol(
-    conn: ServerConnection, offered: Sequence[Subprotocol]
-) -> Subprotocol | None:
-    if not offered:
-        return None
-    if _JSON_SUBPROTOCOL in offered:
-        return _JSON_SUBPROTOCOL
-    raise NegotiationError("only JSON (no subprotocol, or centrifuge-json) is supported")
+class JsonProtocol(ServerProtocol):
+    """websockets' server protocol, JSON only: no subprotocol offered, or
+    ``centrifuge-json`` among those offered (selected); anything else is refused (400)."""
+
+    def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        if not subprotocols:
+            return None
+        if _JSON_SUBPROTOCOL in subprotocols:
+            return _JSON_SUBPROTOCOL
+        raise NegotiationError("only JSON (no subprotocol, or centrifuge-json) is supported")
 
 
 class _Routes:
@@ -78,7 +76,7 @@ class _Routes:
         self.demo = demo  # serve --demo: the page at / and its /demo/... routes
         self.gate = gate
 
-    def __call__(self, conn: ServerConnection, request: Request) -> Response | None:
+    def __call__(self, conn: WsConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == WEBSOCKET_PATH:
             upgrade = request.headers.get("Upgrade", "")
@@ -115,7 +113,7 @@ class _Routes:
             return self.demo.respond(request)
         return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
 
-    def other_method(self, conn: ServerConnection, method: str, target: str) -> bytes:
+    def other_method(self, conn: WsConnection, method: str, target: str) -> bytes:
         """The response to a request websockets cannot parse (only GET is): HEAD gets
         the GET response without its body (``curl -I``, health checkers), any other
         method 426 on the WebSocket path, 405 on the other routes, else 404."""
@@ -156,7 +154,7 @@ def _stale(session: Session) -> None:
 
 
 async def _serve_session(session: Session, connect_timeout: float) -> None:
-    conn = session.conn
+    conn: WsConnection = session.conn
     # One timer handle per connection (not a task and a timeout per recv: profiled).
     stale: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
         connect_timeout, _stale, session
@@ -174,14 +172,14 @@ async def _serve_session(session: Session, connect_timeout: float) -> None:
             if stale is not None and session.state is not SessionState.CONNECTING:
                 stale.cancel()
                 stale = None
-                if session.state is SessionState.CONNECTED and isinstance(conn, GuardedConnection):
+                if session.state is SessionState.CONNECTED:
                     conn.authenticated()  # out of the unauthenticated cap (admission.py)
     finally:
         if stale is not None:
             stale.cancel()
 
 
-def _flooded(conn: GuardedConnection) -> None:
+def _flooded(conn: WsConnection) -> None:
     """The client sent frames (pings) whose automatic replies it does not read."""
     session: Session | None = conn.session
     if session is None or session.state is SessionState.CLOSED:
@@ -191,15 +189,9 @@ def _flooded(conn: GuardedConnection) -> None:
 
 
 def make_handler(node: Node) -> Any:
-    # Issue 13: the handshake headers the subscribe proxy forwards (None: keep none).
-    proxy = node.subscribe_proxy
-    keep_headers = proxy.header_names if proxy is not None else None
-
-    async def handler(conn: ServerConnection) -> None:
-        release_headers(conn, keep_headers)
+    async def handler(conn: WsConnection) -> None:
         session = Session(node, conn)
-        if isinstance(conn, GuardedConnection):
-            conn.session = session  # cleared when the connection is lost
+        conn.session = session  # cleared when the connection is lost
         try:
             await _serve_session(session, node.settings.connect_timeout)
         except ProtocolViolation as exc:
@@ -242,7 +234,9 @@ def _gate_metrics(node: Node, gate: ConnectionGate) -> None:
     )
 
 
-async def start_websocket_server(node: Node, demo: Demo | None = None, **kwargs: Any) -> Server:
+async def start_websocket_server(
+    node: Node, demo: Demo | None = None, reuse_port: bool = False, **kwargs: Any
+) -> WsServer:
     """Listen on the configured host and port (``port=0`` in kwargs picks a free one);
     ``demo`` adds the demo page's routes (``serve --demo``)."""
     settings = node.settings
@@ -281,28 +275,28 @@ async def start_websocket_server(node: Node, demo: Demo | None = None, **kwargs:
     if allowed is not None:
         origins = [Origin(o) for o in allowed]
         origins.append(None)  # non-browser SDKs send no Origin
+    proxy = node.subscribe_proxy  # the handshake headers it forwards (None: keep none)
+    endpoint = Endpoint(
+        make_protocol=functools.partial(
+            JsonProtocol, origins=origins, max_size=settings.max_message_size
+        ),
+        routes=routes,
+        handler=make_handler(node),
+        open_timeout=settings.connect_timeout,
+        write_cap=settings.outbox_bytes,
+        on_flood=_flooded,
+        other_method=routes.other_method,
+        gate=gate,
+        keep_headers=proxy.header_names if proxy is not None else None,
+    )
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "process_request": routes,
-        "process_response": release_after_handshake,
-        "create_connection": guarded_connection(
-            settings.outbox_bytes, _flooded, routes.other_method, gate
-        ),
-        "select_subprotocol": _select_subprotocol,
-        "origins": origins,
-        "compression": None,
-        "ping_interval": None,  # the protocol's own JSON pings replace WebSocket pings
-        "ping_timeout": None,
-        "close_timeout": CLOSE_TIMEOUT,  # then aborted: the socket is released (wsconn.py)
-        "max_size": settings.max_message_size,
-        "max_queue": 16,
-        "open_timeout": settings.connect_timeout,
-        "server_header": None,
         "reuse_address": True,
+        "reuse_port": reuse_port or None,
         # Room for a reconnect storm's SYNs (asyncio's default is 100), within the
         # descriptors kept in reserve for it (limits.listen_backlog).
         "backlog": backlog,
     }
     options.update(kwargs)
-    return await serve(make_handler(node), **options)
+    return await listen(endpoint, **options)

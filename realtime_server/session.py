@@ -24,7 +24,6 @@ from collections.abc import Coroutine
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
-from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
 from . import codes
@@ -41,6 +40,7 @@ from .model import ClientInfo
 from .protocol import Command, encode_error, encode_reply, parse_frame
 from .records import Ended, Subscription
 from .writer import Writer
+from .wsconn import WsConnection
 
 __all__ = ["Session", "SessionHost", "SessionState", "SubscriptionExpiry"]
 
@@ -129,7 +129,7 @@ class SubscriptionExpiry:
             self.sub.timer = None
 
 
-def _remote(conn: ServerConnection) -> str:
+def _remote(conn: WsConnection) -> str:
     try:
         address = conn.remote_address
     except Exception:  # uvloop, transport closed before the address was ever read
@@ -176,7 +176,7 @@ class Session:
         "version",
     )
 
-    def __init__(self, host: SessionHost, conn: ServerConnection) -> None:
+    def __init__(self, host: SessionHost, conn: WsConnection) -> None:
         self.host = host
         self.conn = conn
         self.client_id = str(uuid.uuid4())

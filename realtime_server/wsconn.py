@@ -1,112 +1,304 @@
-"""Our adjustments to websockets' server connection: bounded buffering, bounded closes,
-early release.
+"""One WebSocket connection: websockets' Sans-I/O protocol under a lean asyncio Protocol.
 
-:class:`GuardedConnection` bounds what a client that does not read can make the server
-buffer through websockets' automatic replies: every ping frame is answered with a pong
-written by websockets itself (our own writes are bounded in :mod:`.session`), so a
-client sending pings without reading grew the server by about what it sent (52 MB of
-pings: +71 MB of RSS). Past ``REALTIME_OUTBOX_BYTES`` of unsent data the connection
-stops being read and is closed like any slow consumer (3008); if it overflows again
-before the close completes, it is dropped.
+websockets parses and validates everything here (the HTTP upgrade, origins, subprotocols,
+frames, fragmentation, control frames, the closing handshake, message size limits);
+this module owns the I/O around it. websockets' own asyncio layer cost about 300 µs of
+CPU per connection (a handshake task, timeouts, locks, an assembler with its futures,
+logging) where this costs about 50 (``bench/connect.py``), and its objects were half
+of an idle connection's memory.
 
-Every close ends promptly, so a closed connection never holds its socket (issue 11):
+What a :class:`WsConnection` adds to the protocol:
 
-- A close frame that cannot be written, because more than ``write_cap`` bytes already
-  wait for the client (the slow consumer closed with 3008), is not queued behind them:
-  the connection is aborted at once. websockets would write the frame and then wait,
-  without a deadline, for the buffer to drain (its ``drain()`` comes before its close
-  timeout starts), so a client that stopped reading kept its socket for good.
-- Any other close (the closing handshake, and the drain before it) is bounded by
-  :data:`CLOSE_TIMEOUT` as a whole; past it the connection is aborted.
+- **Bounded buffering.** Our own writes are bounded in :mod:`.session`; websockets'
+  automatic replies (a pong for every ping) are bounded here: past the endpoint's
+  ``write_cap`` bytes of unsent data the connection stops being read and is closed like
+  any slow consumer (``on_flood``: 3008); if it overflows again before the close
+  completes, it is dropped. Incoming messages queue up to ``max_queue``; past that,
+  reading pauses until the handler catches up.
+- **Bounded closes.** Every close ends promptly, so a closed connection never holds its
+  socket: a close frame that cannot be written because more than ``write_cap`` bytes
+  already wait for the client is not queued behind them (the connection is aborted at
+  once); any other close is aborted after ``close_timeout`` seconds. A handshake that
+  does not complete within ``open_timeout`` is aborted too.
+- **Admission.** Each socket is counted by the port's :class:`~.admission.ConnectionGate`
+  from its accept to its end; the server tells it when the connection authenticates.
+- **Other methods.** A request whose method is not GET (websockets closes those without
+  a response) is answered by the endpoint's ``other_method`` (HEAD, 405, 426).
+- **Nothing kept after the handshake**: the request's headers (but those the subscribe
+  proxy forwards), no response, no reference cycles (a closed connection is freed by
+  reference counting, not by a full collection).
 
-Each socket is counted by the port's :class:`~.admission.ConnectionGate` from its
-accept (``connection_made``) to its end (``connection_lost``); the server tells it when
-the connection authenticates (:meth:`GuardedConnection.authenticated`).
-
-Two more jobs, both about memory and the garbage collector, not behaviour:
-
-- After the handshake, the request and response headers (about 2.5 KiB per idle
-  connection) and an empty deque websockets keeps per connection are dropped.
-- A closed connection is left by websockets 17 in reference cycles (the
-  ``select_subprotocol`` closure holds the connection; the read-flow-control callbacks
-  hold the transport, which holds the connection; a parser exception's traceback holds
-  the parser frame, which holds the protocol): about 30 objects per connection that
-  only a full collection frees. At 10,000 connections that made full collections take
-  0.35 s each and cost 130 µs per connect while connections ramp up. Breaking the
-  cycles once the connection is lost lets reference counting free it at once.
-
-Uses attributes of websockets' ``ServerConnection`` / ``ServerProtocol`` /
-``Assembler`` (pinned to websockets < 18 in pyproject.toml); each access tolerates the
-attribute being gone, so a websockets change costs memory, never correctness.
+Frames from the server are written to the transport directly by the session
+(:mod:`.frames`): server frames are unmasked and compression is off, so the protocol
+object keeps no per-frame state that such writes would bypass.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, cast
 
-from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from .admission import Admission, ConnectionGate
 
-__all__ = [
-    "CLOSE_TIMEOUT",
-    "GuardedConnection",
-    "guarded_connection",
-    "release_after_handshake",
-    "release_headers",
-]
+__all__ = ["CLOSE_TIMEOUT", "Endpoint", "WsConnection"]
 
-CLOSE_TIMEOUT = 1.5
+logger = logging.getLogger("realtime_server.server")
+
+CLOSE_TIMEOUT: Final = 1.5
 """Seconds a close may take, from the decision to the socket's release: the peer's close
-frame and the end of the TCP connection (websockets' default is 10 s; ours was 5 s). A
-responsive client answers within a round trip; one that does not is aborted."""
+frame and the end of the TCP connection (websockets' default is 10 s). A responsive
+client answers within a round trip; one that does not is aborted."""
 
-_NO_HEADERS = Headers()
+_OPEN: Final = State.OPEN
+_CONNECTING: Final = State.CONNECTING
+_TEXT: Final = Opcode.TEXT
+_BINARY: Final = Opcode.BINARY
+_CONT: Final = Opcode.CONT
+_NO_HEADERS: Final = Headers()
+
+Routes = Callable[["WsConnection", Request], Response | None]
+Handler = Callable[["WsConnection"], Coroutine[Any, Any, None]]
 
 
-def _noop() -> None:
-    return None
+class Endpoint:
+    """What every connection of one listening socket shares: the protocol's settings,
+    the routes answering plain HTTP requests, the handler of an open connection, the
+    caps, and the set of live connections (for shutdown)."""
+
+    __slots__ = (
+        "close_timeout",
+        "connections",
+        "gate",
+        "handler",
+        "idle",
+        "keep_headers",
+        "make_protocol",
+        "max_queue",
+        "on_flood",
+        "open_timeout",
+        "other_method",
+        "routes",
+        "write_cap",
+    )
+
+    def __init__(
+        self,
+        *,
+        make_protocol: Callable[[], ServerProtocol],
+        routes: Routes,
+        handler: Handler,
+        open_timeout: float,
+        write_cap: int,
+        on_flood: Callable[[WsConnection], None] | None = None,
+        other_method: Callable[[WsConnection, str, str], bytes] | None = None,
+        gate: ConnectionGate | None = None,
+        keep_headers: frozenset[str] | None = None,
+        max_queue: int = 16,
+        close_timeout: float = CLOSE_TIMEOUT,
+    ) -> None:
+        self.make_protocol = make_protocol
+        self.routes = routes
+        self.handler = handler
+        self.open_timeout = open_timeout
+        self.write_cap = write_cap
+        self.on_flood = on_flood
+        self.other_method = other_method
+        self.gate = gate
+        self.keep_headers = keep_headers
+        """Lower-case request header names kept after the handshake (the subscribe
+        proxy's); None keeps none."""
+        self.max_queue = max_queue
+        self.close_timeout = close_timeout
+        self.connections: set[WsConnection] = set()
+        self.idle: asyncio.Event | None = None
+        """Set once no connection is left (created by :meth:`wait_idle`)."""
+
+    async def wait_idle(self) -> None:
+        """Until every connection is gone."""
+        if not self.connections:
+            return
+        if self.idle is None:
+            self.idle = asyncio.Event()
+        await self.idle.wait()
+
+    def _gone(self, conn: WsConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self.idle is not None:
+            self.idle.set()
 
 
-class GuardedConnection(ServerConnection):
-    """A ``ServerConnection`` that refuses to buffer more than ``write_cap`` bytes for a
-    client that does not read (see the module docstring)."""
+class WsConnection(asyncio.Protocol):
+    """One client socket, from its accept to its end (see the module docstring)."""
 
-    write_cap: ClassVar[int] = 1 << 20
-    on_flood: ClassVar[Callable[[GuardedConnection], None] | None] = None
-    other_method: ClassVar[Callable[[GuardedConnection, str, str], bytes] | None] = None
-    gate: ClassVar[ConnectionGate | None] = None
-    # Slots, not instance attributes: one more key in websockets' large instance dict
-    # made every connection's dict a bigger, unshared one (measured +1.3 KiB each).
-    __slots__ = ("admission", "flooded", "session", "started")
+    __slots__ = (
+        "__weakref__",
+        "_fragments",
+        "_lost",
+        "_messages",
+        "_paused",
+        "_timer",
+        "_waiter",
+        "admission",
+        "closed",
+        "endpoint",
+        "flooded",
+        "handler_task",
+        "protocol",
+        "remote_address",
+        "request",
+        "session",
+        "started",
+        "transport",
+    )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.protocol = endpoint.make_protocol()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # until made
+        self.remote_address: Any = None
+        self.request: Request | None = None
         self.session: Any = None  # set by the server's handler for the connection's life
+        self.admission = Admission.NONE
         self.flooded = False
         self.started = False
-        self.admission = Admission.NONE
+        self.closed = False
+        """The socket is gone (``connection_lost``)."""
+        self.handler_task: asyncio.Task[None] | None = None
+        self._messages: deque[str | bytes] | None = None
+        self._fragments: list[Any] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+
+    # --- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        gate = type(self).gate
-        if gate is not None:
-            gate.admit(self)  # refused: kept to answer 503 (server.py's routes)
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.remote_address = transport.get_extra_info("peername")
+        endpoint = self.endpoint
+        endpoint.connections.add(self)
+        if endpoint.gate is not None:
+            endpoint.gate.admit(self)  # refused: kept to answer 503 (the routes)
+        self._timer = asyncio.get_running_loop().call_later(
+            endpoint.open_timeout, self._handshake_timeout
+        )
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        if protocol.state is _CONNECTING:
+            self._handshake(data)
+        else:
+            protocol.receive_data(data)
+            events = protocol.events_received()
+            self._send_data()
+            for event in events:
+                self._frame(event)
+            if protocol.close_expected():
+                self._arm_close()
+        self._check_flood()
+
+    def eof_received(self) -> bool | None:
+        self.protocol.receive_eof()
+        self._send_data()
+        return None  # the transport closes
 
     def connection_lost(self, exc: Exception | None) -> None:
-        gate = type(self).gate
-        if gate is not None:
-            gate.release(self)
-        super().connection_lost(exc)
+        self.closed = True
+        protocol = self.protocol
+        protocol.receive_eof()  # idempotent: the state is CLOSED from here
+        endpoint = self.endpoint
+        if endpoint.gate is not None:
+            endpoint.gate.release(self)
+        endpoint._gone(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake()
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        self.session = None
+        # A parser exception's traceback holds the parser's frame, which holds the
+        # protocol: drop it, so that reference counting frees the connection.
+        for failure in (protocol.parser_exc, protocol.handshake_exc):
+            if failure is not None:
+                failure.__traceback__ = None
+
+    # --- what the server's handler uses ----------------------------------------------
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once the connection is closed (1006 without a close frame)."""
+        return self.protocol.close_code
+
+    async def recv(self) -> str | bytes:
+        """The next message (text as ``str``); raises ``ConnectionClosed`` once the
+        connection is gone and every message was read."""
+        while True:
+            messages = self._messages
+            if messages:
+                message = messages.popleft()
+                if self._paused and len(messages) <= self.endpoint.max_queue // 4:
+                    self._paused = False
+                    if not self.flooded and not self.closed:
+                        self.transport.resume_reading()
+                return message
+            if self.closed:
+                raise self.protocol.close_exc
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """The closing handshake, bounded: aborted at once when the close frame cannot
+        be written, after ``close_timeout`` seconds otherwise. Returns once the socket
+        is released."""
+        if self.closed:
+            return
+        transport = self.transport
+        protocol = self.protocol
+        if self.flooded or transport.get_write_buffer_size() > self.endpoint.write_cap:
+            transport.abort()
+        elif protocol.state is _OPEN:
+            protocol.send_close(code, reason)
+            self._send_data()
+            self._arm_close()
+        elif protocol.state is _CONNECTING:
+            transport.abort()
+        else:
+            self._arm_close()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Until the socket is released."""
+        if not self.closed:
+            await asyncio.shield(self.lost_waiter())
+
+    def lost_waiter(self) -> asyncio.Future[None]:
+        """A future done once the socket is released (made on demand: an idle
+        connection keeps none)."""
+        lost = self._lost
+        if lost is None:
+            lost = self._lost = asyncio.get_running_loop().create_future()
+            if self.closed:
+                lost.set_result(None)
+        return lost
 
     def authenticated(self) -> None:
         """The connection's ``connect`` succeeded (out of the unauthenticated cap)."""
-        gate = type(self).gate
+        gate = self.endpoint.gate
         if gate is not None:
             gate.authenticate(self)
 
@@ -114,116 +306,175 @@ class GuardedConnection(ServerConnection):
         """Abort the socket (the gate made room for a newer one)."""
         self.transport.abort()
 
-    def data_received(self, data: bytes) -> None:
+    # --- the handshake ---------------------------------------------------------------
+
+    def _handshake(self, data: bytes) -> None:
         if not self.started:
             self.started = True
             if len(data) >= 4 and not data.startswith(b"GET ") and self._answer_other(data):
                 return
-        super().data_received(data)
-        transport = self.transport
-        if transport.get_write_buffer_size() <= self.write_cap:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        if not events:  # incomplete, or refused by the parser (431, 414, or EOF)
+            self._send_data()
+            if protocol.close_expected():
+                self.transport.close()
             return
-        if self.flooded:  # still flooding after the close was started
-            transport.abort()
+        request = events[0]
+        assert isinstance(request, Request)
+        response = self._respond(request)
+        protocol.send_response(response)
+        self._send_data()
+        if protocol.state is not _OPEN:
+            self.transport.close()  # a plain HTTP response or a refused handshake
             return
-        self.flooded = True
-        transport.pause_reading()
-        handler = type(self).on_flood
-        if handler is None:
-            transport.abort()
-        else:
-            handler(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._keep_headers(request)
+        self.handler_task = asyncio.get_running_loop().create_task(self._run())
+        for event in events[1:]:  # frames sent right behind the request
+            self._frame(event)
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """The closing handshake, bounded (see the module docstring): aborted at once
-        when the close frame cannot be written, after :attr:`close_timeout` seconds
-        (the drain included) otherwise. Returns once the socket is released."""
-        transport = self.transport
-        if self.flooded or transport.get_write_buffer_size() > self.write_cap:
-            await self._abort()
-            return
+    def _respond(self, request: Request) -> Response:
+        protocol = self.protocol
         try:
-            async with asyncio.timeout(self.close_timeout):
-                await super().close(code, reason)
-        except TimeoutError:
-            await self._abort()
+            response = self.endpoint.routes(self, request)
+        except Exception:
+            logger.exception("request handler failed")
+            return protocol.reject(500, "Internal server error.\n")
+        return protocol.accept(request) if response is None else response
 
-    async def _abort(self) -> None:
-        self.transport.abort()
-        await asyncio.shield(self.connection_lost_waiter)
+    def _keep_headers(self, request: Request) -> None:
+        keep = self.endpoint.keep_headers
+        kept = None
+        if keep is not None:
+            kept = [(k, v) for k, v in request.headers.raw_items() if k.lower() in keep]
+        # In place: websockets' parser also holds the request for the connection's life.
+        request.headers = Headers(kept) if kept else _NO_HEADERS
+        self.request = request
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        if self.protocol.state is _CONNECTING:
+            self.transport.abort()
 
     def _answer_other(self, data: bytes) -> bool:
-        """A request whose method is not GET: websockets would close the connection
-        without a response; answer it (``other_method``) and close instead."""
-        answer = type(self).other_method
+        answer = self.endpoint.other_method
         if answer is None:
             return False
         line = data.split(b"\n", 1)[0].rstrip(b"\r")
         parts = line.split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            return False  # not HTTP/1.x: websockets refuses it
+            return False  # not HTTP/1.x: the parser refuses it
         method = parts[0].decode("ascii", "replace")
         target = parts[1].decode("ascii", "replace")
         self.transport.write(answer(self, method, target))
         self.transport.close()
         return True
 
+    async def _run(self) -> None:
+        try:
+            await self.endpoint.handler(self)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            logger.exception("connection handler failed")
+            await self.close(CloseCode.INTERNAL_ERROR)
+        else:
+            await self.close()
+        finally:
+            self.handler_task = None
 
-def guarded_connection(
-    write_cap: int,
-    on_flood: Callable[[GuardedConnection], None],
-    other_method: Callable[[GuardedConnection, str, str], bytes] | None = None,
-    gate: ConnectionGate | None = None,
-) -> type[GuardedConnection]:
-    """The connection class of one server: its cap, what to do on overflow, how to
-    answer requests with another method than GET, and the port's admission gate."""
-    attributes = {
-        "write_cap": write_cap,
-        "on_flood": on_flood,
-        "other_method": other_method,
-        "gate": gate,
-    }
-    return type("GuardedConnection", (GuardedConnection,), attributes)
+    # --- frames ----------------------------------------------------------------------
 
+    def _frame(self, frame: Any) -> None:
+        assert isinstance(frame, Frame)
+        opcode = frame.opcode
+        if opcode is _TEXT or opcode is _BINARY:
+            if frame.fin:
+                self._message(frame.data, opcode is _TEXT)
+            else:
+                self._fragments = [frame.data, b"t" if opcode is _TEXT else b"b"]
+        elif opcode is _CONT:
+            fragments = self._fragments
+            if fragments is None:
+                return  # the protocol failed the connection already
+            fragments.insert(-1, frame.data)
+            if frame.fin:
+                self._fragments = None
+                text = fragments.pop() == b"t"
+                self._message(b"".join(fragments), text)
 
-def _break_cycles(conn: ServerConnection) -> None:
-    if isinstance(conn, GuardedConnection):
-        conn.session = None
-    protocol = conn.protocol
-    vars(protocol).pop("select_subprotocol", None)  # closure over the connection
-    exc = getattr(protocol, "parser_exc", None)
-    if exc is not None:
-        exc.__traceback__ = None  # traceback -> parser frame -> protocol
-    messages = getattr(conn, "recv_messages", None)
-    if messages is not None:  # bound methods of the transport, which holds conn
-        messages.pause = _noop
-        messages.resume = _noop
+    def _message(self, data: Any, text: bool) -> None:
+        protocol = self.protocol
+        if protocol.state is not _OPEN:
+            return  # failed or closing: what follows is not read
+        message: str | bytes
+        if text:
+            try:
+                message = str(data, "utf-8")
+            except UnicodeDecodeError as exc:
+                protocol.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+                self._send_data()
+                self._arm_close()
+                return
+        else:
+            message = bytes(data)
+        messages = self._messages
+        if messages is None:
+            messages = self._messages = deque()
+        messages.append(message)
+        if len(messages) > self.endpoint.max_queue and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
 
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
-def release_after_handshake(conn: ServerConnection, request: Request, response: Response) -> None:
-    """``process_response`` hook: called for every request that got a response."""
-    vars(conn.protocol).pop("select_subprotocol", None)
-    waiter: asyncio.Future[None] | None = getattr(conn, "connection_lost_waiter", None)
-    if waiter is not None:
-        waiter.add_done_callback(lambda _: _break_cycles(conn))
+    # --- output and closing ----------------------------------------------------------
 
+    def _send_data(self) -> None:
+        transport = self.transport
+        for data in self.protocol.data_to_send():
+            if transport.is_closing():
+                return
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                try:
+                    transport.write_eof()
+                except Exception:  # uvloop may raise RuntimeError on a closed socket
+                    transport.abort()
+            else:
+                transport.close()
 
-def release_headers(conn: ServerConnection, keep: frozenset[str] | None = None) -> None:
-    """Drop what websockets keeps per connection after the handshake and never reads
-    again: the handshake's headers (cleared in place: websockets' parser generator also
-    holds the request object for the connection's life; ~2.5 KiB per idle connection)
-    and the ``drain_waiters`` deque (0.75 KiB empty; websockets only appends to,
-    removes from and iterates over it, which a list does in 56 bytes).
+    def _arm_close(self) -> None:
+        """The TCP connection should end soon: abort it if it has not within
+        ``close_timeout``."""
+        if self.closed or (self._timer is not None and self.protocol.state is not _CONNECTING):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(
+            self.endpoint.close_timeout, self.transport.abort
+        )
 
-    ``keep``: lower-case names of request headers to keep (the subscribe proxy's
-    ``REALTIME_PROXY_HTTP_HEADERS``); None keeps none."""
-    if conn.request is not None:
-        kept = None
-        if keep is not None:
-            kept = [(k, v) for k, v in conn.request.headers.raw_items() if k.lower() in keep]
-        conn.request.headers = Headers(kept) if kept else _NO_HEADERS
-    if conn.response is not None:
-        conn.response.headers = _NO_HEADERS
-        conn.response.body = b""
-    if isinstance(getattr(conn, "drain_waiters", None), deque):
-        conn.drain_waiters = []  # type: ignore[assignment]
+    def _check_flood(self) -> None:
+        transport = self.transport
+        if self.closed or transport.get_write_buffer_size() <= self.endpoint.write_cap:
+            return
+        if self.flooded:  # still flooding after the close was started
+            transport.abort()
+            return
+        self.flooded = True
+        transport.pause_reading()
+        on_flood = self.endpoint.on_flood
+        if on_flood is None:
+            transport.abort()
+        else:
+            on_flood(self)

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from websockets.asyncio.server import ServerConnection
 
 from realtime_server.app import Running
 from realtime_server.expiry import EXPIRY_TICK, ExpiryWheel
 from realtime_server.session import Session
+from realtime_server.wsconn import WsConnection
 
 from .conftest import StartServer, ws_url
 from .helpers import MS, RawClient, claims, sub_token, token
@@ -274,8 +274,8 @@ async def test_subscription_deadline_leaves_no_cycle(server: Running) -> None:
     before = set(server.ws.all_connections)
     client = await RawClient.open(ws_url(server))
     (conn,) = set(server.ws.all_connections) - before
-    ref: weakref.ref[ServerConnection] = weakref.ref(conn)
-    waiter = conn.connection_lost_waiter
+    ref: weakref.ref[WsConnection] = weakref.ref(conn)
+    waiter = conn.lost_waiter()
     del conn
     await client.connect(token("42"))
     reply = await client.call(

@@ -52,7 +52,7 @@ async def test_non_reading_3008_client_is_aborted_at_once(start_server: StartSer
     assert server.node.metrics.slow_disconnects_total == 1
     decided = time.time()
     # Released within a few loop iterations, not after a timeout (never, before).
-    await asyncio.wait_for(asyncio.shield(conn.connection_lost_waiter), 300 * MS)
+    await asyncio.wait_for(asyncio.shield(conn.lost_waiter()), 300 * MS)
     assert conn.transport.is_closing()
     assert time.time() - decided < 0.3 * max(1.0, MS * 1000)
     assert "slow" not in {s.user for s in server.node.registry}
@@ -88,7 +88,7 @@ async def test_frozen_3012_client_aborted_after_close_timeout_event_at_decision(
     connected_at = time.time()
     conn = _server_conn(server, "frozen")
     frozen_ws.transport.pause_reading()  # frozen: reads nothing, answers nothing
-    await asyncio.wait_for(asyncio.shield(conn.connection_lost_waiter), 5000 * MS)
+    await asyncio.wait_for(asyncio.shield(conn.lost_waiter()), 5000 * MS)
     released = time.time()
     decided = decisions[3012]
     # Aborted after the close timeout (5 s before), not at once (it could answer).
