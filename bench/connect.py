@@ -39,8 +39,9 @@ from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import HOST, JWT_SECRET, WS_PATH, ignore_sigint, raise_nofile, read_proc
+from common import API_KEY, HOST, JWT_SECRET, WS_PATH, ignore_sigint, raise_nofile, read_proc
 
+from realtime_server.gcpolicy import tune
 from realtime_server.loadtest.spawn import ServerProcess
 
 SERVERS: Final = ("bare", "websockets", "transport", "server", "server+sqlite")
@@ -70,7 +71,8 @@ async def _serve(kind: str, port: int, api_port: int) -> None:
     else:
         from websockets.server import ServerProtocol
 
-        from realtime_server.wsconn import Endpoint, WsConnection
+        from realtime_server.wsconn import WsConnection
+        from realtime_server.wsendpoint import Endpoint
         from realtime_server.wsserver import listen
 
         async def own(conn: WsConnection) -> None:
@@ -85,6 +87,7 @@ async def _serve(kind: str, port: int, api_port: int) -> None:
             handler=own,
             open_timeout=10.0,
             write_cap=1 << 20,
+            ws_path=WS_PATH,
         )
         await listen(endpoint, host=HOST, port=port, backlog=4096)
     await asyncio.Future()
@@ -184,7 +187,11 @@ async def _clients(port: int, n: int, concurrency: int, pid: int) -> dict[str, f
     after, ended = read_proc(pid), time.perf_counter()
     for transport in transports:
         transport.abort()
-    return {"us": (after.cpu_s - before.cpu_s) / n * 1e6, "rate": n / (ended - started)}
+    return {
+        "us": (after.cpu_s - before.cpu_s) / n * 1e6,
+        "sys_us": (after.sys_s - before.sys_s) / n * 1e6,
+        "rate": n / (ended - started),
+    }
 
 
 # --- the orchestrator -------------------------------------------------------------------
@@ -194,6 +201,7 @@ def _server(kind: str, workdir: Path) -> ServerProcess:
     if kind.startswith("server"):
         env = {
             "REALTIME_JWT_SECRET": JWT_SECRET,
+            "REALTIME_API_KEY": API_KEY,
             "REALTIME_LOG_LEVEL": "WARNING",
             "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
             "REALTIME_EVENTS_ENABLED": "true" if kind == "server+sqlite" else "false",
@@ -263,6 +271,7 @@ def main() -> None:
     raise_nofile()
     if args.serve:
         ignore_sigint()
+        tune()  # the product's collector thresholds, for every server alike
         uvloop.run(_serve(args.serve, args.port, args.api_port))
         return
     if args.client:

@@ -46,7 +46,7 @@ class Expiring(Protocol):
 class ExpiryWheel:
     """Deadlines bucketed by tick, one loop timer for the earliest bucket."""
 
-    __slots__ = ("_armed", "_buckets", "_keys", "_last_key", "_tick", "_timer")
+    __slots__ = ("_armed", "_buckets", "_keys", "_last_key", "_loop", "_tick", "_timer")
 
     def __init__(self, tick: float) -> None:
         if tick <= 0:
@@ -55,6 +55,7 @@ class ExpiryWheel:
         self._buckets: MultiMap[int, Expiring] = MultiMap()
         self._keys: list[int] = []  # heap of bucket keys; may hold keys of empty buckets
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._armed = _NONE  # the key the timer is set for
         self._last_key = _NONE  # the last key scheduled, shared by the entries using it
 
@@ -71,7 +72,9 @@ class ExpiryWheel:
         replacing any deadline it had."""
         if entry.expiry_key != _NONE:
             self.cancel(entry)  # out of its bucket, or no longer due to fire
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()  # cached: a system call each
         key = math.ceil((loop.time() + max(0.0, delay)) / self._tick)
         if key == self._last_key:
             key = self._last_key  # one int object per bucket, not one per entry (32 B)

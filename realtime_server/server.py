@@ -8,7 +8,6 @@ offering ``centrifuge-json`` gets it selected; none offered is the SDK default.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import http
 import logging
@@ -27,7 +26,8 @@ from .errors import ProtocolViolation
 from .limits import connection_limits, listen_backlog, open_file_limit, reserve
 from .node import Node
 from .session import Session, SessionState
-from .wsconn import Endpoint, WsConnection
+from .wsconn import WsConnection
+from .wsendpoint import Endpoint
 from .wsserver import WsServer, listen
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class _Routes:
                 return _response(
                     http.HTTPStatus.SERVICE_UNAVAILABLE, b"draining\n", "text/plain; charset=utf-8"
                 )
-            if getattr(conn, "admission", None) is Admission.REFUSED and self.gate is not None:
+            if conn.admission is Admission.REFUSED and self.gate is not None:
                 self.gate.refuse()  # every slot authenticated (admission.py)
                 return _response(
                     http.HTTPStatus.SERVICE_UNAVAILABLE,
@@ -112,6 +112,11 @@ class _Routes:
         if self.demo is not None and (path == "/" or path.startswith("/demo/")):
             return self.demo.respond(request)
         return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+
+    def admits(self, conn: WsConnection) -> bool:
+        """Whether a WebSocket upgrade on the WebSocket path goes through as it is (the
+        fast handshake's question; else :meth:`__call__` answers it: 503)."""
+        return not self.node.draining and conn.admission is not Admission.REFUSED
 
     def other_method(self, conn: WsConnection, method: str, target: str) -> bytes:
         """The response to a request websockets cannot parse (only GET is): HEAD gets
@@ -146,37 +151,32 @@ class _Routes:
         return response.serialize()
 
 
-def _stale(session: Session) -> None:
+def _stale(conn: WsConnection) -> None:
     """No successful connect within the connect timeout: close with 3502."""
-    if session.state is SessionState.CONNECTING:
+    session: Session | None = conn.session
+    if session is None:
+        conn.transport.abort()
+    elif session.state is SessionState.CONNECTING:
         session.reject(codes.CLOSE_STALE.code, codes.CLOSE_STALE.reason)
         session.close(codes.CLOSE_STALE)
 
 
-async def _serve_session(session: Session, connect_timeout: float) -> None:
+async def _serve_session(session: Session) -> None:
     conn: WsConnection = session.conn
-    # One timer handle per connection (not a task and a timeout per recv: profiled).
-    stale: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-        connect_timeout, _stale, session
-    )
+    # The connect deadline is the connection's own timer (wsconn.py: ``on_stale``).
     # ``recv()`` rather than ``async for``: no async generator parked per connection,
     # and the last frame (the connect command, its token) not held while idle.
-    try:
-        while True:
-            try:
-                message = await conn.recv()
-            except ConnectionClosedOK:
-                return
-            await session.feed(message)
-            del message
-            if stale is not None and session.state is not SessionState.CONNECTING:
-                stale.cancel()
-                stale = None
-                if session.state is SessionState.CONNECTED:
-                    conn.authenticated()  # out of the unauthenticated cap (admission.py)
-    finally:
-        if stale is not None:
-            stale.cancel()
+    waiting = True
+    while True:
+        try:
+            message = await conn.recv()
+        except ConnectionClosedOK:
+            return
+        await session.feed(message)
+        del message
+        if waiting and session.state is SessionState.CONNECTED:
+            waiting = False
+            conn.authenticated()  # no deadline, out of the unauthenticated cap
 
 
 def _flooded(conn: WsConnection) -> None:
@@ -193,7 +193,7 @@ def make_handler(node: Node) -> Any:
         session = Session(node, conn)
         conn.session = session  # cleared when the connection is lost
         try:
-            await _serve_session(session, node.settings.connect_timeout)
+            await _serve_session(session)
         except ProtocolViolation as exc:
             if session.state is SessionState.CONNECTING and exc.close.code in _PRE_CONNECT:
                 session.reject(exc.close.code, exc.close.reason)
@@ -288,6 +288,11 @@ async def start_websocket_server(
         other_method=routes.other_method,
         gate=gate,
         keep_headers=proxy.header_names if proxy is not None else None,
+        ws_path=WEBSOCKET_PATH,
+        origins=origins,
+        subprotocol=_JSON_SUBPROTOCOL,
+        admits=routes.admits,
+        on_stale=_stale,
     )
     options: dict[str, Any] = {
         "host": settings.host,

@@ -19,7 +19,6 @@ import asyncio
 import enum
 import logging
 import time
-import uuid
 from collections.abc import Coroutine
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
@@ -38,6 +37,7 @@ from .journal import Journal
 from .metrics import Metrics
 from .model import ClientInfo
 from .protocol import Command, encode_error, encode_reply, parse_frame
+from .randomness import random_uuid
 from .records import Ended, Subscription
 from .writer import Writer
 from .wsconn import WsConnection
@@ -179,7 +179,7 @@ class Session:
     def __init__(self, host: SessionHost, conn: WsConnection) -> None:
         self.host = host
         self.conn = conn
-        self.client_id = str(uuid.uuid4())
+        self.client_id = random_uuid()
         self.state = SessionState.CONNECTING
         self.user = ""
         self.conn_info: bytes | None = None

@@ -59,11 +59,12 @@ class _Batch:
 class Writer:
     """Per node: the current iteration's epoch and the connections' queued batches."""
 
-    __slots__ = ("_pending", "epoch", "frames", "messages", "scheduled")
+    __slots__ = ("_loop", "_pending", "epoch", "frames", "messages", "scheduled")
 
     def __init__(self) -> None:
         self._pending: dict[Connection, _Batch] = {}
         self.epoch: object = object()
+        self._loop: asyncio.AbstractEventLoop | None = None
         """Changes at every :meth:`turn`: a connection that wrote in the current epoch
         queues what follows (sessions compare it by identity, per message)."""
         self.scheduled = False
@@ -76,7 +77,10 @@ class Writer:
         """A connection wrote in this iteration: end the iteration with :meth:`turn`."""
         if not self.scheduled:
             self.scheduled = True
-            asyncio.get_running_loop().call_soon(self.turn)
+            loop = self._loop
+            if loop is None:  # cached: get_running_loop() makes a system call (getpid)
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.turn)
 
     def queue(self, conn: Connection, payload: bytes) -> None:
         """Queue a message for ``conn``, which already wrote in this iteration.

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
 from typing import Any, Final, cast
 
 from websockets.datastructures import Headers
@@ -48,16 +47,13 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from .admission import Admission, ConnectionGate
+from .admission import Admission
+from .handshake import fast_accept, request_line
+from .wsendpoint import Endpoint
 
-__all__ = ["CLOSE_TIMEOUT", "Endpoint", "WsConnection"]
+__all__ = ["WsConnection"]
 
 logger = logging.getLogger("realtime_server.server")
-
-CLOSE_TIMEOUT: Final = 1.5
-"""Seconds a close may take, from the decision to the socket's release: the peer's close
-frame and the end of the TCP connection (websockets' default is 10 s). A responsive
-client answers within a round trip; one that does not is aborted."""
 
 _OPEN: Final = State.OPEN
 _CONNECTING: Final = State.CONNECTING
@@ -66,82 +62,13 @@ _BINARY: Final = Opcode.BINARY
 _CONT: Final = Opcode.CONT
 _NO_HEADERS: Final = Headers()
 
-Routes = Callable[["WsConnection", Request], Response | None]
-Handler = Callable[["WsConnection"], Coroutine[Any, Any, None]]
-
-
-class Endpoint:
-    """What every connection of one listening socket shares: the protocol's settings,
-    the routes answering plain HTTP requests, the handler of an open connection, the
-    caps, and the set of live connections (for shutdown)."""
-
-    __slots__ = (
-        "close_timeout",
-        "connections",
-        "gate",
-        "handler",
-        "idle",
-        "keep_headers",
-        "make_protocol",
-        "max_queue",
-        "on_flood",
-        "open_timeout",
-        "other_method",
-        "routes",
-        "write_cap",
-    )
-
-    def __init__(
-        self,
-        *,
-        make_protocol: Callable[[], ServerProtocol],
-        routes: Routes,
-        handler: Handler,
-        open_timeout: float,
-        write_cap: int,
-        on_flood: Callable[[WsConnection], None] | None = None,
-        other_method: Callable[[WsConnection, str, str], bytes] | None = None,
-        gate: ConnectionGate | None = None,
-        keep_headers: frozenset[str] | None = None,
-        max_queue: int = 16,
-        close_timeout: float = CLOSE_TIMEOUT,
-    ) -> None:
-        self.make_protocol = make_protocol
-        self.routes = routes
-        self.handler = handler
-        self.open_timeout = open_timeout
-        self.write_cap = write_cap
-        self.on_flood = on_flood
-        self.other_method = other_method
-        self.gate = gate
-        self.keep_headers = keep_headers
-        """Lower-case request header names kept after the handshake (the subscribe
-        proxy's); None keeps none."""
-        self.max_queue = max_queue
-        self.close_timeout = close_timeout
-        self.connections: set[WsConnection] = set()
-        self.idle: asyncio.Event | None = None
-        """Set once no connection is left (created by :meth:`wait_idle`)."""
-
-    async def wait_idle(self) -> None:
-        """Until every connection is gone."""
-        if not self.connections:
-            return
-        if self.idle is None:
-            self.idle = asyncio.Event()
-        await self.idle.wait()
-
-    def _gone(self, conn: WsConnection) -> None:
-        self.connections.discard(conn)
-        if not self.connections and self.idle is not None:
-            self.idle.set()
-
 
 class WsConnection(asyncio.Protocol):
     """One client socket, from its accept to its end (see the module docstring)."""
 
     __slots__ = (
         "__weakref__",
+        "_closing",
         "_fragments",
         "_lost",
         "_messages",
@@ -157,20 +84,18 @@ class WsConnection(asyncio.Protocol):
         "remote_address",
         "request",
         "session",
-        "started",
         "transport",
     )
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        self.protocol = endpoint.make_protocol()
+    def __init__(self, endpoint: Endpoint[WsConnection]) -> None:
+        self.endpoint: Endpoint[WsConnection] = endpoint
+        self.protocol: ServerProtocol = None  # type: ignore[assignment]  # at the first read
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # until made
         self.remote_address: Any = None
         self.request: Request | None = None
         self.session: Any = None  # set by the server's handler for the connection's life
         self.admission = Admission.NONE
         self.flooded = False
-        self.started = False
         self.closed = False
         """The socket is gone (``connection_lost``)."""
         self.handler_task: asyncio.Task[None] | None = None
@@ -180,6 +105,7 @@ class WsConnection(asyncio.Protocol):
         self._lost: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
+        self._closing = False
 
     # --- asyncio.Protocol ------------------------------------------------------------
 
@@ -190,13 +116,12 @@ class WsConnection(asyncio.Protocol):
         endpoint.connections.add(self)
         if endpoint.gate is not None:
             endpoint.gate.admit(self)  # refused: kept to answer 503 (the routes)
-        self._timer = asyncio.get_running_loop().call_later(
-            endpoint.open_timeout, self._handshake_timeout
-        )
+        # One timer per connection: the deadline to authenticate, then the close's.
+        self._timer = endpoint.loop.call_later(endpoint.open_timeout, self._deadline)
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
-        if protocol.state is _CONNECTING:
+        if protocol is None or protocol.state is _CONNECTING:
             self._handshake(data)
         else:
             protocol.receive_data(data)
@@ -209,13 +134,16 @@ class WsConnection(asyncio.Protocol):
         self._check_flood()
 
     def eof_received(self) -> bool | None:
-        self.protocol.receive_eof()
-        self._send_data()
+        if self.protocol is not None:
+            self.protocol.receive_eof()
+            self._send_data()
         return None  # the transport closes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         protocol = self.protocol
+        if protocol is None:  # closed before a byte was read
+            protocol = self.protocol = self.endpoint.make_protocol()
         protocol.receive_eof()  # idempotent: the state is CLOSED from here
         endpoint = self.endpoint
         if endpoint.gate is not None:
@@ -239,7 +167,7 @@ class WsConnection(asyncio.Protocol):
     @property
     def close_code(self) -> int | None:
         """The close code once the connection is closed (1006 without a close frame)."""
-        return self.protocol.close_code
+        return self.protocol.close_code if self.protocol is not None else None
 
     async def recv(self) -> str | bytes:
         """The next message (text as ``str``); raises ``ConnectionClosed`` once the
@@ -255,7 +183,7 @@ class WsConnection(asyncio.Protocol):
                 return message
             if self.closed:
                 raise self.protocol.close_exc
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = self.endpoint.loop.create_future()
             try:
                 await waiter
             finally:
@@ -269,7 +197,8 @@ class WsConnection(asyncio.Protocol):
             return
         transport = self.transport
         protocol = self.protocol
-        if self.flooded or transport.get_write_buffer_size() > self.endpoint.write_cap:
+        write_cap = self.endpoint.write_cap
+        if protocol is None or self.flooded or transport.get_write_buffer_size() > write_cap:
             transport.abort()
         elif protocol.state is _OPEN:
             protocol.send_close(code, reason)
@@ -291,13 +220,17 @@ class WsConnection(asyncio.Protocol):
         connection keeps none)."""
         lost = self._lost
         if lost is None:
-            lost = self._lost = asyncio.get_running_loop().create_future()
+            lost = self._lost = self.endpoint.loop.create_future()
             if self.closed:
                 lost.set_result(None)
         return lost
 
     def authenticated(self) -> None:
-        """The connection's ``connect`` succeeded (out of the unauthenticated cap)."""
+        """The connection's ``connect`` succeeded: no deadline any more, and out of the
+        unauthenticated cap."""
+        if self._timer is not None and not self._closing:
+            self._timer.cancel()
+            self._timer = None
         gate = self.endpoint.gate
         if gate is not None:
             gate.authenticate(self)
@@ -309,10 +242,12 @@ class WsConnection(asyncio.Protocol):
     # --- the handshake ---------------------------------------------------------------
 
     def _handshake(self, data: bytes) -> None:
-        if not self.started:
-            self.started = True
+        if self.protocol is None:  # the first read
             if len(data) >= 4 and not data.startswith(b"GET ") and self._answer_other(data):
                 return
+            if self._fast_handshake(data):
+                return
+            self.protocol = self.endpoint.make_protocol()
         protocol = self.protocol
         protocol.receive_data(data)
         events = protocol.events_received()
@@ -329,13 +264,31 @@ class WsConnection(asyncio.Protocol):
         if protocol.state is not _OPEN:
             self.transport.close()  # a plain HTTP response or a refused handshake
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self._keep_headers(request)
-        self.handler_task = asyncio.get_running_loop().create_task(self._run())
+        self._opened(request)
         for event in events[1:]:  # frames sent right behind the request
             self._frame(event)
+
+    def _fast_handshake(self, data: bytes) -> bool:
+        endpoint = self.endpoint
+        if endpoint.ws_path is None:
+            return False
+        accepted = fast_accept(
+            data, endpoint.ws_path, endpoint.origins, endpoint.subprotocol, endpoint.keep_headers
+        )
+        if accepted is None or (endpoint.admits is not None and not endpoint.admits(self)):
+            return False
+        self.protocol = endpoint.make_protocol(state=_OPEN)
+        self.transport.write(accepted.response)
+        headers = Headers(accepted.kept) if accepted.kept else _NO_HEADERS
+        self._opened(Request(accepted.path, headers))
+        if accepted.rest:
+            self.data_received(accepted.rest)  # frames sent right behind the request
+        return True
+
+    def _opened(self, request: Request) -> None:
+        self.request = request
+        self.handler_task = self.endpoint.loop.create_task(self._run())
 
     def _respond(self, request: Request) -> Response:
         protocol = self.protocol
@@ -355,22 +308,19 @@ class WsConnection(asyncio.Protocol):
         request.headers = Headers(kept) if kept else _NO_HEADERS
         self.request = request
 
-    def _handshake_timeout(self) -> None:
+    def _deadline(self) -> None:
         self._timer = None
-        if self.protocol.state is _CONNECTING:
-            self.transport.abort()
+        if self.protocol is None or self.protocol.state is _CONNECTING:
+            self.transport.abort()  # the handshake itself did not complete
+        elif self.endpoint.on_stale is not None:
+            self.endpoint.on_stale(self)
 
     def _answer_other(self, data: bytes) -> bool:
         answer = self.endpoint.other_method
-        if answer is None:
-            return False
-        line = data.split(b"\n", 1)[0].rstrip(b"\r")
-        parts = line.split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        line = request_line(data)
+        if answer is None or line is None:
             return False  # not HTTP/1.x: the parser refuses it
-        method = parts[0].decode("ascii", "replace")
-        target = parts[1].decode("ascii", "replace")
-        self.transport.write(answer(self, method, target))
+        self.transport.write(answer(self, *line))
         self.transport.close()
         return True
 
@@ -456,11 +406,12 @@ class WsConnection(asyncio.Protocol):
     def _arm_close(self) -> None:
         """The TCP connection should end soon: abort it if it has not within
         ``close_timeout``."""
-        if self.closed or (self._timer is not None and self.protocol.state is not _CONNECTING):
+        if self.closed or self._closing:
             return
+        self._closing = True
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(
+        self._timer = self.endpoint.loop.call_later(
             self.endpoint.close_timeout, self.transport.abort
         )
 

@@ -10,7 +10,8 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-from .wsconn import Endpoint, WsConnection
+from .wsconn import WsConnection
+from .wsendpoint import Endpoint
 
 __all__ = ["WsServer", "listen"]
 
@@ -18,7 +19,7 @@ __all__ = ["WsServer", "listen"]
 class WsServer:
     """The listening socket of one :class:`~.wsconn.Endpoint`."""
 
-    def __init__(self, server: asyncio.AbstractServer, endpoint: Endpoint) -> None:
+    def __init__(self, server: asyncio.AbstractServer, endpoint: Endpoint[WsConnection]) -> None:
         self.server = server
         self.endpoint = endpoint
 
@@ -59,9 +60,9 @@ class WsServer:
 _closing: set[asyncio.Task[None]] = set()  # strong references to background closes
 
 
-async def listen(endpoint: Endpoint, **options: Any) -> WsServer:
+async def listen(endpoint: Endpoint[WsConnection], **options: Any) -> WsServer:
     """``loop.create_server`` with ``options`` (host, port, backlog, reuse_address,
     reuse_port, sock...) for connections of ``endpoint``."""
-    loop = asyncio.get_running_loop()
+    loop = endpoint.loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: WsConnection(endpoint), **options)
     return WsServer(server, endpoint)

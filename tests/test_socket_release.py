@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 
 from realtime_server.events import EventType
 from realtime_server.session import Session
-from realtime_server.wsconn import CLOSE_TIMEOUT
+from realtime_server.wsendpoint import CLOSE_TIMEOUT
 
 from .conftest import StartServer, ws_url
 from .helpers import MS, RawClient, recorded, token

@@ -8,13 +8,13 @@ reconnect after it are told ``recovered: false``.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..model import ClientInfo, Publication, RawJSON, StreamPosition, kept
+from ..randomness import random_token
 from .engine import (
     BrokerEventHandler,
     ControlMessage,
@@ -34,7 +34,7 @@ Clock = Callable[[], float]
 
 def new_epoch() -> str:
     """A short random id of a stream incarnation."""
-    return secrets.token_urlsafe(6)
+    return random_token(6)
 
 
 @dataclass(slots=True)
