@@ -54,7 +54,7 @@ class Admission(enum.IntEnum):
 
 
 class Gated(Protocol):
-    """What the gate needs of a connection (``wsconn.GuardedConnection``)."""
+    """What the gate needs of a connection (``wsconn.WsConnection``)."""
 
     admission: Admission
 

@@ -247,7 +247,10 @@ class Settings:
         65536, "largest client frame, bytes (larger: close 1009)", minimum=1024, metavar="BYTES"
     )
     connect_timeout: float = setting(
-        10.0, "seconds to send connect before close 3502", minimum=0.05, metavar="SECONDS"
+        10.0,
+        "seconds from the TCP accept to a successful connect (else close 3502)",
+        minimum=0.05,
+        metavar="SECONDS",
     )
     ping_interval: float = setting(
         25.0, "seconds between server pings (0 disables)", minimum=0, metavar="SECONDS"

@@ -6,8 +6,8 @@ allocations and a full one each time the long-lived heap has grown by a quarter.
 pass, seven or eight of them while connections ramp up (about 1.9 s of CPU for 10,000
 connects: a third of the connect cost, and the whole latency tail).
 
-A closed connection leaves no cyclic garbage (:mod:`.wsconn` breaks the cycles
-websockets leaves), so nearly everything is freed by reference counting and the
+A closed connection leaves no cyclic garbage (:mod:`.wsconn`'s connections hold no
+cycles), so nearly everything is freed by reference counting and the
 collector only has to find the rare cycle. Young collections every 50,000 net
 allocations, the middle generation every 20 of those, and full passes only when the
 usual "a quarter more long-lived objects" rule also holds: measured 0.17 s of GC CPU for
