@@ -176,6 +176,8 @@ class WsConnection(asyncio.Protocol):
             messages = self._messages
             if messages:
                 message = messages.popleft()
+                if not messages:
+                    self._messages = None  # an idle connection keeps no deque (0.6 KiB)
                 if self._paused and len(messages) <= self.endpoint.max_queue // 4:
                     self._paused = False
                     if not self.flooded and not self.closed:
