@@ -41,6 +41,7 @@ WEBSOCKET_PATH = "/connection/websocket"
 _JSON_SUBPROTOCOL = Subprotocol("centrifuge-json")
 # Violations before any connect command was handled (others are logged by the command).
 _PRE_CONNECT = frozenset({codes.CLOSE_BAD_REQUEST.code, codes.CLOSE_STALE.code})
+_WEBSOCKETS_LOGGER = logging.getLogger("websockets.server")
 _GET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
@@ -278,7 +279,10 @@ async def start_websocket_server(
     proxy = node.subscribe_proxy  # the handshake headers it forwards (None: keep none)
     endpoint = Endpoint(
         make_protocol=functools.partial(
-            JsonProtocol, origins=origins, max_size=settings.max_message_size
+            JsonProtocol,
+            origins=origins,
+            max_size=settings.max_message_size,
+            logger=_WEBSOCKETS_LOGGER,  # not looked up (under logging's lock) per connection
         ),
         routes=routes,
         handler=make_handler(node),

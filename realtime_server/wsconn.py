@@ -54,6 +54,7 @@ from .wsendpoint import Endpoint
 __all__ = ["WsConnection"]
 
 logger = logging.getLogger("realtime_server.server")
+_PROTOCOL_LOG = logging.getLogger("websockets.server")
 
 _OPEN: Final = State.OPEN
 _CONNECTING: Final = State.CONNECTING
@@ -273,8 +274,8 @@ class WsConnection(asyncio.Protocol):
 
     def _fast_handshake(self, data: bytes) -> bool:
         endpoint = self.endpoint
-        if endpoint.ws_path is None:
-            return False
+        if endpoint.ws_path is None or _PROTOCOL_LOG.isEnabledFor(logging.DEBUG):
+            return False  # at DEBUG, websockets' parser logs the request (scrubbed)
         accepted = fast_accept(
             data, endpoint.ws_path, endpoint.origins, endpoint.subprotocol, endpoint.keep_headers
         )
