@@ -210,7 +210,8 @@ async def test_unix_socket_and_database(unix_redis: tuple[RedisServer, Path]) ->
 async def test_server_over_tls_end_to_end(
     tls_redis: tuple[RedisServer, int, Path], start_server: StartServer
 ) -> None:
-    """A whole node on ``rediss://`` (commands through redis-py, pub/sub through ours)."""
+    """A whole node on ``rediss://`` (connects, reads and presence on our command link,
+    pub/sub on ours too)."""
     _server, tls_port, ca = tls_redis
     url = f"rediss://alice:{PASSWORD}@127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}"
     server = await start_server(REDIS_URL=url)

@@ -127,4 +127,4 @@ class RedisPublishing:
 
     async def publish_control(self, message: ControlMessage) -> None:
         payload = orjson.dumps({"kind": message.kind, "params": message.params})
-        await self.commands.run(lambda: self.commands.client.publish(self.names.control, payload))
+        await self.commands.call("PUBLISH", self.names.control, payload)
