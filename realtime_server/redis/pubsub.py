@@ -16,7 +16,9 @@ read loop waited in ``get_message``, and its reconnect raced that loop: "read() 
 while another coroutine is already waiting", a leaked subscription, issue 11.)
 
 The invariant this gives: once the commands written so far are processed, Redis holds
-on the connection exactly the anchor channel plus :attr:`~PubSubShard.channels`. A
+on the connection exactly the anchor channel plus :attr:`~PubSubShard.channels`. Messages
+of other channels are dropped: once ``unsubscribe`` returned, nothing of that channel
+is dispatched, even what Redis still sent before it read the UNSUBSCRIBE. A
 subscribe that fails (link lost, timeout, error reply) is undone in the same place:
 removed from ``channels`` and, while the link is up, unsubscribed. A new connection
 subscribes a snapshot of ``channels`` taken when its commands are written; later
@@ -280,13 +282,19 @@ class PubSubShard:
         (raises)."""
         on_message = self._on_message
         expected = self._expected
+        channels = self.channels
+        anchor = self._anchor.encode()
         while True:
             while (reply := parser.gets()) is not False:
                 if isinstance(reply, list) and reply:
                     kind = reply[0]
                     if kind in _MESSAGES:
-                        if until is None:
-                            await on_message(reply[1], reply[2])
+                        # Only channels still held: Redis may run a publication sent
+                        # on another connection after an UNSUBSCRIBE sent here before
+                        # the UNSUBSCRIBE itself.
+                        name = reply[1]
+                        if until is None and (name == anchor or name.decode() in channels):
+                            await on_message(name, reply[2])
                     elif kind in _CONFIRMATIONS:
                         _confirm(expected, kind, reply[1])
                     # anything else (pmessage...) is not ours
