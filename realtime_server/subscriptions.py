@@ -107,12 +107,19 @@ class Setup:
     block without a commit undoes them, whatever happened in between.
     """
 
-    __slots__ = ("_owner", "committed", "outcomes", "requests", "session")
+    __slots__ = ("_check", "_owner", "committed", "outcomes", "requests", "session")
 
-    def __init__(self, owner: Subscriptions, session: Session, requests: Sequence[Request]):
+    def __init__(
+        self,
+        owner: Subscriptions,
+        session: Session,
+        requests: Sequence[Request],
+        check: Coroutine[Any, Any, None] | None = None,
+    ):
         self._owner = owner
         self.session = session
         self.requests = tuple(requests)
+        self._check = check
         self.outcomes: tuple[Outcome, ...] = ()
         self.committed = False
 
@@ -123,7 +130,7 @@ class Setup:
 
     async def __aenter__(self) -> Setup:
         try:
-            self.outcomes = await self._owner._begin(self.session, self.requests)
+            self.outcomes = await self._owner._begin(self.session, self.requests, self._check)
         except BaseException:
             await self._owner._abort(self.session, self.requests)
             raise
@@ -206,15 +213,35 @@ class Subscriptions:
 
     # --- begin, commit, abort --------------------------------------------------------
 
-    def setting_up(self, s: Session, requests: Sequence[Request]) -> Setup:
-        """``async with subscriptions.setting_up(s, requests) as setup:`` (see Setup)."""
-        return Setup(self, s, requests)
+    def setting_up(
+        self,
+        s: Session,
+        requests: Sequence[Request],
+        check: Coroutine[Any, Any, None] | None = None,
+    ) -> Setup:
+        """``async with subscriptions.setting_up(s, requests) as setup:`` (see Setup).
 
-    async def _begin(self, s: Session, requests: Sequence[Request]) -> tuple[Outcome, ...]:
+        ``check``, when given, runs alongside the history read (after the broker
+        subscriptions): a check that asks Redis (the revocation store's) then leaves in
+        the same write as the read. Its error, if any, is raised rather than the
+        read's, and aborts the setup like any other."""
+        return Setup(self, s, requests, check)
+
+    async def _begin(
+        self,
+        s: Session,
+        requests: Sequence[Request],
+        check: Coroutine[Any, Any, None] | None = None,
+    ) -> tuple[Outcome, ...]:
         for r in requests:
             s.add_pending(r.channel)
             self._hub.add_pending(r.channel, s)
-        await self._acquire_all([r.channel for r in requests])
+        try:
+            await self._acquire_all([r.channel for r in requests])
+        except BaseException:
+            if check is not None:
+                check.close()  # never started
+            raise
         # One history read for every channel with history (one round trip on Redis),
         # after every broker subscription is confirmed: it misses nothing.
         queries: list[HistoryQuery] = []
@@ -223,10 +250,27 @@ class Subscriptions:
             if hopts is not None:
                 limit = -1 if r.request.recover else 0
                 queries.append(HistoryQuery(r.channel, r.request.since, limit, options=hopts))
-        found = iter(await self._broker.history_many(queries) if queries else ())
+        found = iter(await self._read(queries, check))
         return tuple(
             _outcome(r.request, next(found) if r.options.history else None) for r in requests
         )
+
+    async def _read(
+        self, queries: list[HistoryQuery], check: Coroutine[Any, Any, None] | None
+    ) -> Sequence[HistoryResult]:
+        if check is None:
+            return await self._broker.history_many(queries) if queries else ()
+        checking = asyncio.ensure_future(check)  # its command leaves with the read's
+        try:
+            found = await self._broker.history_many(queries) if queries else ()
+        except asyncio.CancelledError:
+            checking.cancel()
+            raise
+        except BaseException:
+            await checking  # its verdict comes first (a revoked token is told so)
+            raise
+        await checking
+        return found
 
     def _commit(
         self,

@@ -29,6 +29,10 @@ class RedisRevocationStore:
         self.names = commands.names
         self._max_lifetime = max_lifetime
 
+    @property
+    def remote(self) -> bool:
+        return True
+
     def set_listener(self, listener: RevocationListener) -> None:
         """Announcements reach nodes through the broker's control channel."""
         return None

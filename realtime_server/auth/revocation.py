@@ -62,7 +62,13 @@ class RevocationStore(Protocol):
     ``is_revoked`` raises :class:`~realtime_server.errors.BackendUnavailable` when the
     store cannot be reached in time: callers must then refuse the token (temporarily),
     never let it in unchecked.
+
+    ``remote``: whether ``is_revoked`` asks another process (a round trip), so that a
+    caller may send it along with its own reads rather than on its own.
     """
+
+    @property
+    def remote(self) -> bool: ...
 
     def set_listener(self, listener: RevocationListener) -> None: ...
 
@@ -98,6 +104,10 @@ class MemoryRevocationStore:
         self._margin = margin
         self._clock = clock
         self._listener: RevocationListener | None = None
+
+    @property
+    def remote(self) -> bool:
+        return False
 
     def set_listener(self, listener: RevocationListener) -> None:
         self._listener = listener
