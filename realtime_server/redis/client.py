@@ -243,9 +243,16 @@ class RedisCommands:
         return list(await self.call("MGET", *keys))
 
     async def script(
-        self, script: LuaScript, keys: Sequence[str], args: Sequence[ScriptArg]
+        self,
+        script: LuaScript,
+        keys: Sequence[str],
+        args: Sequence[ScriptArg],
+        *,
+        lazy: bool = False,
     ) -> Any:
-        """Run one script (with the timeout; failures become BackendUnavailable)."""
+        """Run one script (with the timeout; failures become BackendUnavailable).
+        ``lazy``: best-effort work after a reply, which may wait a moment on a single
+        Redis to leave in one write with other commands (:mod:`.command_link`)."""
         if not self._detected:
             await self.run(self.detect)
         if self.cluster:
@@ -253,14 +260,16 @@ class RedisCommands:
         link = self._command_link()
         try:
             try:
-                return await link.call("EVALSHA", script.sha, len(keys), *keys, *args)
+                return await link.call("EVALSHA", script.sha, len(keys), *keys, *args, lazy=lazy)
             except NoScriptError:
                 await link.call("SCRIPT", "LOAD", script.source)
                 return await link.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from None
 
-    async def run_batch(self, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def run_batch(
+        self, script: LuaScript, calls: Sequence[ScriptCall], *, lazy: bool = False
+    ) -> list[Any]:
         """Run a batch script (``history.lua``, ``presence_join.lua``) for several
         calls in one round trip; one result per call, in order.
 
@@ -269,7 +278,8 @@ class RedisCommands:
         On a single Redis every call goes into one ``EVALSHA``. On a cluster a script
         may only touch keys of one hash slot, so each call (one channel's keys, which
         share its ``{C}`` tag) runs on its own, on the shard of its keys, concurrently.
-        Any failure raises BackendUnavailable (some calls may have run then)."""
+        Any failure raises BackendUnavailable (some calls may have run then).
+        ``lazy`` as for :meth:`script`."""
         if not calls:
             return []
         if not self._detected:
@@ -277,7 +287,7 @@ class RedisCommands:
         if len(calls) == 1 or not self.cluster:
             keys = [key for call in calls for key in call.keys]
             args = [arg for call in calls for arg in call.args]
-            return list(await self.script(script, keys, args))
+            return list(await self.script(script, keys, args, lazy=lazy))
         return await self.run(lambda: self._concurrent(script, calls))
 
     async def script_pipeline(self, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:

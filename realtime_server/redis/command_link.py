@@ -6,8 +6,14 @@ four commands of a connect were most of what the Redis engine added to a connect
 CPU (issue 15). Every caller shares this one connection instead:
 
 - a command is packed (``hiredis``) and appended to the outgoing buffer together with
-  the future its reply resolves, in one synchronous step; the buffer is written once
-  per event-loop iteration, so the commands of concurrent callers leave in one write;
+  the future its reply resolves, in one synchronous step; the buffer is written at the
+  end of the event-loop iteration, or, while commands written earlier are still
+  unanswered, as soon as the last of their replies is read: so the commands of
+  concurrent callers leave together, one write per round trip however many callers
+  (a write to a local socket costs about as much CPU as the Python around it);
+- a *lazy* command (best-effort work after a reply: presence, join, leave) waits up
+  to :data:`LAZY_DELAY` for other commands to leave with, rather than costing a write
+  (and a read) of its own;
 - Redis answers in order, so replies resolve the futures first in, first out (a
   caller that gave up leaves its future cancelled, and its reply is dropped);
 - every command is answered within ``timeout`` seconds or the link is aborted: one
@@ -34,9 +40,12 @@ from redis.exceptions import NoScriptError, ResponseError
 from ..errors import BackendUnavailable
 from .link import LinkOptions, dial
 
-__all__ = ["CommandLink"]
+__all__ = ["LAZY_DELAY", "CommandLink"]
 
 Arg = bytes | str | int | float
+
+LAZY_DELAY = 0.002
+"""Seconds a lazy command may wait for company before it is written."""
 
 _EARLY = 0.001
 """Seconds a timer may fire before its time (the loop's clock resolution)."""
@@ -76,6 +85,11 @@ class CommandLink:
         self._parser = hiredis.Reader()
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._out: list[bytes] = []
+        self._flush_soon = False
+        """A write is scheduled for this loop iteration's end."""
+        self._flush_later: asyncio.TimerHandle | None = None
+        self._in_flight = 0
+        """Commands written and not answered yet."""
         self._dialing: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
 
@@ -83,12 +97,13 @@ class CommandLink:
     def connected(self) -> bool:
         return self._ready
 
-    async def call(self, *args: Arg) -> Any:
+    async def call(self, *args: Arg, lazy: bool = False) -> Any:
         """Send one command and return its reply (raises ResponseError for an error
-        reply, TimeoutError or ConnectionError when Redis does not answer)."""
+        reply, TimeoutError or ConnectionError when Redis does not answer). ``lazy``:
+        it may wait up to :data:`LAZY_DELAY` to leave with other commands."""
         if not self._ready:
             await self.connect()
-        return await self.send(args)
+        return await self.send(args, lazy)
 
     async def connect(self) -> None:
         """Dial unless connected (one dial, shared by the callers waiting for it)."""
@@ -102,20 +117,24 @@ class CommandLink:
         if not self._ready:  # lost again right after the dial
             raise ConnectionError("redis command connection lost")
 
-    def send(self, args: Sequence[Arg]) -> asyncio.Future[Any]:
+    def send(self, args: Sequence[Arg], lazy: bool = False) -> asyncio.Future[Any]:
         """Queue one command now (after :meth:`connect`); the future gets its reply.
         Commands sent in one synchronous step are consecutive on the connection."""
         if not self._ready:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.set_exception(ConnectionError("redis command connection lost"))
             return future
-        return self._queue(args)
+        return self._queue(args, lazy)
 
-    def _queue(self, args: Sequence[Arg]) -> asyncio.Future[Any]:
+    def _queue(self, args: Sequence[Arg], lazy: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if not self._out:
-            loop.call_soon(self._flush)
+        if not lazy:
+            if not self._flush_soon:
+                self._flush_soon = True
+                loop.call_soon(self._flush)
+        elif self._flush_later is None and not self._flush_soon:
+            self._flush_later = loop.call_later(LAZY_DELAY, self._flush)
         self._out.append(hiredis.pack_command(tuple(args)))  # type: ignore[arg-type]
         now = loop.time()
         if self._watchdog is None:
@@ -124,12 +143,23 @@ class CommandLink:
         return future
 
     def _flush(self) -> None:
+        """At the end of an iteration, or a lazy command's delay: write what is
+        queued, unless earlier commands are unanswered (their last reply writes it)."""
+        self._flush_soon = False
+        later, self._flush_later = self._flush_later, None
+        if later is not None:
+            later.cancel()
+        if not self._in_flight:
+            self._write()
+
+    def _write(self) -> None:
         out = self._out
         if not out:
             return
         self._out = []
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None:
+            self._in_flight += len(out)
             protocol.transport.write(b"".join(out))
 
     def _watch(self) -> None:
@@ -189,6 +219,7 @@ class CommandLink:
         waiting = self._waiting
         try:
             while (reply := parser.gets()) is not False:
+                self._in_flight -= 1
                 future = waiting.popleft()[0]
                 if future.done():
                     continue  # its caller gave up
@@ -198,6 +229,9 @@ class CommandLink:
                     future.set_result(reply)
         except (hiredis.ProtocolError, IndexError):
             self._abort(lambda: ConnectionError("redis replies out of step with the commands"))
+            return
+        if not self._in_flight and self._out:
+            self._write()  # what queued up meanwhile leaves now, in one write
 
     def _lost(self, protocol: _Protocol) -> None:
         if protocol is self._protocol:
@@ -208,6 +242,7 @@ class CommandLink:
         protocol, self._protocol = self._protocol, None
         self._ready = False
         self._out = []
+        self._in_flight = 0
         if protocol is not None and protocol.transport is not None:
             protocol.transport.abort()
         if self._watchdog is not None:
