@@ -218,3 +218,41 @@ async def test_server_over_tls_end_to_end(
     client = await connected(server, "7", channels=["document:tls"])
     await server.node.ops.publish("document:tls", b'{"signed":true}')
     assert (await client.push("pub"))["pub"]["data"] == {"signed": True}
+
+
+async def test_concurrent_subscribes_share_commands_and_an_error_fails_its_command() -> None:
+    """Subscribes queued together leave as one SUBSCRIBE (each channel confirmed); an
+    error reply fails every channel of its command and nothing else (the link stays
+    in step). A user allowed only ``ok*`` channels shows both."""
+    server = RedisServer()
+    await server.start()
+    admin = aioredis.Redis.from_url(server.url)
+    sink = _Sink()
+    shard = _shard(f"redis://limited:{PASSWORD}@127.0.0.1:{server.port}/0", sink)
+    try:
+        await admin.execute_command(
+            "ACL", "SETUSER", "limited", "on", f">{PASSWORD}", "~*", "&ok*", "&rt-test-anchor",
+            "+@all",
+        )  # fmt: skip
+        shard.start()
+        assert await shard.wait_ready(5000 * MS)
+        await admin.config_resetstat()
+        names = [f"ok:{i}" for i in range(40)]
+        await asyncio.gather(*(shard.subscribe(n) for n in names))
+        stats = await admin.info("commandstats")
+        assert stats["cmdstat_subscribe"]["calls"] < len(names)  # batched
+        assert shard.channels == set(names)
+        assert (await admin.pubsub_numsub(*names)) == [(n.encode(), 1) for n in names]
+        denied = await asyncio.gather(
+            shard.subscribe("ok:also"), shard.subscribe("no:way"), return_exceptions=True
+        )
+        assert all(isinstance(d, BackendUnavailable) for d in denied), denied
+        assert "ok:also" not in shard.channels and "no:way" not in shard.channels
+        await shard.subscribe("ok:after")  # the link is still in step
+        assert shard.ready and "ok:after" in shard.channels
+        assert await admin.publish("ok:after", b"hello") == 1
+        assert await asyncio.wait_for(sink.messages.get(), 2000 * MS) == (b"ok:after", b"hello")
+    finally:
+        await shard.close()
+        await admin.aclose()
+        await server.close()

@@ -7,9 +7,13 @@ owning its slot), so its messages arrive in order on one connection.
 parsed by ``hiredis``; :mod:`.link` dials it), and only its owner task reads it:
 it connects, subscribes every channel the shard holds, then reads and dispatches every
 reply. Other coroutines never read: :meth:`PubSubShard.subscribe` and
-:meth:`~PubSubShard.unsubscribe` update :attr:`~PubSubShard.channels` and append the
-encoded command to the transport in the same synchronous step, and ``subscribe`` then
-awaits a future that the owner resolves when Redis confirms. Redis answers commands in
+:meth:`~PubSubShard.unsubscribe` update :attr:`~PubSubShard.channels` and queue the
+command in the same synchronous step, and ``subscribe`` then awaits a future that the
+owner resolves when Redis confirms. Queued commands are written at the end of the
+loop iteration or, while earlier ones are unconfirmed, once the last confirmation is
+read; consecutive SUBSCRIBEs (or UNSUBSCRIBEs) queued meanwhile leave as one command
+(Redis confirms each channel all the same): under a connect storm one write carries
+many connects' channels instead of one write each. Redis answers commands in
 order on a connection, so replies are matched to commands by a FIFO of expected
 replies, never by name alone. (redis-py's ``PubSub`` ran those commands itself while the
 read loop waited in ``get_message``, and its reconnect raced that loop: "read() called
@@ -86,6 +90,8 @@ class _Expected:
     kind: bytes
     name: bytes
     waiter: asyncio.Future[None] | None
+    command: int
+    """Which command asked for it (an error reply answers a whole command)."""
 
 
 class PubSubShard:
@@ -118,6 +124,10 @@ class PubSubShard:
         self._state = _State.DOWN
         self._writer: asyncio.StreamWriter | None = None
         self._expected: deque[_Expected] = deque()
+        self._queued: list[tuple[bytes, list[str]]] = []  # commands not written yet
+        self._unsent = 0  # the replies they will get (the tail of _expected)
+        self._commands = 0
+        self._flush_soon = False
         self._late = False
         self._received = 0  # reads since the connection opened (the watchdog's clock)
         self._ready_event = asyncio.Event()
@@ -190,18 +200,43 @@ class PubSubShard:
         names: tuple[str, ...],
         waiter: asyncio.Future[None] | None,
     ) -> None:
-        """Append one command and the replies it will get (the last one resolves
-        ``waiter``). Synchronous: never interleaved with another command."""
+        """Queue one command and the replies it will get (the last one resolves
+        ``waiter``). Synchronous: never interleaved with another command. Joins the
+        command queued last when it is the same (not SSUBSCRIBE: one slot each)."""
         writer = self._writer
         if writer is None or writer.transport.is_closing():
             if waiter is not None and not waiter.done():
                 waiter.set_exception(ConnectionError("pub/sub link lost"))
             return
-        expected = self._expected
+        queued = self._queued
+        if queued and queued[-1][0] == command and not self._sharded:
+            queued[-1][1].extend(names)
+        else:
+            self._commands += 1
+            queued.append((command, list(names)))
+            if not self._flush_soon:
+                self._flush_soon = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        expected, number = self._expected, self._commands
         last = len(names) - 1
         for i, name in enumerate(names):
-            expected.append(_Expected(confirmation, name.encode(), waiter if i == last else None))
-        writer.write(encode_command(command, *names))
+            entry = _Expected(confirmation, name.encode(), waiter if i == last else None, number)
+            expected.append(entry)
+        self._unsent += len(names)
+
+    def _flush(self) -> None:
+        """End of the iteration: write what is queued, unless commands written
+        earlier are unconfirmed (the owner writes it when their last reply is in)."""
+        self._flush_soon = False
+        if len(self._expected) == self._unsent:
+            self._send()
+
+    def _send(self) -> None:
+        queued, self._queued = self._queued, []
+        self._unsent = 0
+        writer = self._writer
+        if queued and writer is not None and not writer.transport.is_closing():
+            writer.write(b"".join(encode_command(command, *names) for command, names in queued))
 
     # --- the owner task ----------------------------------------------------------------
 
@@ -299,15 +334,19 @@ class PubSubShard:
                         _confirm(expected, kind, reply[1])
                     # anything else (pmessage...) is not ours
                 elif isinstance(reply, hiredis.ReplyError):
-                    if until is not None or not expected:
+                    if until is not None or len(expected) == self._unsent:
                         raise ConnectionError(f"error reply: {reply}")
-                    waiter = expected.popleft().waiter
-                    if waiter is not None and not waiter.done():
-                        waiter.set_exception(BackendUnavailable(f"redis: {reply}"))
+                    command = expected[0].command
+                    while len(expected) > self._unsent and expected[0].command == command:
+                        waiter = expected.popleft().waiter  # the whole command failed
+                        if waiter is not None and not waiter.done():
+                            waiter.set_exception(BackendUnavailable(f"redis: {reply}"))
                 else:
                     raise ConnectionError("unexpected reply on a pub/sub link")
                 if until is not None and until.done():
                     return
+            if self._queued and len(expected) == self._unsent:
+                self._send()  # all confirmed: what queued up meanwhile, in one write
             data = await reader.read(_READ_SIZE)
             if not data:
                 raise ConnectionError("connection closed by redis")
@@ -326,7 +365,8 @@ class PubSubShard:
                 continue
             if writer is None or writer is not self._writer or writer.transport.is_closing():
                 return
-            self._expected.append(_Expected(b"pong", b"", None))
+            self._send()  # with anything queued (a hung Redis answers neither)
+            self._expected.append(_Expected(b"pong", b"", None, 0))
             writer.write(ping)
             waited = 0.0
             while self._received == seen:
@@ -365,6 +405,7 @@ class PubSubShard:
         if writer is not None:
             writer.transport.abort()
         expected, self._expected = self._expected, deque()
+        self._queued, self._unsent = [], 0
         for item in expected:
             waiter = item.waiter
             if waiter is not None and not waiter.done():
