@@ -12,6 +12,8 @@ import asyncio
 import datetime
 import ipaddress
 import logging
+import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from realtime_server.redis.link import LinkOptions
 from realtime_server.redis.pubsub import PubSubShard
 
 from .conftest import StartServer, connected
-from .helpers import MS
+from .helpers import MS, SCALE
 from .redis_server import RedisServer, free_port
 
 PASSWORD = "link-test-password-0123"
@@ -255,4 +257,28 @@ async def test_concurrent_subscribes_share_commands_and_an_error_fails_its_comma
     finally:
         await shard.close()
         await admin.aclose()
+        await server.close()
+
+
+async def test_an_unconfirmed_subscribe_fails_within_the_timeout() -> None:
+    server = RedisServer()
+    await server.start()
+    sink = _Sink()
+    shard = _shard(server.url, sink, timeout=0.5)
+    try:
+        shard.start()
+        assert await shard.wait_ready(5000 * MS)
+        await shard.subscribe("rt:{user:1}")
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            with pytest.raises(BackendUnavailable):
+                await shard.subscribe("rt:{user:2}")
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        assert time.monotonic() - started < 0.5 + 0.15 * SCALE
+        assert shard.channels == {"rt:{user:1}"}  # undone
+    finally:
+        await shard.close()
         await server.close()

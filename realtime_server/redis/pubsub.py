@@ -128,6 +128,8 @@ class PubSubShard:
         self._unsent = 0  # the replies they will get (the tail of _expected)
         self._commands = 0
         self._flush_soon = False
+        self._deadlines: deque[tuple[float, asyncio.Future[None]]] = deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._late = False
         self._received = 0  # reads since the connection opened (the watchdog's clock)
         self._ready_event = asyncio.Event()
@@ -158,6 +160,9 @@ class PubSubShard:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         self._teardown(ConnectionError("closed"))
 
     # --- subscriptions (any coroutine; never reads the connection) ------------------
@@ -169,12 +174,15 @@ class PubSubShard:
         then undone."""
         if not self.ready:
             raise BackendUnavailable("redis pub/sub link down")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self.channels.add(name)
         self._write(self._subscribe, self._confirm_subscribe, (name,), waiter)
+        self._deadlines.append((loop.time() + self._timeout, waiter))
+        if self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(self._deadlines[0][0], self._expire)
         try:
-            async with asyncio.timeout(self._timeout):
-                await waiter
+            await waiter
         except BaseException as exc:
             self._undo(name)
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
@@ -182,6 +190,20 @@ class PubSubShard:
             if isinstance(exc, TimeoutError):
                 raise BackendUnavailable("redis subscribe timed out") from None
             raise BackendUnavailable(f"redis subscribe: {exc}") from None
+
+    def _expire(self) -> None:
+        """Fail the subscribes Redis did not confirm in time (one timer for all of them:
+        cheaper than a timeout per subscribe; the deadlines come in order)."""
+        self._deadline_timer = None
+        deadlines = self._deadlines
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now + 0.001):
+            waiter = deadlines.popleft()[1]
+            if not waiter.done():
+                waiter.set_exception(TimeoutError("no confirmation in time"))
+        if deadlines:
+            self._deadline_timer = loop.call_at(deadlines[0][0], self._expire)
 
     async def unsubscribe(self, name: str) -> None:
         """Forget ``name`` (never raises). While a link holds the shard's channels it is
