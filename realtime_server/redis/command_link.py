@@ -92,6 +92,8 @@ class CommandLink:
         """Commands written and not answered yet."""
         self._dialing: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop of the connection (set when dialing)."""
 
     @property
     def connected(self) -> bool:
@@ -103,7 +105,8 @@ class CommandLink:
         it may wait up to :data:`LAZY_DELAY` to leave with other commands."""
         if not self._ready:
             await self.connect()
-        return await self.send(args, lazy)
+            return await self.send(args, lazy)
+        return await self._queue(args, lazy)
 
     async def connect(self) -> None:
         """Dial unless connected (one dial, shared by the callers waiting for it)."""
@@ -127,7 +130,8 @@ class CommandLink:
         return self._queue(args, lazy)
 
     def _queue(self, args: Sequence[Arg], lazy: bool = False) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # queued only on a connection (dialed in this loop)
         future: asyncio.Future[Any] = loop.create_future()
         if not lazy:
             if not self._flush_soon:
@@ -177,6 +181,7 @@ class CommandLink:
     # --- the connection -------------------------------------------------------------
 
     async def _dial(self) -> None:
+        self._loop = asyncio.get_running_loop()
         options = self._options
         protocol = _Protocol(self)
         async with asyncio.timeout(self._timeout):
