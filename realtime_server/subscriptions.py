@@ -200,12 +200,20 @@ class Subscriptions:
                 await self._broker.unsubscribe(channel)
 
     async def _acquire_all(self, channels: Sequence[str]) -> None:
-        """The broker subscriptions run concurrently; each is confirmed on return."""
-        new = [c for c in channels if c not in self._held]
+        """The broker subscriptions run concurrently; each is confirmed on return. A
+        channel whose lock is taken is being acquired by another setup (no round trip
+        of ours): with at most one other channel, they are awaited one after the
+        other, that one first, without a task each."""
+        new: list[str] = []
+        busy: list[str] = []
+        for c in channels:
+            if c not in self._held:
+                (busy if self._lock(c).locked() else new).append(c)
         if len(new) <= 1:
-            for channel in new:
+            for channel in (*new, *busy):
                 await self._acquire(channel)
             return
+        new += busy
         outcomes = await asyncio.gather(*(self._acquire(c) for c in new), return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
