@@ -108,7 +108,11 @@ class Commands:
         await handler(s, cmd)
 
     async def _check_revoked(self, jti: str | None, user: str, iat: float | None) -> None:
-        if await self._revocations.is_revoked(jti, user, iat):
+        await self._refuse_revoked(self._revocations.is_revoked(jti, user, iat))
+
+    @staticmethod
+    async def _refuse_revoked(verdict: Awaitable[bool]) -> None:
+        if await verdict:
             raise ProtocolViolation(codes.CLOSE_TOKEN_REVOKED)
 
     # --- connect ---------------------------------------------------------------------
@@ -163,8 +167,13 @@ class Commands:
         s.name, s.version = req.name, req.version
         info = s.client_info()
         subs = [Subscription(r.channel, r.options, info, server_side=True) for r in requests]
-        check = self._check_revoked(claims.jti, claims.sub, claims.iat) if remote else None
-        async with self._subscriptions.setting_up(s, requests, check) as setup:
+
+        def check() -> Awaitable[None]:  # started with the history read: one round trip
+            return self._refuse_revoked(
+                self._revocations.checking(claims.jti, claims.sub, claims.iat)
+            )
+
+        async with self._subscriptions.setting_up(s, requests, check if remote else None) as setup:
             if not setup.alive or s.state is not SessionState.CONNECTING:
                 return
             s.connected_at = now

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -114,7 +114,7 @@ class Setup:
         owner: Subscriptions,
         session: Session,
         requests: Sequence[Request],
-        check: Coroutine[Any, Any, None] | None = None,
+        check: Callable[[], Awaitable[None]] | None = None,
     ):
         self._owner = owner
         self.session = session
@@ -225,31 +225,26 @@ class Subscriptions:
         self,
         s: Session,
         requests: Sequence[Request],
-        check: Coroutine[Any, Any, None] | None = None,
+        check: Callable[[], Awaitable[None]] | None = None,
     ) -> Setup:
         """``async with subscriptions.setting_up(s, requests) as setup:`` (see Setup).
 
-        ``check``, when given, runs alongside the history read (after the broker
-        subscriptions): a check that asks Redis (the revocation store's) then leaves in
-        the same write as the read. Its error, if any, is raised rather than the
-        read's, and aborts the setup like any other."""
+        ``check``, when given, is started right before the history read (after the
+        broker subscriptions) and awaited with it: a check that asks Redis (the
+        revocation store's) then leaves in the same write as the read. Its error, if
+        any, is raised rather than the read's, and aborts the setup like any other."""
         return Setup(self, s, requests, check)
 
     async def _begin(
         self,
         s: Session,
         requests: Sequence[Request],
-        check: Coroutine[Any, Any, None] | None = None,
+        check: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[Outcome, ...]:
         for r in requests:
             s.add_pending(r.channel)
             self._hub.add_pending(r.channel, s)
-        try:
-            await self._acquire_all([r.channel for r in requests])
-        except BaseException:
-            if check is not None:
-                check.close()  # never started
-            raise
+        await self._acquire_all([r.channel for r in requests])
         # One history read for every channel with history (one round trip on Redis),
         # after every broker subscription is confirmed: it misses nothing.
         queries: list[HistoryQuery] = []
@@ -264,20 +259,20 @@ class Subscriptions:
         )
 
     async def _read(
-        self, queries: list[HistoryQuery], check: Coroutine[Any, Any, None] | None
+        self, queries: list[HistoryQuery], check: Callable[[], Awaitable[None]] | None
     ) -> Sequence[HistoryResult]:
         if check is None:
             return await self._broker.history_many(queries) if queries else ()
-        checking = asyncio.ensure_future(check)  # its command leaves with the read's
+        verdict = check()  # a remote check's request is sent now: with the read's
         try:
             found = await self._broker.history_many(queries) if queries else ()
         except asyncio.CancelledError:
-            checking.cancel()
+            asyncio.ensure_future(verdict).add_done_callback(_retrieved)  # not left pending
             raise
         except BaseException:
-            await checking  # its verdict comes first (a revoked token is told so)
+            await verdict  # its verdict comes first (a revoked token is told so)
             raise
-        await checking
+        await verdict
         return found
 
     def _commit(
@@ -419,6 +414,11 @@ class Subscriptions:
             raise
         except Exception:
             logger.exception("releasing %s failed", channel)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # nobody waits for it any more
 
 
 async def _best_effort(

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from realtime_server.auth.redis_revocation import RedisRevocationStore
 from realtime_server.errors import BackendUnavailable
 from realtime_server.redis.client import RedisCommands
 from realtime_server.redis.command_link import CommandLink
@@ -112,3 +113,26 @@ async def test_user_password_and_database_from_the_url(server: RedisServer) -> N
         await wrong.close()
         await commands.close()
         await admin.aclose()
+
+
+async def test_revocation_checking_queued_now_answers_like_is_revoked(server: RedisServer) -> None:
+    """``checking`` sends its MGET at once once the link is up (before: asked when
+    awaited); both answer as ``is_revoked``, and a lost Redis as BackendUnavailable."""
+    commands = RedisCommands(server.url, RedisNames("t:"), timeout=0.5)
+    store = RedisRevocationStore(commands)
+    try:
+        assert commands.mget_soon(["k"]) is None  # nothing dialed yet
+        assert await store.checking("j1", "42", 100.0) is False  # asked when awaited
+        await store.revoke_token("j1", time.time() + 60)
+        await store.revoke_user("7", 1000.0)
+        cases = [("j1", "42", 100.0), ("j2", "42", 100.0), (None, "7", 999.0), ("j3", "7", 1001.0)]
+        queued = [store.checking(*case) for case in cases]  # all MGETs queued now
+        probe = commands.mget_soon(["k"])
+        assert probe is not None and await probe == [None]
+        expected = [await store.is_revoked(*case) for case in cases]
+        assert [await q for q in queued] == expected == [True, False, True, False]
+        await server.stop()
+        with pytest.raises(BackendUnavailable):
+            await store.checking("j1", "42", 100.0)
+    finally:
+        await commands.close()

@@ -11,7 +11,9 @@ refuses the connection temporarily).
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
 
 import orjson
 
@@ -37,11 +39,38 @@ class RedisRevocationStore:
         """Announcements reach nodes through the broker's control channel."""
         return None
 
-    async def is_revoked(self, jti: str | None, user: str, iat: float | None) -> bool:
+    def _keys(self, jti: str | None, user: str) -> list[str]:
         keys = [self.names.revoked_user(user)]
         if jti is not None:
             keys.append(self.names.revoked_jti(jti))
-        return _revoked(await self.commands.mget(keys), jti, iat)
+        return keys
+
+    async def is_revoked(self, jti: str | None, user: str, iat: float | None) -> bool:
+        return _revoked(await self.commands.mget(self._keys(jti, user)), jti, iat)
+
+    def checking(self, jti: str | None, user: str, iat: float | None) -> Awaitable[bool]:
+        """:meth:`is_revoked` with its MGET queued now on the shared command link (it
+        leaves with what the caller queues next in this iteration: a connect's history
+        read); asked when awaited when the link is not up (or on a cluster)."""
+        sent = self.commands.mget_soon(self._keys(jti, user))
+        if sent is None:
+            return self.is_revoked(jti, user, iat)
+        verdict: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        unavailable = self.commands.unavailable
+
+        def answered(reply: asyncio.Future[list[bytes | None]]) -> None:
+            failure = None if reply.cancelled() else reply.exception()  # always retrieved
+            if verdict.done():
+                return  # its caller gave up
+            if reply.cancelled():
+                verdict.cancel()
+            elif failure is not None:
+                verdict.set_exception(unavailable(failure))
+            else:
+                verdict.set_result(_revoked(reply.result(), jti, iat))
+
+        sent.add_done_callback(answered)
+        return verdict
 
     async def revoked_many(self, tokens: list[tuple[str | None, str, float | None]]) -> list[bool]:
         """``is_revoked`` for many tokens, in one MGET (one per shard on a cluster)."""

@@ -217,7 +217,8 @@ class RedisCommands:
             link = self._link = CommandLink(LinkOptions.from_url(self.url), self.timeout)
         return link
 
-    def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+    def unavailable(self, exc: BaseException) -> BackendUnavailable:
+        """The BackendUnavailable a failed command raises (address and cause)."""
         return BackendUnavailable(describe_redis_error(self.url, exc, self.timeout))
 
     async def call(self, *args: ScriptArg) -> Any:
@@ -231,7 +232,7 @@ class RedisCommands:
         try:
             return await self._command_link().call(*args)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc) from None
+            raise self.unavailable(exc) from None
 
     async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """The values of ``keys`` (None where unset), in one round trip (one per shard
@@ -241,6 +242,16 @@ class RedisCommands:
         if self.cluster:  # the keys live on different shards
             return list(await self.run(lambda: self.client.mget_nonatomic(keys)))
         return list(await self.call("MGET", *keys))
+
+    def mget_soon(self, keys: Sequence[str]) -> asyncio.Future[list[bytes | None]] | None:
+        """MGET queued now on the shared command link, so that it leaves in one write
+        with the commands queued after it in this iteration; None when that cannot be
+        (a cluster, or the link not up yet: call :meth:`mget`). The future fails with
+        the link's errors: :meth:`unavailable` describes them."""
+        link = self._link
+        if not self._detected or self.cluster or link is None or not link.connected:
+            return None
+        return link.send(("MGET", *keys))
 
     async def script(
         self,
@@ -265,7 +276,7 @@ class RedisCommands:
                 await link.call("SCRIPT", "LOAD", script.source)
                 return await link.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc) from None
+            raise self.unavailable(exc) from None
 
     async def run_batch(
         self, script: LuaScript, calls: Sequence[ScriptCall], *, lazy: bool = False
@@ -306,7 +317,7 @@ class RedisCommands:
             try:
                 await link.connect()
             except (RedisError, OSError, TimeoutError) as exc:
-                raise self._unavailable(exc) from None
+                raise self.unavailable(exc) from None
             sent = [
                 link.send(("EVALSHA", script.sha, len(c.keys), *c.keys, *c.args)) for c in batch
             ]
@@ -320,7 +331,7 @@ class RedisCommands:
                 if isinstance(reply, ResponseError):
                     raise BackendUnavailable(f"redis: {type(reply).__name__}")
                 if isinstance(reply, BaseException):
-                    raise self._unavailable(reply)
+                    raise self.unavailable(reply)
                 results.append(reply)
         return results
 
