@@ -201,9 +201,9 @@ class Subscriptions:
 
     async def _acquire_all(self, channels: Sequence[str]) -> None:
         """The broker subscriptions run concurrently; each is confirmed on return. A
-        channel whose lock is taken is being acquired by another setup (no round trip
-        of ours): with at most one other channel, they are awaited one after the
-        other, that one first, without a task each."""
+        channel whose lock is taken is being acquired by another setup (it costs no
+        round trip of ours): when at most one channel is left to subscribe, it goes
+        first and the others are awaited after it, with no task for each."""
         new: list[str] = []
         busy: list[str] = []
         for c in channels:
