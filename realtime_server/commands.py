@@ -108,7 +108,11 @@ class Commands:
         await handler(s, cmd)
 
     async def _check_revoked(self, jti: str | None, user: str, iat: float | None) -> None:
-        if await self._revocations.is_revoked(jti, user, iat):
+        await self._refuse_revoked(self._revocations.is_revoked(jti, user, iat))
+
+    @staticmethod
+    async def _refuse_revoked(verdict: Awaitable[bool]) -> None:
+        if await verdict:
             raise ProtocolViolation(codes.CLOSE_TOKEN_REVOKED)
 
     # --- connect ---------------------------------------------------------------------
@@ -129,9 +133,14 @@ class Commands:
             # A hung or lost Redis: fail at once (100, temporary) rather than wait for
             # the revocation check's timeout; /readyz already sends clients elsewhere.
             raise BackendUnavailable("broker unreachable")
-        await self._check_revoked(claims.jti, claims.sub, claims.iat)
-        if s.state is not SessionState.CONNECTING:
-            return
+        # A remote revocation store (Redis) is asked along with the history read, in
+        # one round trip, once the broker subscriptions are confirmed; the setup is
+        # undone when the token is revoked. A local one is asked first.
+        remote = self._revocations.remote
+        if not remote:
+            await self._check_revoked(claims.jti, claims.sub, claims.iat)
+            if s.state is not SessionState.CONNECTING:
+                return
         requests: list[Request] = []
         for name in dict.fromkeys((user_channel(claims.sub), *claims.channels)):
             try:
@@ -140,18 +149,31 @@ class Commands:
             except CommandError:
                 continue  # a channel the token may not have is skipped, never subscribed
             requests.append(Request(name, options, req.subs.get(name) or SubscribeRequest(name)))
-        if len(requests) > settings.max_channels:
-            raise ProtocolViolation(codes.CLOSE_CHANNEL_LIMIT)
         limit = settings.max_connections_per_user
-        if limit and self._registry.user_connections(claims.sub) >= limit:
-            raise ProtocolViolation(codes.CLOSE_CONNECTION_LIMIT)
+        refusal = None
+        if len(requests) > settings.max_channels:
+            refusal = codes.CLOSE_CHANNEL_LIMIT
+        elif limit and self._registry.user_connections(claims.sub) >= limit:
+            refusal = codes.CLOSE_CONNECTION_LIMIT
+        if refusal is not None:
+            if remote:  # a revoked token is told so first, as with a local store
+                await self._check_revoked(claims.jti, claims.sub, claims.iat)
+                if s.state is not SessionState.CONNECTING:
+                    return
+            raise ProtocolViolation(refusal)
 
         s.conn_info = claims.info
         s.token_jti, s.token_iat = claims.jti, claims.iat
         s.name, s.version = req.name, req.version
         info = s.client_info()
         subs = [Subscription(r.channel, r.options, info, server_side=True) for r in requests]
-        async with self._subscriptions.setting_up(s, requests) as setup:
+
+        def check() -> Awaitable[None]:  # started with the history read: one round trip
+            return self._refuse_revoked(
+                self._revocations.checking(claims.jti, claims.sub, claims.iat)
+            )
+
+        async with self._subscriptions.setting_up(s, requests, check if remote else None) as setup:
             if not setup.alive or s.state is not SessionState.CONNECTING:
                 return
             s.connected_at = now

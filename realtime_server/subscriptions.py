@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -107,12 +107,19 @@ class Setup:
     block without a commit undoes them, whatever happened in between.
     """
 
-    __slots__ = ("_owner", "committed", "outcomes", "requests", "session")
+    __slots__ = ("_check", "_owner", "committed", "outcomes", "requests", "session")
 
-    def __init__(self, owner: Subscriptions, session: Session, requests: Sequence[Request]):
+    def __init__(
+        self,
+        owner: Subscriptions,
+        session: Session,
+        requests: Sequence[Request],
+        check: Callable[[], Awaitable[None]] | None = None,
+    ):
         self._owner = owner
         self.session = session
         self.requests = tuple(requests)
+        self._check = check
         self.outcomes: tuple[Outcome, ...] = ()
         self.committed = False
 
@@ -123,7 +130,7 @@ class Setup:
 
     async def __aenter__(self) -> Setup:
         try:
-            self.outcomes = await self._owner._begin(self.session, self.requests)
+            self.outcomes = await self._owner._begin(self.session, self.requests, self._check)
         except BaseException:
             await self._owner._abort(self.session, self.requests)
             raise
@@ -193,12 +200,20 @@ class Subscriptions:
                 await self._broker.unsubscribe(channel)
 
     async def _acquire_all(self, channels: Sequence[str]) -> None:
-        """The broker subscriptions run concurrently; each is confirmed on return."""
-        new = [c for c in channels if c not in self._held]
+        """The broker subscriptions run concurrently; each is confirmed on return. A
+        channel whose lock is taken is being acquired by another setup (it costs no
+        round trip of ours): when at most one channel is left to subscribe, it goes
+        first and the others are awaited after it, with no task for each."""
+        new: list[str] = []
+        busy: list[str] = []
+        for c in channels:
+            if c not in self._held:
+                (busy if self._lock(c).locked() else new).append(c)
         if len(new) <= 1:
-            for channel in new:
+            for channel in (*new, *busy):
                 await self._acquire(channel)
             return
+        new += busy
         outcomes = await asyncio.gather(*(self._acquire(c) for c in new), return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -206,11 +221,26 @@ class Subscriptions:
 
     # --- begin, commit, abort --------------------------------------------------------
 
-    def setting_up(self, s: Session, requests: Sequence[Request]) -> Setup:
-        """``async with subscriptions.setting_up(s, requests) as setup:`` (see Setup)."""
-        return Setup(self, s, requests)
+    def setting_up(
+        self,
+        s: Session,
+        requests: Sequence[Request],
+        check: Callable[[], Awaitable[None]] | None = None,
+    ) -> Setup:
+        """``async with subscriptions.setting_up(s, requests) as setup:`` (see Setup).
 
-    async def _begin(self, s: Session, requests: Sequence[Request]) -> tuple[Outcome, ...]:
+        ``check``, when given, is started right before the history read (after the
+        broker subscriptions) and awaited with it: a check that asks Redis (the
+        revocation store's) then leaves in the same write as the read. Its error, if
+        any, is raised rather than the read's, and aborts the setup like any other."""
+        return Setup(self, s, requests, check)
+
+    async def _begin(
+        self,
+        s: Session,
+        requests: Sequence[Request],
+        check: Callable[[], Awaitable[None]] | None = None,
+    ) -> tuple[Outcome, ...]:
         for r in requests:
             s.add_pending(r.channel)
             self._hub.add_pending(r.channel, s)
@@ -223,10 +253,27 @@ class Subscriptions:
             if hopts is not None:
                 limit = -1 if r.request.recover else 0
                 queries.append(HistoryQuery(r.channel, r.request.since, limit, options=hopts))
-        found = iter(await self._broker.history_many(queries) if queries else ())
+        found = iter(await self._read(queries, check))
         return tuple(
             _outcome(r.request, next(found) if r.options.history else None) for r in requests
         )
+
+    async def _read(
+        self, queries: list[HistoryQuery], check: Callable[[], Awaitable[None]] | None
+    ) -> Sequence[HistoryResult]:
+        if check is None:
+            return await self._broker.history_many(queries) if queries else ()
+        verdict = check()  # a remote check's request is sent now: with the read's
+        try:
+            found = await self._broker.history_many(queries) if queries else ()
+        except asyncio.CancelledError:
+            asyncio.ensure_future(verdict).add_done_callback(_retrieved)  # not left pending
+            raise
+        except BaseException:
+            await verdict  # its verdict comes first (a revoked token is told so)
+            raise
+        await verdict
+        return found
 
     def _commit(
         self,
@@ -367,6 +414,11 @@ class Subscriptions:
             raise
         except Exception:
             logger.exception("releasing %s failed", channel)
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # nobody waits for it any more
 
 
 async def _best_effort(

@@ -135,14 +135,16 @@ class Traced:
         commands = engine.commands
         original = commands.script
 
-        async def traced(script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        async def traced(
+            script: LuaScript, keys: Sequence[str], args: Sequence[Any], **options: Any
+        ) -> Any:
             n = len({entry[1] for entry in self.log})
             self.log.append(("start", n, tuple(keys)))
             try:
                 if self.fail_next:
                     self.fail_next = False
                     raise BackendUnavailable("injected")
-                return await original(script, keys, args)
+                return await original(script, keys, args, **options)
             finally:
                 self.log.append(("end", n, tuple(keys)))
 

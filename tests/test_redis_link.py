@@ -12,6 +12,8 @@ import asyncio
 import datetime
 import ipaddress
 import logging
+import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from realtime_server.redis.link import LinkOptions
 from realtime_server.redis.pubsub import PubSubShard
 
 from .conftest import StartServer, connected
-from .helpers import MS
+from .helpers import MS, SCALE
 from .redis_server import RedisServer, free_port
 
 PASSWORD = "link-test-password-0123"
@@ -210,10 +212,73 @@ async def test_unix_socket_and_database(unix_redis: tuple[RedisServer, Path]) ->
 async def test_server_over_tls_end_to_end(
     tls_redis: tuple[RedisServer, int, Path], start_server: StartServer
 ) -> None:
-    """A whole node on ``rediss://`` (commands through redis-py, pub/sub through ours)."""
+    """A whole node on ``rediss://`` (connects, reads and presence on our command link,
+    pub/sub on ours too)."""
     _server, tls_port, ca = tls_redis
     url = f"rediss://alice:{PASSWORD}@127.0.0.1:{tls_port}/0?ssl_ca_certs={ca}"
     server = await start_server(REDIS_URL=url)
     client = await connected(server, "7", channels=["document:tls"])
     await server.node.ops.publish("document:tls", b'{"signed":true}')
     assert (await client.push("pub"))["pub"]["data"] == {"signed": True}
+
+
+async def test_concurrent_subscribes_share_commands_and_an_error_fails_its_command() -> None:
+    """Subscribes queued together leave as one SUBSCRIBE (each channel confirmed); an
+    error reply fails every channel of its command and nothing else (the link stays
+    in step). A user allowed only ``ok*`` channels shows both."""
+    server = RedisServer()
+    await server.start()
+    admin = aioredis.Redis.from_url(server.url)
+    sink = _Sink()
+    shard = _shard(f"redis://limited:{PASSWORD}@127.0.0.1:{server.port}/0", sink)
+    try:
+        await admin.execute_command(
+            "ACL", "SETUSER", "limited", "on", f">{PASSWORD}", "~*", "&ok*", "&rt-test-anchor",
+            "+@all",
+        )  # fmt: skip
+        shard.start()
+        assert await shard.wait_ready(5000 * MS)
+        await admin.config_resetstat()
+        names = [f"ok:{i}" for i in range(40)]
+        await asyncio.gather(*(shard.subscribe(n) for n in names))
+        stats = await admin.info("commandstats")
+        assert stats["cmdstat_subscribe"]["calls"] < len(names)  # batched
+        assert shard.channels == set(names)
+        assert (await admin.pubsub_numsub(*names)) == [(n.encode(), 1) for n in names]
+        denied = await asyncio.gather(
+            shard.subscribe("ok:also"), shard.subscribe("no:way"), return_exceptions=True
+        )
+        assert all(isinstance(d, BackendUnavailable) for d in denied), denied
+        assert "ok:also" not in shard.channels and "no:way" not in shard.channels
+        await shard.subscribe("ok:after")  # the link is still in step
+        assert shard.ready and "ok:after" in shard.channels
+        assert await admin.publish("ok:after", b"hello") == 1
+        assert await asyncio.wait_for(sink.messages.get(), 2000 * MS) == (b"ok:after", b"hello")
+    finally:
+        await shard.close()
+        await admin.aclose()
+        await server.close()
+
+
+async def test_an_unconfirmed_subscribe_fails_within_the_timeout() -> None:
+    server = RedisServer()
+    await server.start()
+    sink = _Sink()
+    shard = _shard(server.url, sink, timeout=0.5)
+    try:
+        shard.start()
+        assert await shard.wait_ready(5000 * MS)
+        await shard.subscribe("rt:{user:1}")
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            with pytest.raises(BackendUnavailable):
+                await shard.subscribe("rt:{user:2}")
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        assert time.monotonic() - started < 0.5 + 0.15 * SCALE
+        assert shard.channels == {"rt:{user:1}"}  # undone
+    finally:
+        await shard.close()
+        await server.close()

@@ -271,3 +271,35 @@ async def test_disconnect_round_trips(
     assert len(scripts) == 1, sent  # presence removal + leave, together
     assert "PUBLISH" not in sent and "HDEL" not in sent, sent
     assert [info.user for info in presence.values()] == ["w"]
+
+
+async def test_revoked_token_checked_with_the_reads_leaves_nothing_behind(
+    start_server: StartServer, redis_url: str, redis_prefix: str
+) -> None:
+    """On Redis the revocation check leaves with the connect's history read (after the
+    broker subscriptions): a revoked token is still closed 4501, before the channel
+    limit's 3505, and its subscriptions are undone."""
+    server = await start_server(REDIS_URL=redis_url, REDIS_PREFIX=redis_prefix, MAX_CHANNELS=2)
+    await server.node.revocations.revoke_token("gone", time.time() + 60)
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        for channels in (["document:rv"], ["document:rv", "document:rw"]):  # 2 and 3 channels
+            attempt = await RawClient.open(ws_url(server))
+            await attempt.send({"connect": {"token": token("42", jti="gone", channels=channels)}})
+            assert (await attempt.closed())[0] == 4501
+        assert not server.node.hub.has_local("user:42")
+        assert not server.node.hub.has_local("document:rv")
+        assert server.node.subscriptions.held == frozenset()
+        async with asyncio.timeout(5000 * MS):  # the UNSUBSCRIBEs were written first
+            for channel in ("{user:42}", "{document:rv}"):
+                while (await redis.pubsub_numsub(redis_prefix + channel))[0][1] != 0:
+                    await asyncio.sleep(0.01)
+        over = await RawClient.open(ws_url(server))
+        three = token("42", channels=["document:rv", "document:rw"])
+        await over.send({"connect": {"token": three}})
+        assert (await over.closed())[0] == 3505
+        fine = await connected(server, "42", channels=["document:rv"])
+        await server.node.ops.publish("document:rv", b"1")
+        assert (await fine.push("pub"))["pub"]["data"] == 1
+    finally:
+        await redis.aclose()

@@ -16,7 +16,7 @@ live connections with 4501.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -62,11 +62,22 @@ class RevocationStore(Protocol):
     ``is_revoked`` raises :class:`~realtime_server.errors.BackendUnavailable` when the
     store cannot be reached in time: callers must then refuse the token (temporarily),
     never let it in unchecked.
+
+    ``remote``: whether ``is_revoked`` asks another process (a round trip), so that a
+    caller may send it along with its own reads rather than on its own.
     """
+
+    @property
+    def remote(self) -> bool: ...
 
     def set_listener(self, listener: RevocationListener) -> None: ...
 
     async def is_revoked(self, jti: str | None, user: str, iat: float | None) -> bool: ...
+
+    def checking(self, jti: str | None, user: str, iat: float | None) -> Awaitable[bool]:
+        """``is_revoked``, asked now when the store can: a remote store's request then
+        leaves with whatever the caller sends next in this loop iteration."""
+        ...
 
     async def revoked_many(self, tokens: list[tuple[str | None, str, float | None]]) -> list[bool]:
         """``is_revoked`` for many ``(jti, user, iat)`` at once (one round trip)."""
@@ -99,6 +110,10 @@ class MemoryRevocationStore:
         self._clock = clock
         self._listener: RevocationListener | None = None
 
+    @property
+    def remote(self) -> bool:
+        return False
+
     def set_listener(self, listener: RevocationListener) -> None:
         self._listener = listener
 
@@ -118,6 +133,9 @@ class MemoryRevocationStore:
         if entry is not None and entry[1] >= now:
             return iat is None or iat < entry[0]
         return False
+
+    def checking(self, jti: str | None, user: str, iat: float | None) -> Awaitable[bool]:
+        return self.is_revoked(jti, user, iat)
 
     async def revoked_many(self, tokens: list[tuple[str | None, str, float | None]]) -> list[bool]:
         return [await self.is_revoked(jti, user, iat) for jti, user, iat in tokens]

@@ -207,7 +207,7 @@ class RedisBroker(RedisPublishing):
         oldest = int(time.time() * 1000) - ttl_ms if ttl_ms else 0
         keys = [self.names.stream(channel), self.names.meta(channel)]
         args: list[str | int] = [
-            new_epoch(),
+            self._stream_epoch(),
             meta_ttl,
             since,
             limit,
@@ -216,13 +216,13 @@ class RedisBroker(RedisPublishing):
         ]
         return ScriptCall(keys, args)
 
-    @staticmethod
-    def _parse_read(reply: Any) -> tuple[StreamPosition, list[Any]] | None:
+    def _parse_read(self, reply: Any) -> tuple[StreamPosition, list[Any]] | None:
         """One channel's result of ``history.lua``."""
         top, epoch, entries = reply
         epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
         if not epoch:
             return None
+        self._epoch_seen(epoch)
         return StreamPosition(int(top), epoch), entries
 
     async def _read(

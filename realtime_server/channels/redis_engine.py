@@ -56,7 +56,8 @@ class RedisEngine:
         args: Callable[[Membership], list[ScriptArg]],
     ) -> None:
         """A presence script per membership: its presence keys, ``args(m)``, then the
-        pub/sub channel to announce on ("" for none) and whether to SPUBLISH."""
+        pub/sub channel to announce on ("" for none) and whether to SPUBLISH. Lazy on
+        the command link: after the reply, it may wait a moment to share a write."""
         members = [m for m in members if m.presence or m.announce]
         if not members:
             return
@@ -72,4 +73,4 @@ class RedisEngine:
             )
             for m in members
         ]
-        await commands.run_batch(script, calls)
+        await commands.run_batch(script, calls, lazy=True)

@@ -42,6 +42,22 @@ class RedisPublishing:
 
     commands: RedisCommands
     names: RedisNames
+    _epoch = ""
+
+    def _stream_epoch(self) -> str:
+        """The epoch for a stream the next script call may create: one candidate,
+        drawn again once a call used it. Most calls find their stream there (a fresh
+        random epoch per call was a twentieth of a connect's Redis work); two streams
+        of different channels may share an epoch, which only ever compares within one
+        channel."""
+        if not self._epoch:
+            self._epoch = new_epoch()
+        return self._epoch
+
+    def _epoch_seen(self, epoch: str) -> None:
+        """A script call answered ``epoch``: draw a new candidate if it used this one."""
+        if epoch == self._epoch:
+            self._epoch = ""
 
     async def publish(
         self,
@@ -94,7 +110,11 @@ class RedisPublishing:
             ]
         else:
             replies = await self.commands.script_pipeline(self.commands.publish_script, calls)
-        return [_publish_result(reply) for reply in replies]
+        results = [_publish_result(reply) for reply in replies]
+        for position, _ in results:
+            if position is not None:
+                self._epoch_seen(position.epoch)
+        return results
 
     def _publish_call(self, item: PublishItem) -> ScriptCall:
         """The keys and arguments of ``publish.lua`` (after cluster detection)."""
@@ -109,7 +129,7 @@ class RedisPublishing:
             size,
             int(history.ttl * 1000) if history is not None else 0,
             int(max(history.meta_ttl, history.ttl) * 1000) if history is not None else 0,
-            new_epoch(),
+            self._stream_epoch(),
             int(time.time() * 1000),
             "1" if self.commands.cluster else "0",
         ]
@@ -127,4 +147,4 @@ class RedisPublishing:
 
     async def publish_control(self, message: ControlMessage) -> None:
         payload = orjson.dumps({"kind": message.kind, "params": message.params})
-        await self.commands.run(lambda: self.commands.client.publish(self.names.control, payload))
+        await self.commands.call("PUBLISH", self.names.control, payload)

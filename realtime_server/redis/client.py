@@ -1,14 +1,16 @@
 """Redis connections for the engine: a command client with timeouts and the Lua scripts.
 
-Every call goes through :meth:`RedisCommands.run`, which bounds it with a timeout and
-turns any connection failure into :class:`BackendUnavailable`, so a slow or dead Redis
-never stalls the event loop or lets an unchecked token in.
+Every call is bounded by the timeout and turns any connection failure into
+:class:`BackendUnavailable`, so a slow or dead Redis never stalls the event loop or lets
+an unchecked token in. On a single Redis the commands of the hot paths (:meth:`call`,
+:meth:`script`, :meth:`mget`, :meth:`script_pipeline`) share one pipelined connection
+of our own (:mod:`.command_link`); on a Redis Cluster, and for the rest, redis-py
+(:meth:`RedisCommands.run`) carries them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 
 from ..errors import BackendUnavailable, describe_cause
+from .command_link import CommandLink
+from .link import LinkOptions
 from .names import RedisNames
 from .url import redis_address
 
@@ -146,6 +150,7 @@ class RedisCommands:
         self._detected = False
         self._detect_lock = asyncio.Lock()
         self.client: Any = connect_redis(url, timeout, retries=1)
+        self._link: CommandLink | None = None
         pkg = "realtime_server.redis"
         self.publish_script = load_script(pkg, "publish.lua")
         self.history_script = load_script(pkg, "history.lua")
@@ -202,18 +207,80 @@ class RedisCommands:
 
     async def publish(self, channel: str, payload: bytes) -> None:
         """PUBLISH, or SPUBLISH on a cluster (the channel's shard)."""
+        if not self._detected:
+            await self.run(self.detect)
+        await self.call("SPUBLISH" if self.cluster else "PUBLISH", channel, payload)
+
+    def _command_link(self) -> CommandLink:
+        link = self._link
+        if link is None:
+            link = self._link = CommandLink(LinkOptions.from_url(self.url), self.timeout)
+        return link
+
+    def unavailable(self, exc: BaseException) -> BackendUnavailable:
+        """The BackendUnavailable a failed command raises (address and cause)."""
+        return BackendUnavailable(describe_redis_error(self.url, exc, self.timeout))
+
+    async def call(self, *args: ScriptArg) -> Any:
+        """One command (with the timeout; failures become BackendUnavailable). On a
+        single Redis it goes on the shared command link, in one write with the other
+        commands of this loop iteration; on a cluster redis-py routes it by its keys."""
+        if not self._detected:
+            await self.run(self.detect)
         if self.cluster:
-            await self.run(lambda: self.client.spublish(channel, payload))
-        else:
-            await self.run(lambda: self.client.publish(channel, payload))
+            return await self.run(lambda: self.client.execute_command(*args))
+        try:
+            return await self._command_link().call(*args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self.unavailable(exc) from None
+
+    async def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys`` (None where unset), in one round trip (one per shard
+        holding some of them on a cluster)."""
+        if not self._detected:
+            await self.run(self.detect)
+        if self.cluster:  # the keys live on different shards
+            return list(await self.run(lambda: self.client.mget_nonatomic(keys)))
+        return list(await self.call("MGET", *keys))
+
+    def mget_soon(self, keys: Sequence[str]) -> asyncio.Future[list[bytes | None]] | None:
+        """MGET queued now on the shared command link, so that it leaves in one write
+        with the commands queued after it in this iteration; None when that cannot be
+        (a cluster, or the link not up yet: call :meth:`mget`). The future fails with
+        the link's errors: :meth:`unavailable` describes them."""
+        link = self._link
+        if not self._detected or self.cluster or link is None or not link.connected:
+            return None
+        return link.send(("MGET", *keys))
 
     async def script(
-        self, script: LuaScript, keys: Sequence[str], args: Sequence[ScriptArg]
+        self,
+        script: LuaScript,
+        keys: Sequence[str],
+        args: Sequence[ScriptArg],
+        *,
+        lazy: bool = False,
     ) -> Any:
-        """Run one script (with the timeout; failures become BackendUnavailable)."""
-        return await self.run(lambda: script.run(self.client, keys, args))
+        """Run one script (with the timeout; failures become BackendUnavailable).
+        ``lazy``: best-effort work after a reply, which may wait a moment on a single
+        Redis to leave in one write with other commands (:mod:`.command_link`)."""
+        if not self._detected:
+            await self.run(self.detect)
+        if self.cluster:
+            return await self.run(lambda: script.run(self.client, keys, args))
+        link = self._command_link()
+        try:
+            try:
+                return await link.call("EVALSHA", script.sha, len(keys), *keys, *args, lazy=lazy)
+            except NoScriptError:
+                await link.call("SCRIPT", "LOAD", script.source)
+                return await link.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self.unavailable(exc) from None
 
-    async def run_batch(self, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def run_batch(
+        self, script: LuaScript, calls: Sequence[ScriptCall], *, lazy: bool = False
+    ) -> list[Any]:
         """Run a batch script (``history.lua``, ``presence_join.lua``) for several
         calls in one round trip; one result per call, in order.
 
@@ -222,7 +289,8 @@ class RedisCommands:
         On a single Redis every call goes into one ``EVALSHA``. On a cluster a script
         may only touch keys of one hash slot, so each call (one channel's keys, which
         share its ``{C}`` tag) runs on its own, on the shard of its keys, concurrently.
-        Any failure raises BackendUnavailable (some calls may have run then)."""
+        Any failure raises BackendUnavailable (some calls may have run then).
+        ``lazy`` as for :meth:`script`."""
         if not calls:
             return []
         if not self._detected:
@@ -230,7 +298,7 @@ class RedisCommands:
         if len(calls) == 1 or not self.cluster:
             keys = [key for call in calls for key in call.keys]
             args = [arg for call in calls for arg in call.args]
-            return list(await self.script(script, keys, args))
+            return list(await self.script(script, keys, args, lazy=lazy))
         return await self.run(lambda: self._concurrent(script, calls))
 
     async def script_pipeline(self, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
@@ -239,28 +307,33 @@ class RedisCommands:
         as many separate calls would. Single Redis only (on a cluster, call
         :meth:`script` per call). Raises BackendUnavailable when Redis fails or a call
         errs: then any prefix of the calls may have run."""
+        if not self._detected:
+            await self.run(self.detect)
+        link = self._command_link()
         results: list[Any] = []
         pending = list(calls)
         while pending:
             batch = pending
-            replies = await self.run(functools.partial(self._pipeline, script, batch))
+            try:
+                await link.connect()
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise self.unavailable(exc) from None
+            sent = [
+                link.send(("EVALSHA", script.sha, len(c.keys), *c.keys, *c.args)) for c in batch
+            ]
+            replies = await asyncio.gather(*sent, return_exceptions=True)
             pending = []
             for i, reply in enumerate(replies):
                 if isinstance(reply, NoScriptError):  # not run: load it, go on from here
-                    await self.run(lambda: self.client.script_load(script.source))
+                    await self.call("SCRIPT", "LOAD", script.source)
                     pending = batch[i:]
                     break
-                if isinstance(reply, Exception):
+                if isinstance(reply, ResponseError):
                     raise BackendUnavailable(f"redis: {type(reply).__name__}")
+                if isinstance(reply, BaseException):
+                    raise self.unavailable(reply)
                 results.append(reply)
         return results
-
-    async def _pipeline(self, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for call in calls:
-            pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
 
     async def _concurrent(self, script: LuaScript, calls: Sequence[ScriptCall]) -> list[Any]:
         client = self.client
@@ -287,10 +360,12 @@ class RedisCommands:
 
     async def ping(self) -> bool:
         try:
-            await self.run(self.client.ping)
+            await self.call("PING")
         except BackendUnavailable:
             return False
         return True
 
     async def close(self) -> None:
+        if self._link is not None:
+            await self._link.close()
         await self.client.aclose()

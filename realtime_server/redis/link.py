@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
 from redis.asyncio.connection import parse_url
 
 from ..errors import BackendUnavailable
 
-__all__ = ["LinkOptions", "encode_command", "open_link"]
+__all__ = ["LinkOptions", "dial", "encode_command", "open_link"]
 
 
 def encode_command(*args: str | bytes) -> bytes:
@@ -85,6 +86,27 @@ def _tls_context(parsed: dict[str, Any]) -> ssl.SSLContext:
     if certfile:
         context.load_cert_chain(certfile, parsed.get("ssl_keyfile"))
     return context
+
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+async def dial(options: LinkOptions, factory: Callable[[], P]) -> tuple[asyncio.Transport, P]:
+    """Open the TCP, TLS or unix socket connection ``options`` name, with the protocol
+    ``factory`` makes (no AUTH nor SELECT: the caller's protocol does them). Raises
+    OSError (ssl.SSLError included) as the event loop does."""
+    loop = asyncio.get_running_loop()
+    if options.path is not None:
+        transport, protocol = await loop.create_unix_connection(factory, options.path)
+    else:
+        transport, protocol = await loop.create_connection(
+            factory,
+            options.host,
+            options.port,
+            ssl=options.tls,
+            server_hostname=options.host if options.tls is not None else None,
+        )
+    return transport, protocol
 
 
 async def _expect_ok(reader: asyncio.StreamReader, parser: hiredis.Reader, what: str) -> None:

@@ -7,16 +7,22 @@ owning its slot), so its messages arrive in order on one connection.
 parsed by ``hiredis``; :mod:`.link` dials it), and only its owner task reads it:
 it connects, subscribes every channel the shard holds, then reads and dispatches every
 reply. Other coroutines never read: :meth:`PubSubShard.subscribe` and
-:meth:`~PubSubShard.unsubscribe` update :attr:`~PubSubShard.channels` and append the
-encoded command to the transport in the same synchronous step, and ``subscribe`` then
-awaits a future that the owner resolves when Redis confirms. Redis answers commands in
+:meth:`~PubSubShard.unsubscribe` update :attr:`~PubSubShard.channels` and queue the
+command in the same synchronous step, and ``subscribe`` then awaits a future that the
+owner resolves when Redis confirms. Queued commands are written at the end of the
+loop iteration or, while earlier ones are unconfirmed, once the last confirmation is
+read; consecutive SUBSCRIBEs (or UNSUBSCRIBEs) queued meanwhile leave as one command
+(Redis confirms each channel all the same): under a connect storm one write carries
+many connects' channels instead of one write each. Redis answers commands in
 order on a connection, so replies are matched to commands by a FIFO of expected
 replies, never by name alone. (redis-py's ``PubSub`` ran those commands itself while the
 read loop waited in ``get_message``, and its reconnect raced that loop: "read() called
 while another coroutine is already waiting", a leaked subscription, issue 11.)
 
 The invariant this gives: once the commands written so far are processed, Redis holds
-on the connection exactly the anchor channel plus :attr:`~PubSubShard.channels`. A
+on the connection exactly the anchor channel plus :attr:`~PubSubShard.channels`. Messages
+of other channels are dropped: once ``unsubscribe`` returned, nothing of that channel
+is dispatched, even what Redis still sent before it read the UNSUBSCRIBE. A
 subscribe that fails (link lost, timeout, error reply) is undone in the same place:
 removed from ``channels`` and, while the link is up, unsubscribed. A new connection
 subscribes a snapshot of ``channels`` taken when its commands are written; later
@@ -84,6 +90,8 @@ class _Expected:
     kind: bytes
     name: bytes
     waiter: asyncio.Future[None] | None
+    command: int
+    """Which command asked for it (an error reply answers a whole command)."""
 
 
 class PubSubShard:
@@ -116,6 +124,12 @@ class PubSubShard:
         self._state = _State.DOWN
         self._writer: asyncio.StreamWriter | None = None
         self._expected: deque[_Expected] = deque()
+        self._queued: list[tuple[bytes, list[str]]] = []  # commands not written yet
+        self._unsent = 0  # the replies they will get (the tail of _expected)
+        self._commands = 0
+        self._flush_soon = False
+        self._deadlines: deque[tuple[float, asyncio.Future[None]]] = deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._late = False
         self._received = 0  # reads since the connection opened (the watchdog's clock)
         self._ready_event = asyncio.Event()
@@ -146,6 +160,9 @@ class PubSubShard:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         self._teardown(ConnectionError("closed"))
 
     # --- subscriptions (any coroutine; never reads the connection) ------------------
@@ -157,12 +174,15 @@ class PubSubShard:
         then undone."""
         if not self.ready:
             raise BackendUnavailable("redis pub/sub link down")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self.channels.add(name)
         self._write(self._subscribe, self._confirm_subscribe, (name,), waiter)
+        self._deadlines.append((loop.time() + self._timeout, waiter))
+        if self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(self._deadlines[0][0], self._expire)
         try:
-            async with asyncio.timeout(self._timeout):
-                await waiter
+            await waiter
         except BaseException as exc:
             self._undo(name)
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
@@ -170,6 +190,20 @@ class PubSubShard:
             if isinstance(exc, TimeoutError):
                 raise BackendUnavailable("redis subscribe timed out") from None
             raise BackendUnavailable(f"redis subscribe: {exc}") from None
+
+    def _expire(self) -> None:
+        """Fail the subscribes Redis did not confirm in time (one timer for all of them:
+        cheaper than a timeout per subscribe; the deadlines come in order)."""
+        self._deadline_timer = None
+        deadlines = self._deadlines
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now + 0.001):
+            waiter = deadlines.popleft()[1]
+            if not waiter.done():
+                waiter.set_exception(TimeoutError("no confirmation in time"))
+        if deadlines:
+            self._deadline_timer = loop.call_at(deadlines[0][0], self._expire)
 
     async def unsubscribe(self, name: str) -> None:
         """Forget ``name`` (never raises). While a link holds the shard's channels it is
@@ -188,18 +222,43 @@ class PubSubShard:
         names: tuple[str, ...],
         waiter: asyncio.Future[None] | None,
     ) -> None:
-        """Append one command and the replies it will get (the last one resolves
-        ``waiter``). Synchronous: never interleaved with another command."""
+        """Queue one command and the replies it will get (the last one resolves
+        ``waiter``). Synchronous: never interleaved with another command. Joins the
+        command queued last when it is the same (not SSUBSCRIBE: one slot each)."""
         writer = self._writer
         if writer is None or writer.transport.is_closing():
             if waiter is not None and not waiter.done():
                 waiter.set_exception(ConnectionError("pub/sub link lost"))
             return
-        expected = self._expected
+        queued = self._queued
+        if queued and queued[-1][0] == command and not self._sharded:
+            queued[-1][1].extend(names)
+        else:
+            self._commands += 1
+            queued.append((command, list(names)))
+            if not self._flush_soon:
+                self._flush_soon = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        expected, number = self._expected, self._commands
         last = len(names) - 1
         for i, name in enumerate(names):
-            expected.append(_Expected(confirmation, name.encode(), waiter if i == last else None))
-        writer.write(encode_command(command, *names))
+            entry = _Expected(confirmation, name.encode(), waiter if i == last else None, number)
+            expected.append(entry)
+        self._unsent += len(names)
+
+    def _flush(self) -> None:
+        """End of the iteration: write what is queued, unless commands written
+        earlier are unconfirmed (the owner writes it when their last reply is in)."""
+        self._flush_soon = False
+        if len(self._expected) == self._unsent:
+            self._send()
+
+    def _send(self) -> None:
+        queued, self._queued = self._queued, []
+        self._unsent = 0
+        writer = self._writer
+        if queued and writer is not None and not writer.transport.is_closing():
+            writer.write(b"".join(encode_command(command, *names) for command, names in queued))
 
     # --- the owner task ----------------------------------------------------------------
 
@@ -280,26 +339,36 @@ class PubSubShard:
         (raises)."""
         on_message = self._on_message
         expected = self._expected
+        channels = self.channels
+        anchor = self._anchor.encode()
         while True:
             while (reply := parser.gets()) is not False:
                 if isinstance(reply, list) and reply:
                     kind = reply[0]
                     if kind in _MESSAGES:
-                        if until is None:
-                            await on_message(reply[1], reply[2])
+                        # Only channels still held: Redis may run a publication sent
+                        # on another connection after an UNSUBSCRIBE sent here before
+                        # the UNSUBSCRIBE itself.
+                        name = reply[1]
+                        if until is None and (name == anchor or name.decode() in channels):
+                            await on_message(name, reply[2])
                     elif kind in _CONFIRMATIONS:
                         _confirm(expected, kind, reply[1])
                     # anything else (pmessage...) is not ours
                 elif isinstance(reply, hiredis.ReplyError):
-                    if until is not None or not expected:
+                    if until is not None or len(expected) == self._unsent:
                         raise ConnectionError(f"error reply: {reply}")
-                    waiter = expected.popleft().waiter
-                    if waiter is not None and not waiter.done():
-                        waiter.set_exception(BackendUnavailable(f"redis: {reply}"))
+                    command = expected[0].command
+                    while len(expected) > self._unsent and expected[0].command == command:
+                        waiter = expected.popleft().waiter  # the whole command failed
+                        if waiter is not None and not waiter.done():
+                            waiter.set_exception(BackendUnavailable(f"redis: {reply}"))
                 else:
                     raise ConnectionError("unexpected reply on a pub/sub link")
                 if until is not None and until.done():
                     return
+            if self._queued and len(expected) == self._unsent:
+                self._send()  # all confirmed: what queued up meanwhile, in one write
             data = await reader.read(_READ_SIZE)
             if not data:
                 raise ConnectionError("connection closed by redis")
@@ -318,7 +387,8 @@ class PubSubShard:
                 continue
             if writer is None or writer is not self._writer or writer.transport.is_closing():
                 return
-            self._expected.append(_Expected(b"pong", b"", None))
+            self._send()  # with anything queued (a hung Redis answers neither)
+            self._expected.append(_Expected(b"pong", b"", None, 0))
             writer.write(ping)
             waited = 0.0
             while self._received == seen:
@@ -357,6 +427,7 @@ class PubSubShard:
         if writer is not None:
             writer.transport.abort()
         expected, self._expected = self._expected, deque()
+        self._queued, self._unsent = [], 0
         for item in expected:
             waiter = item.waiter
             if waiter is not None and not waiter.done():
