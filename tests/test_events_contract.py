@@ -86,6 +86,23 @@ async def test_rewriting_a_batch_stores_each_event_once(store: EventStore) -> No
     assert len({e.id for e in found}) == 51
 
 
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 127, 300])
+async def test_every_batch_size_is_stored_whole_in_order(store: EventStore, n: int) -> None:
+    """Batches are written in multi-row statements (SQLite: 64 rows, the rest in
+    powers of two): any size is stored whole, in the order given."""
+    await store.write_batch([ev(at=T0, channel=f"document:{n}", offset=i) for i in range(n)])
+    found = await store.query(EventQuery(document=str(n)))
+    assert [e.offset for e in found] == list(range(n))
+
+
+async def test_an_event_twice_in_one_batch_is_stored_once(store: EventStore) -> None:
+    """A replayed spill chunk may hold an event twice (spilled twice)."""
+    batch = [ev(at=T0 + i, channel="document:2", offset=i) for i in range(70)]
+    await store.write_batch([*batch, batch[3], batch[69], *batch[60:]])
+    found = await store.query(EventQuery(document="2"))
+    assert [e.offset for e in found] == list(range(70))
+
+
 async def test_document_events_in_time_order(store: EventStore) -> None:
     late = ev(EventType.UNSUBSCRIBE, at=T0 + 3, user="a", channel="document:9")
     early = ev(EventType.SUBSCRIBE, at=T0 + 1, user="a", channel="document:9")
