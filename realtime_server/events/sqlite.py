@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from .migrate import load_migrations, split_sqlite_script
-from .model import Event
+from .model import Event, document_id
 from .store import (
     EventQuery,
     EventsRejected,
@@ -67,16 +67,16 @@ _NOT_INITIALISED: Final = "event log not initialised (run realtime-server migrat
 
 
 def _row(e: Event) -> tuple[Any, ...]:
-    document = e.document
+    channel = clean_optional(e.channel)
     return (
         str(e.id),
         microsecond_time(e.time),
-        e.type.value,
+        str(e.type),  # a StrEnum's str() is its value (and cheaper than .value)
         clean_text(e.node),
         clean_optional(e.user),
         clean_optional(e.client),
-        clean_optional(e.channel),
-        clean_optional(document),
+        channel,
+        document_id(channel),
         e.offset,
         e.code,
         encode_details(e.details),
