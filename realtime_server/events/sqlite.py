@@ -46,7 +46,7 @@ from .store import (
     microsecond_time,
 )
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteStore", "chunk_rows"]
 
 T = TypeVar("T")
 
@@ -56,12 +56,14 @@ _INSERT: Final = (
     " document_id, stream_offset, code, details) VALUES "
 )
 _FIELDS: Final = 11
-_CHUNK: Final = 64
-"""Rows per INSERT statement (704 parameters: under the 999 of old SQLite builds).
-Python's sqlite3 gives up the GIL around every statement it steps, and takes it back
-after: one statement per row made the store's thread and a busy event loop hand the
-GIL to each other for every event (a context switch each way); per 64 rows, that is
-rare, and binding many rows per statement is cheaper besides."""
+_MAX_CHUNK: Final = 1024
+"""Most rows per INSERT statement (11,264 parameters), fewer when the SQLite library
+allows fewer parameters per statement (999 before 3.32: 64 rows). Python's sqlite3
+gives up the GIL around every statement it steps, and takes it back after: one
+statement per row made the store's thread and a busy event loop hand the GIL to each
+other for every event (a context switch each way, often several); a batch of 1000 is
+now six statements. Sizes are powers of two, so that a few statements are ever
+prepared (preparing one costs about 5 us per row; they stay in the statement cache)."""
 _DELETE_CHUNK: Final = 10_000
 _NOT_INITIALISED: Final = "event log not initialised (run realtime-server migrate)"
 
@@ -83,6 +85,12 @@ def _row(e: Event) -> tuple[Any, ...]:
     )
 
 
+def chunk_rows(parameters: int) -> int:
+    """Rows per INSERT statement when a statement may hold ``parameters``: the largest
+    power of two that fits, at most ``_MAX_CHUNK``."""
+    return 1 << (min(parameters // _FIELDS, _MAX_CHUNK).bit_length() - 1)
+
+
 @functools.cache
 def _insert(rows: int) -> str:
     """The INSERT of ``rows`` rows (a few sizes only: the chunk and powers of two)."""
@@ -100,6 +108,7 @@ class SqliteStore:
         self.readonly = readonly
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._chunk = 64  # rows per INSERT statement: set from the library's limit on open
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -148,6 +157,7 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={busy}")
+        self._chunk = chunk_rows(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
         return conn
 
     # --- EventStore ----------------------------------------------------------------------
@@ -210,14 +220,15 @@ class SqliteStore:
         """On the store's thread: ``params`` (``_FIELDS`` per row) in one transaction."""
         db = self._db()
         rows = len(params) // _FIELDS
-        done = rows - rows % _CHUNK  # in statements of _CHUNK rows; the rest in powers of 2
-        width = _CHUNK * _FIELDS
+        chunk = self._chunk
+        done = rows - rows % chunk  # in statements of ``chunk`` rows; the rest in powers of 2
+        width = chunk * _FIELDS
         db.execute("BEGIN")
         try:
             if done:
                 chunks = (params[i : i + width] for i in range(0, done * _FIELDS, width))
-                db.executemany(_insert(_CHUNK), chunks)
-            size = _CHUNK // 2
+                db.executemany(_insert(chunk), chunks)
+            size = chunk // 2
             while done < rows:
                 if rows - done >= size:
                     db.execute(_insert(size), params[done * _FIELDS : (done + size) * _FIELDS])
