@@ -11,7 +11,12 @@ rest (SQLite's thread), minus the same paced loop with the log off. Medians of
 ``--repeat`` runs; every run checks the rows are all stored.
 
     .venv/bin/python bench/eventcost.py [--connections N] [--rate R] [--busy SHARE]
-        [--repeat R] [--database-url URL] [--profile FILE]
+        [--users U] [--prefill EVENTS] [--repeat R] [--database-url URL] [--profile FILE]
+
+``--users U``: the connections' users spread over U users (default: a new user per
+connection, whose index entries all go at the end); ``--prefill EVENTS``: the SQLite
+log holds that many events already (the indexes of a log that has run a while: each
+new row then dirties pages all over them).
 
 ``--busy``: the share of every 1 ms tick the loop spends on other work (spinning in
 pure Python in 20 us slices, a loop iteration after each), as a server's loop does:
@@ -26,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -33,13 +39,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from realtime_server.events.buffer import BufferedRecorder  # noqa: E402
-from realtime_server.events.model import EventType  # noqa: E402
+from realtime_server.events.model import Event, EventRecorder, EventType  # noqa: E402
 from realtime_server.events.postgres import PostgresStore  # noqa: E402
 from realtime_server.events.sqlite import SqliteStore  # noqa: E402
 from realtime_server.events.store import EventStore  # noqa: E402
@@ -52,11 +58,18 @@ EVENTS_PER_CONNECTION: Final = 4
 
 @dataclass(frozen=True, slots=True)
 class Load:
-    """``connections`` at ``rate`` per second, the loop ``busy`` (share) besides."""
+    """``connections`` at ``rate`` per second, the loop ``busy`` (share) besides; their
+    users all different (``users`` 0), or spread over ``users`` users."""
 
     connections: int
     rate: float
     busy: float
+    users: int = 0
+
+    def user(self, i: int) -> str:
+        """The user of connection ``i``: spread (a multiplicative hash), not in order,
+        so that the stores' user and channel indexes see keys as from real users."""
+        return f"user-{(i * 2654435761) % self.users if self.users else i}"
 
 
 @dataclass(slots=True)
@@ -65,9 +78,9 @@ class Actor:
     client_id: str
 
 
-def churn(journal: Journal, i: int) -> None:
+def churn(journal: Journal, i: int, user: str) -> None:
     """What a connection's life records (commands.py, subscriptions.py, node.py)."""
-    s = Actor(f"user-{i}", f"c5d1e0b2-1f0a-4b8e-9e55-{i:012d}")
+    s = Actor(user, f"c5d1e0b2-1f0a-4b8e-9e55-{i:012d}")
     journal.record(EventType.CONNECT, s, remote="127.0.0.1", name="js", version="1.4.0")
     journal.record(EventType.SUBSCRIBE, s, channel=f"user:{s.user}", offset=None, server_side=True)
     now = time.time()
@@ -104,7 +117,7 @@ async def paced(journal: Journal, load: Load) -> None:
     start = loop.time()
     for n, i in enumerate(range(0, load.connections, per_tick)):
         for j in range(i, min(i + per_tick, load.connections)):
-            churn(journal, j)
+            churn(journal, j, load.user(j))
         for _ in range(slices):
             spin(SLICE)
             await asyncio.sleep(0)
@@ -159,6 +172,35 @@ async def baseline(load: Load) -> dict[str, float]:
     }
 
 
+class Collect:
+    """A recorder keeping what it is given (to prefill a store)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def record(self, event: Event) -> None:
+        self.events.append(event)
+
+
+async def prefill(path: Path, load: Load, rows: int) -> None:
+    """``rows`` events of connections like the measured ones, written straight to the
+    store at ``path`` (not measured): the indexes' size in a log that has run a while."""
+    store = SqliteStore(path, timeout=60.0)
+    await store.connect()
+    await store.migrate()
+    collect = Collect()
+    journal = Journal("bench-old", cast(EventRecorder, collect))
+    start = time.perf_counter()
+    for i in range(-rows // EVENTS_PER_CONNECTION, 0):
+        churn(journal, i, load.user(i))
+        if len(collect.events) >= 1000:
+            await store.write_batch(collect.events)
+            collect.events.clear()
+    await store.write_batch(collect.events)
+    await store.close()
+    print(f"  prefilled {rows:,} events in {time.perf_counter() - start:.0f} s")
+
+
 def sqlite_rows(path: Path) -> int:
     with sqlite3.connect(path) as db:
         return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
@@ -169,29 +211,37 @@ async def new_store(args: argparse.Namespace, workdir: Path, run: int) -> EventS
     if args.database_url:
         store = PostgresStore(args.database_url, timeout=30.0)
     else:
-        store = SqliteStore(workdir / f"events-{run}.db", timeout=30.0)
+        path = workdir / f"events-{run}.db"
+        if args.prefill:
+            shutil.copyfile(workdir / "prefill.db", path)
+        store = SqliteStore(path, timeout=30.0)
     await store.connect()
     await store.migrate()
     return store
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    load = Load(args.connections, args.rate, args.busy)
+    load = Load(args.connections, args.rate, args.busy, args.users)
     events = load.connections * EVENTS_PER_CONNECTION
     kind = "postgres" if args.database_url else "sqlite"
+    users = f"{load.users:,} users" if load.users else "a new user each"
     print(
-        f"{kind}: {load.connections:,} connections ({events:,} events) at"
+        f"{kind}: {load.connections:,} connections ({events:,} events, {users}) at"
         f" {load.rate:,.0f} connections/s, the loop {load.busy:.0%} busy besides"
     )
+    if args.prefill and args.database_url:
+        raise SystemExit("--prefill: SQLite only")
     rows: list[dict[str, float]] = []
-    with tempfile.TemporaryDirectory(prefix="rt-eventcost-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rt-eventcost-", dir=args.tmp) as tmp:
         workdir = Path(tmp)
+        if args.prefill:
+            await prefill(workdir / "prefill.db", load, args.prefill)
         for run in range(args.repeat):
             base = await baseline(load)
             store = await new_store(args, workdir, run)
             got = await one_run(store, workdir / f"spill-{run}", load, None)
             if kind == "sqlite":
-                stored = sqlite_rows(workdir / f"events-{run}.db")
+                stored = sqlite_rows(workdir / f"events-{run}.db") - args.prefill
                 if stored != events:
                     raise SystemExit(f"run {run + 1}: {stored} rows of {events}")
             total = 1e6 * (got["cpu"] - base["cpu"]) / events
@@ -222,6 +272,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=50_000, help="(50000)")
     parser.add_argument("--rate", type=float, default=2000.0, help="connections/s (2000)")
+    parser.add_argument(
+        "--users", type=int, default=0, help="users the connections spread over (0: all new)"
+    )
+    parser.add_argument(
+        "--prefill", type=int, default=0, help="SQLite: events in the log before each run (0)"
+    )
+    parser.add_argument("--tmp", help="folder for the SQLite files (the system's temp)")
     parser.add_argument(
         "--busy", type=float, default=0.5, help="share of the loop spent on other work (0.5)"
     )
