@@ -9,9 +9,11 @@ token, secret or payload body is ever recorded.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 from .events import Event, EventRecorder, EventType, NullRecorder
+from .events.model import new_event_id
 
 __all__ = ["Actor", "Journal"]
 
@@ -53,18 +55,23 @@ class Journal:
         or payload."""
         if not self.enabled:
             return
-        if user is None and actor is not None:
-            user = actor.user or None
-        event = Event(
-            kind,
-            self.node,
-            user=user,
-            client=actor.client_id if actor is not None else None,
-            channel=channel,
-            offset=offset,
-            code=code,
-            details=details or None,
+        client = None
+        if actor is not None:
+            client = actor.client_id
+            if user is None:
+                user = actor.user or None
+        # All fields positionally (keywords and default factories cost a third more).
+        self.recorder.record(
+            Event(
+                kind,
+                self.node,
+                user,
+                client,
+                channel,
+                offset,
+                code,
+                details or None,
+                time.time() if at is None else at,
+                new_event_id(),
+            )
         )
-        if at is not None:
-            event.time = at
-        self.recorder.record(event)

@@ -134,6 +134,20 @@ async def test_batches_hold_at_most_batch_size(tmp_path: Path) -> None:
     await rec.close()
 
 
+async def test_the_rest_of_a_full_batch_waits_for_its_interval(tmp_path: Path) -> None:
+    """22 events at once, batches of 10: two full batches now; the 2 left over wait
+    for their flush interval (here: until close) instead of a batch of their own."""
+    store = FakeStore()
+    rec = recorder(store, tmp_path, batch_size=10, flush_interval=30.0)
+    await rec.start()
+    for e in events(22):
+        rec.record(e)
+    await store.wait(lambda: len(store.rows) >= 20)
+    assert store.batches == [10, 10] and rec.buffered == 2
+    await rec.close()
+    assert store.batches == [10, 10, 2] and len(store.rows) == 22
+
+
 async def test_store_down_spills_then_replays_each_event_once(tmp_path: Path) -> None:
     store = FakeStore()
     store.down = True

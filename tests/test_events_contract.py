@@ -13,7 +13,7 @@ import pytest
 
 from realtime_server.events.model import Event, EventType
 from realtime_server.events.postgres import PostgresStore
-from realtime_server.events.sqlite import SqliteStore
+from realtime_server.events.sqlite import SqliteStore, chunk_rows
 from realtime_server.events.store import EventQuery, EventStore, StoreUnavailable
 
 from .helpers import MS
@@ -84,6 +84,29 @@ async def test_rewriting_a_batch_stores_each_event_once(store: EventStore) -> No
     found = await store.query(EventQuery(document="1"))
     assert [e.offset for e in found] == list(range(51))
     assert len({e.id for e in found}) == 51
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 300, 1024, 2100])
+async def test_every_batch_size_is_stored_whole_in_order(store: EventStore, n: int) -> None:
+    """Batches are written in multi-row statements (SQLite: up to 1024 rows, the rest
+    in powers of two): any size is stored whole, in the order given."""
+    await store.write_batch([ev(at=T0, channel=f"document:{n}", offset=i) for i in range(n)])
+    found = await store.query(EventQuery(document=str(n)))
+    assert [e.offset for e in found] == list(range(n))
+
+
+def test_sqlite_statement_sizes_fit_the_library() -> None:
+    assert chunk_rows(250_000) == chunk_rows(32_766) == 1024  # Debian's build; 3.32+
+    assert chunk_rows(999) == 64  # before 3.32: 999 parameters, 90 rows
+    assert chunk_rows(11) == 1
+
+
+async def test_an_event_twice_in_one_batch_is_stored_once(store: EventStore) -> None:
+    """A replayed spill chunk may hold an event twice (spilled twice)."""
+    batch = [ev(at=T0 + i, channel="document:2", offset=i) for i in range(70)]
+    await store.write_batch([*batch, batch[3], batch[69], *batch[60:]])
+    found = await store.query(EventQuery(document="2"))
+    assert [e.offset for e in found] == list(range(70))
 
 
 async def test_document_events_in_time_order(store: EventStore) -> None:

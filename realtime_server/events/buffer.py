@@ -318,17 +318,21 @@ class BufferedRecorder:
         self._opened = True
 
     async def _drain(self, *, everything: bool = False) -> None:
-        """Write what the buffer held when called, then as many full batches as there
-        are. A partial batch that came in meanwhile waits for its own flush interval
-        (writing it at once would turn a busy log into many tiny batches, each paying
-        a transaction's round trips). ``everything``: down to the last event (close).
+        """Write as many full batches as there are, and a partial one only when it is
+        all the buffer held when called (its flush interval is what woke the writer).
+        What remains after full batches (the events that came in since the last one
+        filled up) waits for its own flush interval: writing it at once made a busy
+        log alternate full batches with small ones (a third more transactions, each
+        paying its round trips or its thread hand-off). ``everything``: down to the
+        last event (close).
 
         A batch leaves the buffer while it is written (the guard may spill the buffer
         meanwhile); if the write fails it goes back to the front, unless the guard
         spilled a copy of it."""
         buffer = self._buffer
-        due = len(buffer)
-        while buffer and (due > 0 or everything or len(buffer) >= self.batch_size):
+        partial = everything or len(buffer) < self.batch_size
+        while buffer and (partial or len(buffer) >= self.batch_size):
+            partial = everything
             batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
             self._inflight = batch
             self._inflight_spilled = False
@@ -340,7 +344,6 @@ class BufferedRecorder:
                 raise
             finally:
                 self._inflight = []
-            due -= len(batch)
             if len(buffer) >= self.spill_at and not self._closing:
                 await self._spill_buffer()  # the store is slower than the events come
 

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from ..errors import describe_database_error
 from .migrate import load_migrations
-from .model import Event
+from .model import Event, document_id
 from .store import (
     EventQuery,
     EventsRejected,
@@ -68,15 +68,16 @@ _DELETE_CHUNK: Final = 10_000
 
 
 def _row(e: Event) -> tuple[Any, ...]:
+    channel = clean_optional(e.channel)
     return (
         e.id,
         dt.datetime.fromtimestamp(e.time, _UTC),
-        e.type.value,
+        str(e.type),  # a StrEnum's str() is its value (and cheaper than .value)
         clean_text(e.node),
         clean_optional(e.user),
         clean_optional(e.client),
-        clean_optional(e.channel),
-        clean_optional(e.document),
+        channel,
+        document_id(channel),
         e.offset,
         e.code,
         encode_details(e.details),

@@ -117,7 +117,10 @@ _REPLACEMENT: Final = "\ufffd"
 def clean_text(value: str) -> str:
     """``value`` as text every store accepts: no NUL (Postgres refuses it in text and
     jsonb) and no lone surrogate (not encodable as UTF-8). Client-supplied strings (a
-    token's ``sub``, a client name) could otherwise poison a whole batch."""
+    token's ``sub``, a client name) could otherwise poison a whole batch. Replacements
+    are character for character: cleaning ``document:<id>`` cleans ``<id>``."""
+    if value.isascii() and _NUL not in value:  # nearly always: nothing to do
+        return value
     if not value.isascii():
         value = value.encode("utf-8", "replace").decode("utf-8")
     if _NUL in value:
@@ -126,7 +129,9 @@ def clean_text(value: str) -> str:
 
 
 def clean_optional(value: str | None) -> str | None:
-    return None if value is None else clean_text(value)
+    if value is None or (value.isascii() and _NUL not in value):
+        return value
+    return clean_text(value)
 
 
 def encode_details(details: dict[str, Any] | None) -> str | None:
