@@ -21,9 +21,10 @@ lands on a random page of the user and channel indexes, and each page a batch
 dirties is written to the WAL, then again to the file at a checkpoint (mostly kernel
 time: 20-30 us per row once the log holds a few million rows). Checkpoints every
 10,000 pages instead of 1,000 write a page rewritten by several batches once, and a
-16 MiB page cache keeps a batch's pages from being spilled and read back: measured
-with rows spread over 50,000 users, 21 -> 12 us of CPU per row at 200,000 rows in the
-log, 37 -> 29 us at 2 million (bench/eventcost.py --users --prefill).
+16 MiB page cache keeps a batch's pages from being spilled and read back: SQLite's
+insert work for rows from 50,000 users went from 21 to 12 us of CPU per row with
+200,000 rows in the log, 37 to 29 us at 2 million (see bench/eventcost.py --users
+--prefill for the whole path).
 """
 
 from __future__ import annotations
