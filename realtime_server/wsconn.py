@@ -101,7 +101,7 @@ class WsConnection(asyncio.Protocol):
         """The socket is gone (``connection_lost``)."""
         self.handler_task: asyncio.Task[None] | None = None
         self._messages: deque[str | bytes] | None = None
-        self._fragments: list[Any] | None = None
+        self._fragments: tuple[bool, list[Any]] | None = None  # (text?, the data so far)
         self._waiter: asyncio.Future[None] | None = None
         self._lost: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -142,14 +142,10 @@ class WsConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        protocol = self.protocol
-        if protocol is None:  # closed before a byte was read
-            protocol = self.protocol = self.endpoint.make_protocol()
-        protocol.receive_eof()  # idempotent: the state is CLOSED from here
         endpoint = self.endpoint
         if endpoint.gate is not None:
             endpoint.gate.release(self)
-        endpoint._gone(self)
+        endpoint.forget(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -157,6 +153,10 @@ class WsConnection(asyncio.Protocol):
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         self.session = None
+        protocol = self.protocol
+        if protocol is None:  # closed before a byte was read
+            return
+        protocol.receive_eof()  # idempotent: the state is CLOSED from here
         # A parser exception's traceback holds the parser's frame, which holds the
         # protocol: drop it, so that reference counting frees the connection.
         for failure in (protocol.parser_exc, protocol.handshake_exc):
@@ -177,9 +177,10 @@ class WsConnection(asyncio.Protocol):
             messages = self._messages
             if messages:
                 message = messages.popleft()
-                if not messages:
+                left = len(messages)
+                if not left:
                     self._messages = None  # an idle connection keeps no deque (0.6 KiB)
-                if self._paused and len(messages) <= self.endpoint.max_queue // 4:
+                if self._paused and left <= self.endpoint.max_queue // 4:
                     self._paused = False
                     if not self.flooded and not self.closed:
                         self.transport.resume_reading()
@@ -201,15 +202,17 @@ class WsConnection(asyncio.Protocol):
         transport = self.transport
         protocol = self.protocol
         write_cap = self.endpoint.write_cap
-        if protocol is None or self.flooded or transport.get_write_buffer_size() > write_cap:
-            transport.abort()
-        elif protocol.state is _OPEN:
-            protocol.send_close(code, reason)
-            self._send_data()
-            self._arm_close()
-        elif protocol.state is _CONNECTING:
+        if (
+            protocol is None
+            or protocol.state is _CONNECTING
+            or self.flooded
+            or transport.get_write_buffer_size() > write_cap
+        ):
             transport.abort()
         else:
+            if protocol.state is _OPEN:
+                protocol.send_close(code, reason)
+                self._send_data()
             self._arm_close()
         await self.wait_closed()
 
@@ -309,7 +312,6 @@ class WsConnection(asyncio.Protocol):
             kept = [(k, v) for k, v in request.headers.raw_items() if k.lower() in keep]
         # In place: websockets' parser also holds the request for the connection's life.
         request.headers = Headers(kept) if kept else _NO_HEADERS
-        self.request = request
 
     def _deadline(self) -> None:
         self._timer = None
@@ -349,16 +351,15 @@ class WsConnection(asyncio.Protocol):
             if frame.fin:
                 self._message(frame.data, opcode is _TEXT)
             else:
-                self._fragments = [frame.data, b"t" if opcode is _TEXT else b"b"]
+                self._fragments = (opcode is _TEXT, [frame.data])
         elif opcode is _CONT:
-            fragments = self._fragments
-            if fragments is None:
+            if self._fragments is None:
                 return  # the protocol failed the connection already
-            fragments.insert(-1, frame.data)
+            text, parts = self._fragments
+            parts.append(frame.data)
             if frame.fin:
                 self._fragments = None
-                text = fragments.pop() == b"t"
-                self._message(b"".join(fragments), text)
+                self._message(b"".join(parts), text)
 
     def _message(self, data: Any, text: bool) -> None:
         protocol = self.protocol

@@ -108,7 +108,8 @@ class Endpoint(Generic[C]):
             self.idle = asyncio.Event()
         await self.idle.wait()
 
-    def _gone(self, conn: C) -> None:
+    def forget(self, conn: C) -> None:
+        """``conn``'s socket is gone."""
         self.connections.discard(conn)
         if not self.connections and self.idle is not None:
             self.idle.set()
