@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
 import os
 import statistics
@@ -37,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from websockets.utils import accept_key
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import API_KEY, HOST, JWT_SECRET, WS_PATH, ignore_sigint, raise_nofile, read_proc
@@ -46,7 +46,6 @@ from realtime_server.loadtest.spawn import ServerProcess
 
 SERVERS: Final = ("bare", "websockets", "transport", "server", "server+sqlite")
 _REPLY: Final = b'{"id":1,"connect":{"client":"c","version":"0","ping":25,"pong":true}}'
-_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 # --- the servers (run as ``connect.py --serve KIND --port P --api-port A``) -------------
@@ -106,7 +105,7 @@ class _Bare(asyncio.Protocol):
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"sec-websocket-key":
                     key = value.strip()
-            accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())  # noqa: S324
+            accept = accept_key(key.decode()).encode()
             self.transport.write(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from websockets.utils import accept_key
+
 __all__ = ["Accepted", "fast_accept", "request_line"]
 
-_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_HEAD: Final = 8192
 """Longer requests take websockets' path (its limits are per line and per header count)."""
 
@@ -121,7 +121,7 @@ def fast_accept(
         if protocols is None or subprotocol.encode() not in protocols:
             return None
         selected = subprotocol
-    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())  # noqa: S324 (RFC 6455)
+    accept = accept_key(key.decode("ascii")).encode("ascii")
     response = (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: " + accept + b"\r\n"

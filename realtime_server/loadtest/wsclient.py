@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import os
 import socket
 import struct
@@ -22,6 +21,7 @@ import time
 from typing import Final, cast
 
 from websockets.frames import Frame, Opcode
+from websockets.utils import accept_key
 
 __all__ = [
     "CLOSED",
@@ -34,7 +34,6 @@ __all__ = [
     "upgrade_request",
 ]
 
-_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _LINGER_RST: Final = struct.pack("ii", 1, 0)
 HANDSHAKING, CONNECTING, OPEN, CLOSED = 0, 1, 2, 3
 """Connection states: HTTP upgrade sent; upgraded (protocol connect sent); protocol
@@ -44,7 +43,7 @@ connect answered; closed."""
 def upgrade_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
     """The HTTP upgrade request and the ``Sec-WebSocket-Accept`` value to expect."""
     key = base64.b64encode(os.urandom(16))
-    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())  # noqa: S324 (RFC 6455)
+    accept = accept_key(key.decode()).encode()
     request = (
         f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
