@@ -87,18 +87,19 @@ class _Routes:
                     b"WebSocket upgrade required\n",
                     "text/plain; charset=utf-8",
                 )
+            if self.admits(conn):
+                return None
             if self.node.draining:
                 return _response(
                     http.HTTPStatus.SERVICE_UNAVAILABLE, b"draining\n", "text/plain; charset=utf-8"
                 )
-            if conn.admission is Admission.REFUSED and self.gate is not None:
+            if self.gate is not None:
                 self.gate.refuse()  # every slot authenticated (admission.py)
-                return _response(
-                    http.HTTPStatus.SERVICE_UNAVAILABLE,
-                    b"connection limit reached\n",
-                    "text/plain; charset=utf-8",
-                )
-            return None
+            return _response(
+                http.HTTPStatus.SERVICE_UNAVAILABLE,
+                b"connection limit reached\n",
+                "text/plain; charset=utf-8",
+            )
         if path == "/healthz":
             return _response(http.HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
         if path == "/readyz":
@@ -115,8 +116,8 @@ class _Routes:
         return _response(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
 
     def admits(self, conn: WsConnection) -> bool:
-        """Whether a WebSocket upgrade on the WebSocket path goes through as it is (the
-        fast handshake's question; else :meth:`__call__` answers it: 503)."""
+        """Whether a WebSocket upgrade on the WebSocket path goes through (the fast
+        handshake asks; else :meth:`__call__` answers it with a 503)."""
         return not self.node.draining and conn.admission is not Admission.REFUSED
 
     def other_method(self, conn: WsConnection, method: str, target: str) -> bytes:
