@@ -17,7 +17,13 @@ import orjson
 
 from . import __version__, codes
 from .auth.revocation import RevocationStore
-from .auth.tokens import SubscriptionClaims, TokenExpired, TokenInvalid, TokenVerifier
+from .auth.tokens import (
+    ConnectionClaims,
+    SubscriptionClaims,
+    TokenExpired,
+    TokenInvalid,
+    TokenVerifier,
+)
 from .channels.namespaces import Namespaces
 from .channels.rules import check_client_publish, check_subscribe, needs_token, user_channel
 from .config import Settings
@@ -115,6 +121,12 @@ class Commands:
         if await verdict:
             raise ProtocolViolation(codes.CLOSE_TOKEN_REVOKED)
 
+    async def _unrevoked(self, s: Session, claims: ConnectionClaims) -> bool:
+        """Raises when the connection token is revoked; else whether ``s`` is still
+        connecting (it may have been closed meanwhile)."""
+        await self._check_revoked(claims.jti, claims.sub, claims.iat)
+        return s.state is SessionState.CONNECTING
+
     # --- connect ---------------------------------------------------------------------
 
     async def connect(self, s: Session, cmd: Command) -> None:
@@ -137,10 +149,8 @@ class Commands:
         # one round trip, once the broker subscriptions are confirmed; the setup is
         # undone when the token is revoked. A local one is asked first.
         remote = self._revocations.remote
-        if not remote:
-            await self._check_revoked(claims.jti, claims.sub, claims.iat)
-            if s.state is not SessionState.CONNECTING:
-                return
+        if not remote and not await self._unrevoked(s, claims):
+            return
         requests: list[Request] = []
         for name in dict.fromkeys((user_channel(claims.sub), *claims.channels)):
             try:
@@ -156,10 +166,9 @@ class Commands:
         elif limit and self._registry.user_connections(claims.sub) >= limit:
             refusal = codes.CLOSE_CONNECTION_LIMIT
         if refusal is not None:
-            if remote:  # a revoked token is told so first, as with a local store
-                await self._check_revoked(claims.jti, claims.sub, claims.iat)
-                if s.state is not SessionState.CONNECTING:
-                    return
+            # a revoked token is told so first, as with a local store
+            if remote and not await self._unrevoked(s, claims):
+                return
             raise ProtocolViolation(refusal)
 
         s.conn_info = claims.info
