@@ -30,6 +30,7 @@ __all__ = [
     "CHANNEL",
     "HOST",
     "JWT_SECRET",
+    "SERVER_ENV",
     "SOCKETIO_NODE_DIR",
     "WS_PATH",
     "ProcSample",
@@ -49,6 +50,18 @@ WS_PATH: Final = "/connection/websocket"
 CHANNEL: Final = "document:bench"
 JWT_SECRET: Final = "bench-secret-not-for-production-0123456789abcdef"
 API_KEY: Final = "bench-api-key-0123456789"
+SERVER_ENV: Final = {
+    "REALTIME_JWT_SECRET": JWT_SECRET,
+    "REALTIME_API_KEY": API_KEY,
+    "REALTIME_LOG_LEVEL": "WARNING",
+    "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
+    "REALTIME_RATE_LIMIT": "100000",
+    "REALTIME_RATE_BURST": "100000",
+    "REALTIME_PING_INTERVAL": "0",
+    "REALTIME_SHUTDOWN_TIMEOUT": "2",
+}
+"""realtime-server's settings in every benchmark: the bench secrets, quiet logs, no
+per-user or rate caps, no server pings (each benchmark adds its own)."""
 
 
 def ignore_sigint() -> None:

@@ -39,7 +39,7 @@ from websockets.utils import accept_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import API_KEY, HOST, JWT_SECRET, WS_PATH, ignore_sigint, raise_nofile, read_proc
+from common import HOST, JWT_SECRET, SERVER_ENV, WS_PATH, ignore_sigint, raise_nofile, read_proc
 
 from realtime_server.gcpolicy import tune
 from realtime_server.loadtest.spawn import ServerProcess
@@ -199,10 +199,7 @@ async def _clients(port: int, n: int, concurrency: int, pid: int) -> dict[str, f
 def _server(kind: str, workdir: Path) -> ServerProcess:
     if kind.startswith("server"):
         env = {
-            "REALTIME_JWT_SECRET": JWT_SECRET,
-            "REALTIME_API_KEY": API_KEY,
-            "REALTIME_LOG_LEVEL": "WARNING",
-            "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
+            **SERVER_ENV,
             "REALTIME_EVENTS_ENABLED": "true" if kind == "server+sqlite" else "false",
         }
         return ServerProcess(workdir, env)

@@ -44,7 +44,7 @@ from typing import Any, Final
 
 import jwt
 import orjson
-from common import API_KEY, HOST, JWT_SECRET, WS_PATH
+from common import API_KEY, HOST, JWT_SECRET, SERVER_ENV, WS_PATH
 from websockets.asyncio.client import connect
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -171,14 +171,7 @@ class Server:
     def __init__(self, mode: str, workdir: Path, database_url: str | None) -> None:
         self.mode = mode
         env = {
-            "REALTIME_JWT_SECRET": JWT_SECRET,
-            "REALTIME_API_KEY": API_KEY,
-            "REALTIME_LOG_LEVEL": "WARNING",
-            "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
-            "REALTIME_RATE_LIMIT": "100000",
-            "REALTIME_RATE_BURST": "100000",
-            "REALTIME_PING_INTERVAL": "0",
-            "REALTIME_SHUTDOWN_TIMEOUT": "2",
+            **SERVER_ENV,
             "REALTIME_NAMESPACES": '{"document": {"join_leave": false, "presence": false}}',
             "REALTIME_EVENTS_ENABLED": "false" if mode == "off" else "true",
         }

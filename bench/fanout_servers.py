@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from common import API_KEY, JWT_SECRET, SOCKETIO_NODE_DIR, WS_PATH
+from common import API_KEY, JWT_SECRET, SERVER_ENV, SOCKETIO_NODE_DIR, WS_PATH
 
 from realtime_server.loadtest.sioclient import SOCKETIO_PATH
 from realtime_server.loadtest.spawn import Command, RedisProcess, ServerProcess, SpawnError
@@ -58,15 +58,8 @@ PEERS: Final = (ALTERNATIVE, "socketio-node", "python-socketio")
 besides the floor."""
 SOCKETIO: Final = frozenset({"socketio-node", "python-socketio"})
 OURS_ENV: Final = {
-    "REALTIME_JWT_SECRET": JWT_SECRET,
-    "REALTIME_API_KEY": API_KEY,
-    "REALTIME_LOG_LEVEL": "WARNING",
-    "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
-    "REALTIME_RATE_LIMIT": "100000",
-    "REALTIME_RATE_BURST": "100000",
-    "REALTIME_PING_INTERVAL": "0",
+    **SERVER_ENV,
     "REALTIME_CONNECT_TIMEOUT": "30",
-    "REALTIME_SHUTDOWN_TIMEOUT": "2",
     # Join/leave pushes would make opening N connections cost N^2/2 frames.
     "REALTIME_NAMESPACES": '{"document": {"join_leave": false}}',
 }
