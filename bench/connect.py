@@ -13,10 +13,15 @@ threads, from ``/proc``) over those N connects, divided by N:
   Sans-I/O protocol under a lean protocol class), the same handler;
 - ``server``: ``realtime-server serve``, memory engine, event log off: the token
   verified, the session registered, its ``user:`` channel subscribed;
-- ``server+sqlite``: the same with the embedded SQLite event log (the default).
+- ``server+sqlite``: the same with the embedded SQLite event log (the default);
+- ``server+docs``: the same as ``server+sqlite``, and each token also grants a
+  ``document:`` channel shared by 5 users (presence, join/leave pushes to the others):
+  the connect of ``loadtest --scenario churn``, measured without its load;
+- ``server+redis``: ``server+docs`` on the Redis engine (a private ``redis-server``;
+  its CPU is not counted, as in the load test's figure).
 
     .venv/bin/python bench/connect.py [--connects N] [--concurrency C] [--repeat R]
-        [--servers bare,websockets,transport,server,server+sqlite] [--json]
+        [--servers bare,websockets,transport,server,server+sqlite,server+docs,server+redis] [--json]
 
 Loopback only; every process is stopped at the end, on failure and on Ctrl-C.
 """
@@ -42,9 +47,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import HOST, JWT_SECRET, SERVER_ENV, WS_PATH, ignore_sigint, raise_nofile, read_proc
 
 from realtime_server.gcpolicy import tune
-from realtime_server.loadtest.spawn import ServerProcess
+from realtime_server.loadtest.spawn import RedisProcess, ServerProcess
 
-SERVERS: Final = ("bare", "websockets", "transport", "server", "server+sqlite")
+SERVERS: Final = (
+    "bare",
+    "websockets",
+    "transport",
+    "server",
+    "server+sqlite",
+    "server+docs",
+    "server+redis",
+)
+DOCUMENTS: Final = ("server+docs", "server+redis")
+PARTICIPANTS: Final = 5
+"""Users per document in ``server+docs``."""
 _REPLY: Final = b'{"id":1,"connect":{"client":"c","version":"0","ping":25,"pong":true}}'
 
 
@@ -142,7 +158,16 @@ class _Client(asyncio.Protocol):
             self.done.set_exception(ConnectionError("closed before the connect reply"))
 
 
-async def _clients(port: int, n: int, concurrency: int, pid: int) -> dict[str, float]:
+def _claims(i: int, now: int, documents: bool) -> dict[str, Any]:
+    claims: dict[str, Any] = {"sub": f"u{os.getpid()}-{i}", "exp": now + 3600}
+    if documents:
+        claims["channels"] = [f"document:d{os.getpid()}-{i // PARTICIPANTS}"]
+    return claims
+
+
+async def _clients(
+    port: int, n: int, concurrency: int, pid: int, documents: bool
+) -> dict[str, float]:
     import jwt
 
     from realtime_server.loadtest.wsclient import client_frame, upgrade_request
@@ -157,9 +182,7 @@ async def _clients(port: int, n: int, concurrency: int, pid: int) -> dict[str, f
                     "id": 1,
                     "connect": {
                         "token": jwt.encode(
-                            {"sub": f"u{os.getpid()}-{i}", "exp": now + 3600},
-                            JWT_SECRET,
-                            algorithm="HS256",
+                            _claims(i, now, documents), JWT_SECRET, algorithm="HS256"
                         )
                     },
                 }
@@ -196,12 +219,14 @@ async def _clients(port: int, n: int, concurrency: int, pid: int) -> dict[str, f
 # --- the orchestrator -------------------------------------------------------------------
 
 
-def _server(kind: str, workdir: Path) -> ServerProcess:
+def _server(kind: str, workdir: Path, redis: RedisProcess | None) -> ServerProcess:
     if kind.startswith("server"):
         env = {
             **SERVER_ENV,
-            "REALTIME_EVENTS_ENABLED": "true" if kind == "server+sqlite" else "false",
+            "REALTIME_EVENTS_ENABLED": "false" if kind == "server" else "true",
         }
+        if redis is not None:
+            env["REALTIME_REDIS_URL"] = redis.url
         return ServerProcess(workdir, env)
     script = str(Path(__file__).resolve())
     return ServerProcess(
@@ -222,9 +247,13 @@ def _server(kind: str, workdir: Path) -> ServerProcess:
 
 
 def _measure(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
-    proc = _server(kind, workdir)
-    proc.start()
+    redis = RedisProcess(workdir) if kind == "server+redis" else None
+    proc: ServerProcess | None = None
     try:
+        if redis is not None:
+            redis.start()
+        proc = _server(kind, workdir, redis)
+        proc.start()
         out = subprocess.run(
             [
                 sys.executable,
@@ -238,6 +267,7 @@ def _measure(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, fl
                 str(args.concurrency),
                 "--pid",
                 str(proc.pid),
+                *(["--documents"] if kind in DOCUMENTS else []),
             ],
             capture_output=True,
             text=True,
@@ -246,7 +276,10 @@ def _measure(kind: str, args: argparse.Namespace, workdir: Path) -> dict[str, fl
         )
         return dict(json.loads(out.stdout))
     finally:
-        proc.stop()
+        if proc is not None:
+            proc.stop()
+        if redis is not None:
+            redis.stop()
 
 
 def main() -> None:
@@ -261,6 +294,7 @@ def main() -> None:
     parser.add_argument("--port", type=int)
     parser.add_argument("--api-port", type=int)
     parser.add_argument("--pid", type=int)
+    parser.add_argument("--documents", action="store_true")
     args = parser.parse_args()
     import uvloop
 
@@ -272,7 +306,11 @@ def main() -> None:
         return
     if args.client:
         print(
-            json.dumps(uvloop.run(_clients(args.port, args.connects, args.concurrency, args.pid)))
+            json.dumps(
+                uvloop.run(
+                    _clients(args.port, args.connects, args.concurrency, args.pid, args.documents)
+                )
+            )
         )
         return
     kinds = [k for k in args.servers.split(",") if k]

