@@ -8,6 +8,8 @@ fail a reconnect storm.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import socket
 import sys
@@ -332,3 +334,19 @@ async def test_tokens_can_be_signed_with_a_private_key(start_server: StartServer
     spawned = Options(spawn=True, algorithm="RS256", secret=private)
     with pytest.raises(UsageError, match="needs a running server"):
         LoadTest(spawned).validate()
+
+
+async def test_the_connect_cost_names_its_sample_and_a_small_one_is_noted(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()  # in this process: its CPU is this process's
+    env = cli_env(JWT_SECRET=SECRET, API_KEY=API_KEY)
+    code, out, err = await run_cli(
+        *_args(server, "--json", "--server-pid", str(os.getpid())), env=env
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    measured = result["server"]["connects_measured"]
+    assert 0 < measured <= 20  # the warm-up connects are not in it
+    assert result["server"]["cpu_us_per_connect"] > 0
+    assert any(f"over {measured:,} connects only" in note for note in result["notes"])

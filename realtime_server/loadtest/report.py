@@ -83,7 +83,8 @@ def render(r: dict[str, Any]) -> str:
         rows.append(
             (
                 "server CPU per connect",
-                f"{s['cpu_us_per_connect']} us (at most {_n(connects)} connects/s per core)",
+                f"{s['cpu_us_per_connect']} us over {_n(s['connects_measured'])} connects "
+                f"(at most {_n(connects)} connects/s per core)",
             )
         )
     if s.get("pid") is None:

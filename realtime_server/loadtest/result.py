@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .counters import Counters, FinalCounts
 from .limits import Limits
@@ -17,7 +17,12 @@ from .scenarios import Plan
 from .stats import Histogram
 from .storm import Storm
 
-__all__ = ["ConnectPhase", "PublishPhase", "Run", "ServerSample", "build_result"]
+__all__ = ["FEW_CONNECTS", "ConnectPhase", "PublishPhase", "Run", "ServerSample", "build_result"]
+
+FEW_CONNECTS: Final = 3000
+"""Below this many measured connects, the server CPU per connect is noted as noisy
+(measured on a 2-core machine: 1,000 connects gave 240-550 µs in six runs of the same
+build, 5,000 gave 316-343)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,7 @@ def _server(r: Run, deliveries: int) -> dict[str, Any]:
         server["rss_kib_after"] = cp.after.rss_kib
         server["rss_kib_per_conn"] = round((cp.after.rss_kib - cp.before.rss_kib) / measured, 2)
         server["cpu_us_per_connect"] = round((cp.after.cpu_s - cp.before.cpu_s) / measured * 1e6, 1)
+        server["connects_measured"] = cp.opened_measured
     return server
 
 
@@ -276,6 +282,13 @@ def build_result(r: Run) -> dict[str, Any]:
         r.notes.append(
             f"other work on the machine took {other / p.span_s:.0%} of a CPU during the "
             "publications (noise)"
+        )
+    measured = server.get("connects_measured")
+    if measured is not None and measured < FEW_CONNECTS:
+        r.notes.append(
+            f"server CPU per connect is over {measured:,} connects only: on a small machine "
+            "it varies by a third between runs (more --users, or bench/connect.py, measure "
+            "it steadily)"
         )
     if result["generators"]["busiest_percent"] >= 90:
         r.notes.append(
