@@ -202,14 +202,14 @@ class Subscriptions:
     async def _acquire_all(self, channels: Sequence[str]) -> None:
         """The broker subscriptions run concurrently; each is confirmed on return. A
         channel whose lock is taken is being acquired by another setup (it costs no
-        round trip of ours): when at most one channel is left to subscribe, it goes
-        first and the others are awaited after it, with no task for each."""
+        round trip of ours): when at most one channel is left to subscribe, or the
+        broker subscribes without I/O, they are awaited in turn, with no task for each."""
         new: list[str] = []
         busy: list[str] = []
         for c in channels:
             if c not in self._held:
                 (busy if self._lock(c).locked() else new).append(c)
-        if len(new) <= 1:
+        if len(new) <= 1 or self._broker.instant_subscribe:
             for channel in (*new, *busy):
                 await self._acquire(channel)
             return

@@ -66,6 +66,8 @@ class GatedBroker(MemoryBroker):
     """The embedded broker, with gates in front of subscribe, unsubscribe and history,
     and optional random yields (to shuffle interleavings)."""
 
+    instant_subscribe = False  # its subscribe waits at a gate: concurrent ones overlap
+
     def __init__(self) -> None:
         super().__init__()
         self.subscribing = Gate()

@@ -160,6 +160,11 @@ class Broker(Protocol):
     """Moves publications, join/leave events and control messages between nodes, and
     keeps each channel's history (see the module docstring for the guarantees)."""
 
+    instant_subscribe: bool
+    """True when :meth:`subscribe` completes without waiting on I/O (the embedded
+    broker): several subscriptions are then awaited one after the other, there being
+    nothing to overlap (a task each for ``asyncio.gather`` cost about 9 µs per connect)."""
+
     def set_handler(self, handler: BrokerEventHandler) -> None: ...
 
     async def start(self) -> None: ...

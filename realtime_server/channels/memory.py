@@ -82,6 +82,8 @@ class MemoryBroker:
     def ready(self) -> bool:
         return True
 
+    instant_subscribe = True  # a set operation
+
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
 

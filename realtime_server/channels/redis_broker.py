@@ -133,6 +133,8 @@ class RedisBroker(RedisPublishing):
 
     # --- subscriptions -----------------------------------------------------------------
 
+    instant_subscribe = False  # a round trip: concurrent ones share it
+
     async def subscribe(self, channel: str) -> None:
         name = self.names.channel(channel)
         shard = self._shards.for_channel(name)
