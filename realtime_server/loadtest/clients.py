@@ -172,37 +172,35 @@ class Conn(FrameClient):
         self.owner.closed(self, code)
 
     def on_text(self, payload: bytes, now_ns: int) -> None:
-        if b"\n" in payload:  # several replies in one frame
+        if 10 in payload:  # several replies in one frame, a line each (10: b"\n")
             for line in payload.split(b"\n"):
                 if line and self.state != CLOSED:
-                    self._message(line, now_ns)
-        else:
-            self._message(payload, now_ns)
-
-    def _message(self, payload: bytes, now: int) -> None:
-        if payload.startswith(b'{"push"'):
-            push = orjson.loads(payload)["push"]
-            pub = push.get("pub")
-            c = self.owner.c
-            if pub is not None:
-                self.owner.pub(self.user, push.get("channel", ""), pub, now, True)
-            elif "join" in push:
-                c.joins += 1
-            elif "leave" in push:
-                c.leaves += 1
-            elif "unsubscribe" in push:
-                c.unsubscribe_pushes += 1
-            return
-        if payload == b"{}":
-            self.transport_write(_PONG)
+                    self.on_text(line, now_ns)
             return
         try:
             reply = orjson.loads(payload)
+            push = reply.get("push")
         except orjson.JSONDecodeError:
             self.fail("malformed frame from server")
             return
-        if not isinstance(reply, dict):
+        except AttributeError:  # JSON, but no object
             return
+        if push is not None:
+            pub = push.get("pub")
+            if pub is not None:
+                self.owner.pub(self.user, push.get("channel", ""), pub, now_ns, True)
+            elif "join" in push:
+                self.owner.c.joins += 1
+            elif "leave" in push:
+                self.owner.c.leaves += 1
+            elif "unsubscribe" in push:
+                self.owner.c.unsubscribe_pushes += 1
+        elif not reply:  # a ping
+            self.transport_write(_PONG)
+        else:
+            self._reply(reply, now_ns)
+
+    def _reply(self, reply: dict[str, Any], now: int) -> None:
         ident = reply.get("id")
         if ident == 1:
             if isinstance(reply.get("connect"), dict):
