@@ -21,7 +21,16 @@ import orjson
 from .counters import Counters
 from .wsclient import CLOSED, OPEN, FrameClient, client_frame
 
-__all__ = ["Conn", "Owner", "User", "create_connection", "is_terminal", "os_reason", "retryable"]
+__all__ = [
+    "Conn",
+    "Cursor",
+    "Owner",
+    "User",
+    "create_connection",
+    "is_terminal",
+    "os_reason",
+    "retryable",
+]
 
 _PONG: Final = client_frame(b"{}")
 _IP_BIND_ADDRESS_NO_PORT: Final = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -88,6 +97,19 @@ class Owner(Protocol):
     def subscribed(self, conn: Conn, reply: dict[str, Any], now: int) -> None: ...
 
 
+class Cursor:
+    """Where a user is in one channel: the next sequence number it expects (0: none yet,
+    the first publication seen sets it), and the stream position to recover from
+    (``epoch`` None while the server has given none)."""
+
+    __slots__ = ("epoch", "nxt", "offset")
+
+    def __init__(self, nxt: int) -> None:
+        self.nxt = nxt
+        self.offset = 0
+        self.epoch: str | None = None
+
+
 class User:
     """One simulated user: its token, channels and stream positions, across reconnects."""
 
@@ -95,9 +117,8 @@ class User:
         "channels",
         "conn",
         "connected",
+        "cursors",
         "expected",
-        "nxt",
-        "pos",
         "source",
         "steady",
         "sub_channel",
@@ -120,14 +141,25 @@ class User:
         self.token = token
         self.steady = steady
         self.source = source
-        # Next sequence number expected per channel; steady users were subscribed
-        # before the first publication, so they expect 1 everywhere.
-        self.nxt: dict[str, int] = dict.fromkeys(channels, 1) if steady else {}
-        self.pos: dict[str, tuple[int, str]] = {}
+        # Steady users were subscribed before the first publication: they expect
+        # sequence number 1 everywhere.
+        self.cursors = {ch: Cursor(1) for ch in channels} if steady else {}
         self.conn: Conn | None = None
         self.connected = 0
         self.sub_channel: str | None = None  # churn users: a client-side subscription
         self.sub_token: str | None = None
+
+    def cursor(self, channel: str) -> Cursor:
+        """The cursor of ``channel``; a new one (expecting nothing yet) the first time."""
+        cur = self.cursors.get(channel)
+        if cur is None:
+            cur = self.cursors[channel] = Cursor(0)
+        return cur
+
+    def position(self, channel: str, offset: int, epoch: str) -> None:
+        """The server's stream position of ``channel`` (a subscription's reply)."""
+        cur = self.cursor(channel)
+        cur.offset, cur.epoch = offset, epoch
 
 
 class Conn(FrameClient):
@@ -153,10 +185,13 @@ class Conn(FrameClient):
     def on_upgraded(self) -> None:
         u = self.user
         params: dict[str, Any] = {"token": u.token, "name": "loadtest"}
-        if u.pos:
-            params["subs"] = {
-                ch: {"recover": True, "offset": off, "epoch": ep} for ch, (off, ep) in u.pos.items()
-            }
+        subs = {
+            ch: {"recover": True, "offset": cur.offset, "epoch": cur.epoch}
+            for ch, cur in u.cursors.items()
+            if cur.epoch is not None
+        }
+        if subs:
+            params["subs"] = subs
         self.send_text(orjson.dumps({"id": 1, "connect": params}))
 
     def on_fail(self, reason: str) -> None:
@@ -172,37 +207,35 @@ class Conn(FrameClient):
         self.owner.closed(self, code)
 
     def on_text(self, payload: bytes, now_ns: int) -> None:
-        if b"\n" in payload:  # several replies in one frame
+        if 10 in payload:  # several replies in one frame, a line each (10: b"\n")
             for line in payload.split(b"\n"):
                 if line and self.state != CLOSED:
-                    self._message(line, now_ns)
-        else:
-            self._message(payload, now_ns)
-
-    def _message(self, payload: bytes, now: int) -> None:
-        if payload.startswith(b'{"push"'):
-            push = orjson.loads(payload)["push"]
-            pub = push.get("pub")
-            c = self.owner.c
-            if pub is not None:
-                self.owner.pub(self.user, push.get("channel", ""), pub, now, True)
-            elif "join" in push:
-                c.joins += 1
-            elif "leave" in push:
-                c.leaves += 1
-            elif "unsubscribe" in push:
-                c.unsubscribe_pushes += 1
-            return
-        if payload == b"{}":
-            self.transport_write(_PONG)
+                    self.on_text(line, now_ns)
             return
         try:
             reply = orjson.loads(payload)
+            push = reply.get("push")
         except orjson.JSONDecodeError:
             self.fail("malformed frame from server")
             return
-        if not isinstance(reply, dict):
+        except AttributeError:  # JSON, but no object
             return
+        if push is not None:
+            pub = push.get("pub")
+            if pub is not None:
+                self.owner.pub(self.user, push.get("channel", ""), pub, now_ns, True)
+            elif "join" in push:
+                self.owner.c.joins += 1
+            elif "leave" in push:
+                self.owner.c.leaves += 1
+            elif "unsubscribe" in push:
+                self.owner.c.unsubscribe_pushes += 1
+        elif not reply:  # a ping
+            self.transport_write(_PONG)
+        else:
+            self._reply(reply, now_ns)
+
+    def _reply(self, reply: dict[str, Any], now: int) -> None:
         ident = reply.get("id")
         if ident == 1:
             if isinstance(reply.get("connect"), dict):
@@ -236,7 +269,7 @@ class Conn(FrameClient):
                 else:
                     c.recovered_failed += 1
             if "epoch" in res:
-                u.pos[ch] = (int(res.get("offset") or 0), str(res["epoch"]))
+                u.position(ch, int(res.get("offset") or 0), str(res["epoch"]))
             for pub in res.get("publications") or ():
                 owner.pub(u, ch, pub, now, False)
         self.opened(now)

@@ -125,30 +125,30 @@ class Generator:
 
     def pub(self, u: User, channel: str, pub: dict[str, Any], now: int, live: bool) -> None:
         c = self.c
-        data = pub.get("data")
-        if type(data) is not dict or "s" not in data:
+        try:
+            data = pub["data"]
+            seq = data["s"]
+        except (KeyError, TypeError):  # no data, data no object or without "s"
             c.foreign += 1
             return
         if self.discard and live and u.steady:  # test hook: lose deliveries on purpose
             self.discard -= 1
             c.discarded += 1
             return
-        seq = data["s"]
-        nxt = u.nxt.get(channel)
-        if nxt is None:  # a churn user's first publication on the channel
-            nxt = seq
-        if seq >= nxt:
-            if seq > nxt:
+        cur = u.cursors.get(channel)
+        if cur is None:  # a churn user's first publication on the channel
+            cur = u.cursor(channel)
+        nxt = cur.nxt
+        if seq != nxt:
+            if seq < nxt:
+                c.duplicates += 1
+                return
+            if nxt:
                 c.gaps += seq - nxt
-            u.nxt[channel] = seq + 1
-        else:
-            c.duplicates += 1
-            return
+        cur.nxt = seq + 1
         offset = pub.get("offset")
         if offset:
-            p = u.pos.get(channel)
-            if p is not None:
-                u.pos[channel] = (offset, p[1])
+            cur.offset = offset
         if live:
             c.received += 1
             c.last_recv_ns = now
@@ -178,7 +178,7 @@ class Generator:
             c.subscribe_latency.record((now - conn.sub_sent_ns) // 1000)
             res = reply["subscribe"]
             if "epoch" in res and conn.user.sub_channel:
-                conn.user.pos[conn.user.sub_channel] = (int(res.get("offset") or 0), res["epoch"])
+                conn.user.position(conn.user.sub_channel, int(res.get("offset") or 0), res["epoch"])
         else:
             code = (reply.get("error") or {}).get("code", "?")
             c.fail(c.churn_failed, f"subscribe error {code}")
@@ -347,7 +347,7 @@ class Generator:
             for ch in u.channels:
                 count = published.get(ch, 0)
                 expected += count
-                got = u.nxt.get(ch, 1) - 1
+                got = u.cursors[ch].nxt - 1
                 if count > got:
                     tail += count - got
         return FinalCounts(self.c, expected, tail)

@@ -2,8 +2,10 @@
 
 Log-linear buckets over microseconds: exact below 128 us, then 64 buckets per power of
 two (at most 1.6% relative error), up to about 12 days. Recording one value is a few
-integer operations; a histogram travels between processes as the bytes of an
-``array('q')``.
+integer operations (the counts are a list, not an ``array('q')``: CPython specializes a
+list's subscripts, not an array's, and a record costs a third less); the total is the
+counts' sum, not kept apart. :meth:`Histogram.to_bytes` gives the counts as the bytes of
+an ``array('q')``.
 """
 
 from __future__ import annotations
@@ -43,53 +45,57 @@ def bucket_value(index: int) -> float:
 class Histogram:
     """Counts per bucket, plus the exact maximum."""
 
-    __slots__ = ("counts", "max_us", "total")
+    __slots__ = ("counts", "max_us")
 
     def __init__(self) -> None:
-        self.counts = array.array("q", bytes(8 * BUCKETS))
+        self.counts = [0] * BUCKETS
         self.max_us = 0
-        self.total = 0
+
+    @property
+    def total(self) -> int:
+        """How many values were recorded."""
+        return sum(self.counts)
 
     def record(self, us: int) -> None:
-        if us < _SUB:
-            self.counts[us if us > 0 else 0] += 1
-        else:
+        """Count one value (the load generator's hot path: ``bucket_of`` inlined)."""
+        if us >= _SUB:
             if us > self.max_us:
                 self.max_us = us
             if us > _MAX_US:
                 us = _MAX_US
             shift = us.bit_length() - _SUB_BITS
-            self.counts[(shift << 6) + (us >> shift)] += 1
-        self.total += 1
+            us = (shift << 6) + (us >> shift)
+        elif us < 0:
+            us = 0
+        self.counts[us] += 1
 
     def merge(self, other: Histogram) -> None:
         counts = self.counts
         for i, c in enumerate(other.counts):
             if c:
                 counts[i] += c
-        self.total += other.total
         self.max_us = max(self.max_us, other.max_us)
 
     def minus(self, earlier: Histogram) -> Histogram:
         """What was recorded since ``earlier`` (a previous copy of this histogram)."""
         out = Histogram()
         pairs = zip(self.counts, earlier.counts, strict=True)
-        out.counts = array.array("q", (a - b for a, b in pairs))
-        out.total = self.total - earlier.total
+        out.counts = [a - b for a, b in pairs]
         out.max_us = self.max_us
         return out
 
     def copy(self) -> Histogram:
         out = Histogram()
-        out.counts = array.array("q", self.counts)
-        out.total, out.max_us = self.total, self.max_us
+        out.counts = list(self.counts)
+        out.max_us = self.max_us
         return out
 
     def percentile(self, q: float) -> float:
         """The value (us) below which a fraction ``q`` of the samples fall; 0 if empty."""
-        if self.total <= 0:
+        total = self.total
+        if total <= 0:
             return 0.0
-        rank = max(1, round(q * self.total))
+        rank = max(1, round(q * total))
         seen = 0
         for i, c in enumerate(self.counts):
             if c:
@@ -111,18 +117,16 @@ class Histogram:
         return 0.0
 
     def to_bytes(self) -> bytes:
-        return self.counts.tobytes()
+        return array.array("q", self.counts).tobytes()
 
     @classmethod
-    def from_parts(cls, data: bytes, total: int, max_us: int) -> Histogram:
+    def from_parts(cls, data: bytes, max_us: int) -> Histogram:
         out = cls()
-        out.counts = array.array("q")
-        out.counts.frombytes(data)
-        out.total, out.max_us = total, max_us
+        counts = array.array("q")
+        counts.frombytes(data)
+        out.counts = counts.tolist()
+        out.max_us = max_us
         return out
-
-    def state(self) -> tuple[bytes, int, int]:
-        return self.to_bytes(), self.total, self.max_us
 
     @classmethod
     def merged(cls, parts: Iterable[Histogram]) -> Histogram:

@@ -147,6 +147,22 @@ class FrameClient(asyncio.Protocol):
         return data[end + 4 :]
 
     def data_received(self, data: bytes) -> None:
+        # Most reads of an open connection are one whole text frame: straight to on_text.
+        n = len(data)
+        if self.state == OPEN and n > 3 and data[0] == 0x81 and not self._buf:
+            size = data[1]
+            if size < 126:
+                if size + 2 == n:
+                    self.on_text(data[2:], time.time_ns())
+                    return
+            elif size == 126 and ((data[2] << 8) | data[3]) + 4 == n:
+                self.on_text(data[4:], time.time_ns())
+                return
+        self._frames(data)
+
+    def _frames(self, data: bytes) -> None:
+        """Whatever :meth:`data_received`'s fast path does not take: the handshake, a
+        partial frame, several frames, control frames."""
         if self._buf:
             data = self._buf + data
             self._buf = b""
