@@ -74,6 +74,7 @@ class GatedBroker(MemoryBroker):
         self.unsubscribing = Gate()
         self.reading = Gate()
         self.fail_reads = False
+        self.fail_subscribes: set[str] = set()
         self.shuffle: random.Random | None = None
 
     async def _yield(self) -> None:
@@ -88,6 +89,8 @@ class GatedBroker(MemoryBroker):
     async def subscribe(self, channel: str) -> None:
         await self.subscribing.passing()
         await self._yield()
+        if channel in self.fail_subscribes:
+            raise BackendUnavailable("subscribe failed")
         await super().subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
@@ -347,3 +350,21 @@ async def test_churn_leaves_nothing() -> None:
 async def test_churn_catches_an_unlocked_owner() -> None:
     broken = [seed for seed in range(10) if await churn(Unlocked, seed)]
     assert broken, "the churn never caught an owner without per-channel locking"
+
+
+async def test_a_failed_broker_subscribe_among_a_connects_channels_undoes_them_all() -> None:
+    """Two channels subscribed concurrently at connect (the user's and a document
+    granted by the token), the document's broker subscribe fails: the connect is refused
+    as temporary (100), and neither channel is left held, pending or subscribed."""
+    node, broker = build()
+    broker.fail_subscribes.add(CHANNEL)
+    conn = FakeConnection()
+    session = Session(node, conn)  # type: ignore[arg-type]
+    await session.handle(Command(1, "connect", {"token": token("a", channels=[CHANNEL])}))
+    assert session.state is not SessionState.CONNECTED
+    replies = [m for m in messages(node, conn) if m.get("id") == 1]
+    assert [r.get("error", {}).get("code") for r in replies] == [codes.INTERNAL.code]
+    await settled(node)
+    assert violations(node, broker, ["user:a", CHANNEL]) == []
+    assert broker.channels == set()
+    assert not session.subs and not session.pending
