@@ -20,10 +20,11 @@ import base64
 import binascii
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
 from websockets.utils import accept_key
+
+from .values import immutable
 
 __all__ = ["Accepted", "fast_accept", "request_line"]
 
@@ -50,7 +51,7 @@ _TOKEN_RE: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 _UNSURE: Final = frozenset({b"transfer-encoding", b"content-length"})
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Accepted:
     """A request :func:`fast_accept` accepted."""
 

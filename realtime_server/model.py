@@ -8,10 +8,11 @@ once, whatever the number of subscribers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from .values import immutable
 
 __all__ = ["ClientInfo", "Publication", "RawJSON", "StreamPosition", "kept", "raw_json"]
 
@@ -32,7 +33,7 @@ def raw_json(value: Any) -> RawJSON:
     return kept(orjson.dumps(value))
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class StreamPosition:
     """A position in a channel's stream: ``offset`` (increasing by one per publication)
     within the stream incarnation ``epoch``."""
@@ -41,7 +42,7 @@ class StreamPosition:
     epoch: str
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class ClientInfo:
     """Who a connection is, as shown to others in presence, join/leave and publications:
     the user, the client id, and the raw ``info`` claims of the connection token
@@ -53,7 +54,7 @@ class ClientInfo:
     chan_info: RawJSON | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Publication:
     """A message in a channel. ``offset`` is 0 for publications without a stream position
     (plain Redis publishers, channels without history)."""

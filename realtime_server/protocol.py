@@ -15,7 +15,7 @@ subscribers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Final
 
 import orjson
@@ -23,6 +23,7 @@ import orjson
 from .codes import CLOSE_BAD_REQUEST, ErrorCode
 from .errors import ProtocolViolation
 from .model import ClientInfo, Publication, StreamPosition, raw_json
+from .values import immutable
 
 __all__ = [
     "METHODS",
@@ -83,7 +84,7 @@ _MAX_ID: Final = 2**32 - 1
 _MAX_OFFSET: Final = 2**53 - 1
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Command:
     """One command of a frame. ``method`` is ``""`` for a pong (``{}``)."""
 
@@ -92,7 +93,7 @@ class Command:
     params: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class ConnectRequest:
     token: str
     name: str = ""
@@ -100,7 +101,7 @@ class ConnectRequest:
     subs: dict[str, SubscribeRequest] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class SubscribeRequest:
     channel: str
     token: str = ""
@@ -119,7 +120,7 @@ class SubscribeRequest:
         return bool(self.flag & REJECT_UNRECOVERED)
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class HistoryRequest:
     channel: str
     limit: int = 0
@@ -289,7 +290,7 @@ def publication_json(pub: Publication) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class SubscribeResult:
     """A subscription's result (a subscribe reply, or one entry of a connect's
     ``subs``): the stream position of a channel with history (None without), whether

@@ -28,7 +28,6 @@ import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -48,6 +47,7 @@ from .protocol import (
 from .records import Ended, Subscription
 from .registry import Registry
 from .session import Session, SessionState
+from .values import immutable
 
 __all__ = ["Request", "Setup", "Subscriptions"]
 
@@ -61,7 +61,7 @@ _PUSHES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Request:
     """One channel to set up for a session."""
 
@@ -70,7 +70,7 @@ class Request:
     request: SubscribeRequest
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Outcome:
     """What setting a channel up found: the result to send, and the offset the client
     is at once that result is delivered (buffered frames up to it are duplicates)."""

@@ -23,7 +23,6 @@ Whatever the input (any character, any JSON behind a valid signature: fuzzed in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import jwt
@@ -31,6 +30,7 @@ import orjson
 
 from ..errors import BackendUnavailable, RealtimeError
 from ..model import RawJSON, raw_json
+from ..values import immutable
 from .hmac_jws import HMAC_DIGESTS, MalformedToken, decode_hmac_jws, parse_header
 from .jwks import JwkSet, KeyMismatch, UnknownKid
 from .keys import KeySet
@@ -85,7 +85,7 @@ class KeySource(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class ConnectionClaims:
     sub: str
     exp: float
@@ -95,7 +95,7 @@ class ConnectionClaims:
     channels: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class SubscriptionClaims:
     sub: str
     channel: str

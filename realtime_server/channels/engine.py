@@ -38,6 +38,7 @@ from typing import Protocol, runtime_checkable
 
 from ..model import ClientInfo, Publication, RawJSON, StreamPosition
 from ..protocol import encode_client_info
+from ..values import immutable
 
 __all__ = [
     "Broker",
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class HistoryOptions:
     """How much of a channel's stream to keep: ``size`` publications for ``ttl`` seconds.
     The stream position (epoch and top offset) outlives the entries by ``meta_ttl``."""
@@ -64,7 +65,7 @@ class HistoryOptions:
     meta_ttl: float = 86400.0
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class HistoryResult:
     """Publications in stream order (reverse order when asked) and the stream top."""
 
@@ -72,7 +73,7 @@ class HistoryResult:
     top: StreamPosition
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class HistoryQuery:
     """One read of :meth:`Broker.history_many`: the arguments of :meth:`Broker.history`."""
 
@@ -83,7 +84,7 @@ class HistoryQuery:
     options: HistoryOptions | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class PublishItem:
     """One publication of :meth:`Broker.publish_many`: the arguments of
     :meth:`Broker.publish`, or of :meth:`Broker.publish_once` when ``key`` is set."""
@@ -98,7 +99,7 @@ class PublishItem:
     """Seconds ``key`` is remembered."""
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Membership:
     """A subscription arriving (:meth:`Engine.joined`) or going (:meth:`Engine.left`):
     add or remove ``info`` in the channel's presence when ``presence``, publish a join

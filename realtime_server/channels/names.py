@@ -8,18 +8,18 @@ request (107); a well-formed name in an unknown namespace is 102 (decided by the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Final
 
 from ..codes import BAD_REQUEST
 from ..errors import CommandError
+from ..values import immutable
 
 __all__ = ["ChannelName", "parse_channel"]
 
 _CHANNEL_RE: Final = re.compile(r"([a-z][a-z0-9_-]{0,31}):([A-Za-z0-9_.@=-]{1,200})")
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class ChannelName:
     namespace: str
     id: str

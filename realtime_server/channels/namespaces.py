@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import field, fields, replace
 from typing import Any, Final, Literal
 
 from ..codes import UNKNOWN_CHANNEL
 from ..errors import CommandError, ConfigError
+from ..values import immutable
 from .engine import HistoryOptions
 from .names import ChannelName, parse_channel
 
@@ -25,7 +26,7 @@ Access = Literal["owner", "token"]
 _NAMESPACE_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class NamespaceOptions:
     """What a namespace offers. ``history_size`` 0 turns history (and recovery) off."""
 
@@ -43,15 +44,21 @@ class NamespaceOptions:
     """Without a subscription token, ask the backend (``REALTIME_SUBSCRIBE_PROXY_URL``)
     whether the user may subscribe; a token, when sent, is checked as usual."""
 
+    _history: HistoryOptions | None = field(default=None, init=False, repr=False, compare=False)
+    """:meth:`history_options`, made once (it is asked on every subscribe and publish)."""
+
+    def __post_init__(self) -> None:
+        if self.history:
+            history = HistoryOptions(self.history_size, self.history_ttl)
+            object.__setattr__(self, "_history", history)  # read-only to the type checker
+
     @property
     def history(self) -> bool:
         return self.history_size > 0 and self.history_ttl > 0
 
     def history_options(self) -> HistoryOptions | None:
         """What the engine keeps for a channel of this namespace (None: no history)."""
-        if not self.history:
-            return None
-        return HistoryOptions(self.history_size, self.history_ttl)
+        return self._history
 
     def announces(self, subscribers: int) -> bool:
         """Whether join/leave pushes go out for a channel with this many subscribers."""
@@ -102,7 +109,7 @@ class Namespaces:
             ConfigError: naming ``REALTIME_NAMESPACES`` when a name or option is malformed.
         """
         merged = dict(DEFAULT_NAMESPACES)
-        known = {f.name: f.type for f in fields(NamespaceOptions)}
+        known = {f.name: f.type for f in fields(NamespaceOptions) if f.init}
         for name, opts in overrides.items():
             if not _NAMESPACE_RE.fullmatch(name) or not isinstance(opts, dict):
                 raise ConfigError(f"REALTIME_NAMESPACES: bad namespace {name!r}")
