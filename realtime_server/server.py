@@ -289,6 +289,7 @@ async def start_websocket_server(
         handler=make_handler(node),
         open_timeout=settings.connect_timeout,
         write_cap=settings.outbox_bytes,
+        max_size=settings.max_message_size,
         on_flood=_flooded,
         other_method=routes.other_method,
         gate=gate,

@@ -2,10 +2,15 @@
 
 websockets parses and validates everything here (the HTTP upgrade, origins, subprotocols,
 frames, fragmentation, control frames, the closing handshake, message size limits);
-this module owns the I/O around it. websockets' own asyncio layer cost about 300 µs of
-CPU per connection (a handshake task, timeouts, locks, an assembler with its futures,
-logging) where this costs about 50 (``bench/connect.py``), and its objects were half
-of an idle connection's memory.
+this module owns the I/O around it. Two common cases skip websockets' objects where they
+cost the most and decide nothing: the plain upgrade (:mod:`.handshake`) and the plain
+client frame (:mod:`.clientframes`: one whole masked text frame, a command). A
+connection opened by the plain upgrade makes its websockets protocol only when a frame
+of another kind arrives, or when it closes; until then ``writable`` says it is open.
+
+websockets' own asyncio layer cost about 300 µs of CPU per connection (a handshake
+task, timeouts, locks, an assembler with its futures, logging) where this costs about
+50 (``bench/connect.py``), and its objects were half of an idle connection's memory.
 
 What a :class:`WsConnection` adds to the protocol:
 
@@ -48,6 +53,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from .admission import Admission
+from .clientframes import plain_frame
 from .handshake import fast_accept, request_line
 from .wsendpoint import Endpoint
 
@@ -70,6 +76,7 @@ class WsConnection(asyncio.Protocol):
     __slots__ = (
         "__weakref__",
         "_closing",
+        "_direct",
         "_fragments",
         "_lost",
         "_messages",
@@ -86,11 +93,12 @@ class WsConnection(asyncio.Protocol):
         "request",
         "session",
         "transport",
+        "writable",
     )
 
     def __init__(self, endpoint: Endpoint[WsConnection]) -> None:
         self.endpoint: Endpoint[WsConnection] = endpoint
-        self.protocol: ServerProtocol = None  # type: ignore[assignment]  # at the first read
+        self.protocol: ServerProtocol = None  # type: ignore[assignment]  # see _direct
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # until made
         self.remote_address: Any = None
         self.request: Request | None = None
@@ -107,6 +115,12 @@ class WsConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._closing = False
+        self._direct = False
+        """Open by the fast handshake, every frame so far a plain one (:mod:`.clientframes`):
+        no protocol object made yet (:meth:`_own_protocol` makes it)."""
+        self.writable = False
+        """The WebSocket is open: data frames may be written (the protocol's state is
+        OPEN). What the session checks before each write."""
 
     # --- asyncio.Protocol ------------------------------------------------------------
 
@@ -121,27 +135,25 @@ class WsConnection(asyncio.Protocol):
         self._timer = endpoint.loop.call_later(endpoint.open_timeout, self._deadline)
 
     def data_received(self, data: bytes) -> None:
-        protocol = self.protocol
-        if protocol is None or protocol.state is _CONNECTING:
+        if self._direct:
+            self._read_direct(data)
+        elif self.protocol is None or self.protocol.state is _CONNECTING:
             self._handshake(data)
         else:
-            protocol.receive_data(data)
-            events = protocol.events_received()
-            self._send_data()
-            for event in events:
-                self._frame(event)
-            if protocol.close_expected():
-                self._arm_close()
+            self._read(data)
         self._check_flood()
 
     def eof_received(self) -> bool | None:
-        if self.protocol is not None:
-            self.protocol.receive_eof()
+        protocol = self._own_protocol()
+        if protocol is not None:
+            protocol.receive_eof()
+            self.writable = False
             self._send_data()
         return None  # the transport closes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.writable = False
         endpoint = self.endpoint
         if endpoint.gate is not None:
             endpoint.gate.release(self)
@@ -153,7 +165,7 @@ class WsConnection(asyncio.Protocol):
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
         self.session = None
-        protocol = self.protocol
+        protocol = self._own_protocol()  # its close code and exception, as websockets says
         if protocol is None:  # closed before a byte was read
             return
         protocol.receive_eof()  # idempotent: the state is CLOSED from here
@@ -200,7 +212,7 @@ class WsConnection(asyncio.Protocol):
         if self.closed:
             return
         transport = self.transport
-        protocol = self.protocol
+        protocol = self._own_protocol()
         write_cap = self.endpoint.write_cap
         if (
             protocol is None
@@ -212,6 +224,7 @@ class WsConnection(asyncio.Protocol):
         else:
             if protocol.state is _OPEN:
                 protocol.send_close(code, reason)
+                self.writable = False
                 self._send_data()
             self._arm_close()
         await self.wait_closed()
@@ -284,7 +297,7 @@ class WsConnection(asyncio.Protocol):
         )
         if accepted is None or (endpoint.admits is not None and not endpoint.admits(self)):
             return False
-        self.protocol = endpoint.make_protocol(state=_OPEN)
+        self._direct = True  # the protocol object is made when needed (_own_protocol)
         self.transport.write(accepted.response)
         headers = Headers(accepted.kept) if accepted.kept else _NO_HEADERS
         self._opened(Request(accepted.path, headers))
@@ -294,6 +307,7 @@ class WsConnection(asyncio.Protocol):
 
     def _opened(self, request: Request) -> None:
         self.request = request
+        self.writable = True
         self.handler_task = self.endpoint.loop.create_task(self._run())
 
     def _respond(self, request: Request) -> Response:
@@ -315,7 +329,7 @@ class WsConnection(asyncio.Protocol):
 
     def _deadline(self) -> None:
         self._timer = None
-        if self.protocol is None or self.protocol.state is _CONNECTING:
+        if not self._direct and (self.protocol is None or self.protocol.state is _CONNECTING):
             self.transport.abort()  # the handshake itself did not complete
         elif self.endpoint.on_stale is not None:
             self.endpoint.on_stale(self)
@@ -344,6 +358,46 @@ class WsConnection(asyncio.Protocol):
 
     # --- frames ----------------------------------------------------------------------
 
+    def _read_direct(self, data: bytes) -> None:
+        """Plain frames (:mod:`.clientframes`) read here; from the first other one,
+        websockets' protocol reads the rest of the stream."""
+        pos = 0
+        end = len(data)
+        max_size = self.endpoint.max_size
+        while pos < end:
+            frame = plain_frame(data, pos, max_size)
+            if frame is None:
+                self._own_protocol()
+                self._read(data[pos:] if pos else data)
+                return
+            payload, text, pos = frame
+            self._message(payload, text)
+            if not self._direct:  # the message failed the connection: nothing more is read
+                return
+
+    def _read(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self._send_data()
+        # Messages that came before a close frame or a protocol error are read, as
+        # those before a read boundary are (and as :meth:`_read_direct` does); what the
+        # handler answers is not written: the connection is closing.
+        for event in events:
+            self._frame(event)
+        self.writable = self.writable and protocol.state is _OPEN
+        if protocol.close_expected():
+            self._arm_close()
+
+    def _own_protocol(self) -> ServerProtocol:
+        """The connection's websockets protocol, made now for a connection opened by
+        the fast handshake that has not needed it yet (its parser starts at a frame
+        boundary; its state is OPEN, or what the connection's writes made it)."""
+        if self._direct:
+            self._direct = False
+            self.protocol = self.endpoint.make_protocol(state=_OPEN)
+        return self.protocol
+
     def _frame(self, frame: Any) -> None:
         assert isinstance(frame, Frame)
         opcode = frame.opcode
@@ -362,15 +416,16 @@ class WsConnection(asyncio.Protocol):
                 self._message(b"".join(parts), text)
 
     def _message(self, data: Any, text: bool) -> None:
-        protocol = self.protocol
-        if protocol.state is not _OPEN:
+        if not self.writable:
             return  # failed or closing: what follows is not read
         message: str | bytes
         if text:
             try:
                 message = str(data, "utf-8")
             except UnicodeDecodeError as exc:
+                protocol = self._own_protocol()
                 protocol.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+                self.writable = False
                 self._send_data()
                 self._arm_close()
                 return

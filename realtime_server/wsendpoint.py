@@ -41,6 +41,7 @@ class Endpoint(Generic[C]):
         "loop",
         "make_protocol",
         "max_queue",
+        "max_size",
         "on_flood",
         "on_stale",
         "open_timeout",
@@ -65,6 +66,7 @@ class Endpoint(Generic[C]):
         gate: ConnectionGate | None = None,
         keep_headers: frozenset[str] | None = None,
         max_queue: int = 16,
+        max_size: int | None = 2**20,
         close_timeout: float = CLOSE_TIMEOUT,
         ws_path: str | None = None,
         origins: Sequence[str | None] | None = None,
@@ -84,6 +86,9 @@ class Endpoint(Generic[C]):
         """Lower-case request header names kept after the handshake (the subscribe
         proxy's); None keeps none."""
         self.max_queue = max_queue
+        self.max_size = max_size
+        """The largest message accepted, in bytes: the same limit as ``make_protocol``'s
+        protocol (frames read without it, :mod:`.clientframes`, obey it too)."""
         self.close_timeout = close_timeout
         # The fast handshake (handshake.py): on ``ws_path`` only, for the origins and the
         # subprotocol ``make_protocol``'s protocol accepts, when ``admits`` the socket.

@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 import pytest
-from websockets.protocol import State
 
 from realtime_server import codes
 from realtime_server.app import build_verifier
@@ -139,10 +138,6 @@ class _Transport:
         return 0
 
 
-class _Protocol:
-    _state = State.OPEN
-
-
 class FakeConnection:
     """The little of a websockets connection a session touches."""
 
@@ -150,7 +145,7 @@ class FakeConnection:
 
     def __init__(self) -> None:
         self.transport = _Transport()
-        self.protocol = _Protocol()
+        self.writable = True
         self.close_code: int | None = None
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
