@@ -16,6 +16,7 @@ import functools
 import itertools
 import os
 import struct
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from hypothesis import given, settings
@@ -152,6 +153,31 @@ class _Transport:
         pass
 
 
+def _opened(
+    make: Callable[..., ServerProtocol],
+    handler: Callable[[WsConnection], Coroutine[Any, Any, None]],
+    direct: bool,
+) -> tuple[WsConnection, _Transport]:
+    """A connection after its upgrade: by the fast handshake when ``direct``, else by
+    websockets' (no WebSocket path set), with its protocol made at once."""
+    endpoint: Endpoint[WsConnection] = Endpoint(
+        make_protocol=make,
+        routes=lambda conn, request: None,
+        handler=handler,
+        open_timeout=60.0,
+        write_cap=1 << 20,
+        max_size=MAX_SIZE,
+        ws_path=PATH if direct else None,
+    )
+    endpoint.loop = asyncio.get_running_loop()
+    conn = WsConnection(endpoint)
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    request, _ = upgrade_request("127.0.0.1", 80, PATH)
+    conn.data_received(request)
+    return conn, transport
+
+
 def _split(stream: bytes, cuts: list[int]) -> list[bytes]:
     """``stream`` in reads split at ``cuts``."""
     bounds = [0, *sorted({c for c in cuts if 0 < c < len(stream)}), len(stream)]
@@ -187,21 +213,8 @@ async def _run(reads: list[bytes], direct: bool) -> tuple[Any, ...]:
         except ConnectionClosed:
             pass
 
-    endpoint: Endpoint[WsConnection] = Endpoint(
-        make_protocol=functools.partial(ServerProtocol, max_size=MAX_SIZE),
-        routes=lambda conn, request: None,
-        handler=handler,
-        open_timeout=60.0,
-        write_cap=1 << 20,
-        max_size=MAX_SIZE,
-        ws_path=PATH if direct else None,  # None: websockets' handshake and protocol
-    )
-    endpoint.loop = asyncio.get_running_loop()
-    conn = WsConnection(endpoint)
-    transport = _Transport()
-    conn.connection_made(transport)  # type: ignore[arg-type]
-    request, _ = upgrade_request("127.0.0.1", 80, PATH)
-    conn.data_received(request)
+    make = functools.partial(ServerProtocol, max_size=MAX_SIZE)
+    conn, transport = _opened(make, handler, direct)
     assert conn._direct is direct
     handshake = len(transport.written)
     for data in reads:
@@ -264,20 +277,8 @@ async def test_a_plain_connection_makes_no_protocol_object() -> None:
         received.append(await conn.recv())
         await conn.recv()  # idle until the connection goes
 
-    endpoint: Endpoint[WsConnection] = Endpoint(
-        make_protocol=make,
-        routes=lambda conn, request: None,
-        handler=handler,
-        open_timeout=60.0,
-        write_cap=1 << 20,
-        max_size=MAX_SIZE,
-        ws_path=PATH,
-    )
-    endpoint.loop = asyncio.get_running_loop()
-    conn = WsConnection(endpoint)
-    conn.connection_made(_Transport())  # type: ignore[arg-type]
-    request, _ = upgrade_request("127.0.0.1", 80, PATH)
-    conn.data_received(request + frame_bytes(0x81, b'{"id":1}'))
+    conn, _ = _opened(make, handler, direct=True)
+    conn.data_received(frame_bytes(0x81, b'{"id":1}'))
     conn.data_received(frame_bytes(0x81, b'{"id":2}'))
     task = conn.handler_task
     assert task is not None
