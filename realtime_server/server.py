@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, NegotiationError
+from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.typing import Origin, Subprotocol
@@ -163,24 +163,6 @@ def _stale(conn: WsConnection) -> None:
         session.close(codes.CLOSE_STALE)
 
 
-async def _serve_session(session: Session) -> None:
-    conn: WsConnection = session.conn
-    # The connect deadline is the connection's own timer (wsconn.py: ``on_stale``).
-    # ``recv()`` rather than ``async for``: no async generator parked per connection,
-    # and the last frame (the connect command, its token) not held while idle.
-    waiting = True
-    while True:
-        try:
-            message = await conn.recv()
-        except ConnectionClosedOK:
-            return
-        await session.feed(message)
-        del message
-        if waiting and session.state is SessionState.CONNECTED:
-            waiting = False
-            conn.authenticated()  # no deadline, out of the unauthenticated cap
-
-
 def _flooded(conn: WsConnection) -> None:
     """The client sent frames (pings) whose automatic replies it does not read."""
     session: Session | None = conn.session
@@ -195,7 +177,22 @@ def make_handler(node: Node) -> Any:
         session = Session(node, conn)
         conn.session = session  # cleared when the connection is lost
         try:
-            await _serve_session(session)
+            # The connect deadline is the connection's own timer (wsconn.py:
+            # ``on_stale``). ``next_message()`` and a bare future rather than ``async
+            # for`` or ``recv()``, in this coroutine rather than one more: nothing but
+            # the task, this coroutine and the future parked per idle connection; and
+            # the last frame (the connect command, its token) not held while idle.
+            waiting = True
+            while True:
+                message = conn.next_message()  # ConnectionClosed once it is gone
+                if message is None:
+                    await conn.readable()
+                    continue
+                await session.feed(message)
+                del message
+                if waiting and session.state is SessionState.CONNECTED:
+                    waiting = False
+                    conn.authenticated()  # no deadline, out of the unauthenticated cap
         except ProtocolViolation as exc:
             if session.state is SessionState.CONNECTING and exc.close.code in _PRE_CONNECT:
                 session.reject(exc.close.code, exc.close.reason)

@@ -186,24 +186,38 @@ class WsConnection(asyncio.Protocol):
         """The next message (text as ``str``); raises ``ConnectionClosed`` once the
         connection is gone and every message was read."""
         while True:
-            messages = self._messages
-            if messages:
-                message = messages.popleft()
-                left = len(messages)
-                if not left:
-                    self._messages = None  # an idle connection keeps no deque (0.6 KiB)
-                if self._paused and left <= self.endpoint.max_queue // 4:
-                    self._paused = False
-                    if not self.flooded and not self.closed:
-                        self.transport.resume_reading()
+            message = self.next_message()
+            if message is not None:
                 return message
-            if self.closed:
-                raise self.protocol.close_exc
+            await self.readable()
+
+    def next_message(self) -> str | bytes | None:
+        """The next message if one has arrived, else None; raises ``ConnectionClosed``
+        once the connection is gone and every message was read. With :meth:`readable`,
+        :meth:`recv` without a coroutine of its own: an idle connection's handler waits
+        on a bare future (0.24 KiB less per connection)."""
+        messages = self._messages
+        if messages:
+            message = messages.popleft()
+            left = len(messages)
+            if not left:
+                self._messages = None  # an idle connection keeps no deque (0.6 KiB)
+            if self._paused and left <= self.endpoint.max_queue // 4:
+                self._paused = False
+                if not self.flooded and not self.closed:
+                    self.transport.resume_reading()
+            return message
+        if self.closed:
+            raise self.protocol.close_exc
+        return None
+
+    def readable(self) -> asyncio.Future[None]:
+        """A future done once a message arrives or the connection is gone (then
+        :meth:`next_message` says which)."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
             waiter = self._waiter = self.endpoint.loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
+        return waiter
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """The closing handshake, bounded: aborted at once when the close frame cannot
@@ -442,8 +456,10 @@ class WsConnection(asyncio.Protocol):
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     # --- output and closing ----------------------------------------------------------
 
