@@ -48,6 +48,13 @@ first four modules alone; an encoded ClientInfo cached per subscription cost 4 K
 (orjson keeps its buffer: ``model.kept``)."""
 
 
+WSCONN_BUDGET = 1400
+"""Bytes per idle connection made in ``wsconn.py`` (the connection object, its handler
+task, the handler's coroutine and future, the request): about 1,200; 3,200 when each
+connection had websockets' protocol object and two more coroutines parked (and 740 more
+in ``server.py``, now 300)."""
+
+
 def _by_module(snapshot: tracemalloc.Snapshot) -> Counter[str]:
     sizes: Counter[str] = Counter()
     for stat in snapshot.statistics("traceback"):
@@ -89,6 +96,12 @@ async def test_idle_connection_state_in_session_hub_and_timers(start_server: Sta
     # no set kept for channels being set up, every deadline in the node's one wheel
     assert all(s._pending is None and s.expiry_key >= 0 for s in sessions)
     assert len(server.node.expiry) == len(sessions)
+    # The connection layer: plain upgrades and plain frames made no websockets protocol
+    # object (1.4 KiB each with its parser), and the handler waits on a bare future.
+    conns = list(server.ws.all_connections)
+    assert len(conns) == N + len(warm)
+    assert all(c.protocol is None and c.writable for c in conns)
+    assert per_conn.get("wsconn.py", 0) < WSCONN_BUDGET, per_conn.get("wsconn.py")
     await asyncio.gather(*(client.close() for client in clients + warm))
 
 
