@@ -301,6 +301,7 @@ class WsConnection(asyncio.Protocol):
         self._opened(request)
         for event in events[1:]:  # frames sent right behind the request
             self._frame(event)
+        self.writable = protocol.state is _OPEN  # after every call into the protocol
 
     def _fast_handshake(self, data: bytes) -> bool:
         endpoint = self.endpoint
