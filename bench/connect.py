@@ -48,6 +48,7 @@ from common import HOST, JWT_SECRET, SERVER_ENV, WS_PATH, ignore_sigint, raise_n
 
 from realtime_server.gcpolicy import tune
 from realtime_server.loadtest.spawn import RedisProcess, ServerProcess
+from realtime_server.loadtest.speed import reference_us
 
 SERVERS: Final = (
     "bare",
@@ -318,6 +319,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown servers {sorted(unknown)}; choose from {', '.join(SERVERS)}")
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    speed = [reference_us()]  # the machine's speed before and after (loadtest/speed.py)
     with tempfile.TemporaryDirectory(prefix="bench-connect-") as tmp:
         for round_ in range(args.repeat):
             for kind in kinds:  # interleaved: drift hits every server alike
@@ -327,7 +329,8 @@ def main() -> None:
                     f"round {round_ + 1}/{args.repeat} {kind}: {result['us']:.0f} us/connect",
                     file=sys.stderr,
                 )
-    table = {
+    speed.append(reference_us())
+    table: dict[str, Any] = {
         k: {
             "us_per_connect": statistics.median(r["us"] for r in v),
             "us_range": [min(r["us"] for r in v), max(r["us"] for r in v)],
@@ -336,9 +339,13 @@ def main() -> None:
         for k, v in runs.items()
     }
     if args.json:
-        print(json.dumps(table, indent=2))
+        print(json.dumps({**table, "reference_us": speed}, indent=2))
         return
-    print(f"{args.connects} connects, {args.concurrency} at a time, median of {args.repeat}")
+    print(
+        f"{args.connects} connects, {args.concurrency} at a time, median of {args.repeat}; "
+        f"reference workload {speed[0]:.0f} -> {speed[1]:.0f} us (the machine's speed: "
+        "CPU figures scale with it)"
+    )
     print("| server | server CPU µs per connect (range) | connects/s |")
     print("|---|---|---|")
     for kind, row in table.items():

@@ -15,6 +15,8 @@ from typing import Any, Final
 
 from fanout_servers import SERVERS
 
+from realtime_server.loadtest.speed import reference_us
+
 __all__ = ["MODES", "Options", "machine_info", "parse_args"]
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
@@ -85,6 +87,7 @@ def machine_info(opts: Options) -> dict[str, Any]:
         "load_cpus": sorted(load_cpus) if load_cpus else "any",
         "python": sys.version.split()[0],
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "reference_us": reference_us(),  # the machine's speed now (loadtest/speed.py)
     }
 
 

@@ -21,6 +21,7 @@ import pytest
 from realtime_server.loadtest import LoadTest, Options, UsageError
 from realtime_server.loadtest.limits import source_addresses
 from realtime_server.loadtest.netstat import ListenCounters, parse_netstat, read_listen_counters
+from realtime_server.loadtest.report import render
 from realtime_server.loadtest.verdict import failures
 
 from .conftest import StartServer, api_url, ws_url
@@ -228,6 +229,10 @@ async def test_connections_are_spread_over_source_addresses(start_server: StartS
     assert r["listen_queue"] is not None  # a server on this machine: the kernel's counts read
     g = r["generators"]
     assert g["processes"] == 2 and g["cpu_us_per_delivery"] > 0
+    # the machine's speed before and after the load (speed.py), in the JSON and the table
+    before, after = r["machine"]["reference_us"]
+    assert 0 < before < 1e6 and 0 < after < 1e6
+    assert f"reference workload {before:,.0f} -> {after:,.0f} us" in render(r)
 
 
 # --- the kernel's listen-queue drops -------------------------------------------------------------
@@ -350,3 +355,12 @@ async def test_the_connect_cost_names_its_sample_and_a_small_one_is_noted(
     assert 0 < measured <= 20  # the warm-up connects are not in it
     assert result["server"]["cpu_us_per_connect"] > 0
     assert any(f"over {measured:,} connects only" in note for note in result["notes"])
+
+
+def test_the_reference_workload_is_its_best_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run the scheduler interrupted does not set the machine's speed figure."""
+    from realtime_server.loadtest import speed
+
+    pauses = iter([0.0, 0.2, 0.0, 0.0])  # the warm-up, one interrupted run, two quick ones
+    monkeypatch.setattr(speed, "_workload", lambda: time.sleep(next(pauses)))
+    assert speed.reference_us(runs=3) < 100_000

@@ -153,12 +153,19 @@ def render(r: dict[str, Any]) -> str:
         )
     )
     mach = r["machine"]
+    speed = mach.get("reference_us")
     rows.append(
         (
             "machine",
             f"{mach['cpus']} CPUs, load average {mach['loadavg'][0]}, other work "
             f"{mach['other_load_cpus']} CPUs during the run; the load test itself "
-            f"{_n(mach['loadtest_cpu_us_per_delivery'], 2)} us CPU per delivery",
+            f"{_n(mach['loadtest_cpu_us_per_delivery'], 2)} us CPU per delivery"
+            + (
+                f"; reference workload {' -> '.join(_n(s, 0) for s in speed)} us "
+                "(before -> after the run; CPU figures scale with it)"
+                if speed
+                else ""
+            ),
         )
     )
     width = max(len(k) for k, _ in rows)

@@ -46,6 +46,7 @@ from .progress import ProgressLine
 from .result import ConnectPhase, PublishPhase, Run, ServerSample, build_result
 from .scenarios import Plan, build_plan
 from .spawn import HOST, RedisProcess, ServerProcess, SpawnError
+from .speed import reference_us
 from .stats import Histogram
 from .storm import Storm, disconnect_all
 from .verdict import failures
@@ -107,11 +108,13 @@ class LoadTest:
         self.pipes.deadline = time.monotonic() + checked.duration + OVERHEAD_CAP
         prefix = "lt" + secrets.token_hex(3) + "-"  # runs never see each other's traffic
         self._plan = plan = build_plan(o.scenario, prefix, checked.workload)
+        speed = [reference_us()]  # the machine's speed now, and after the load (speed.py)
         with tempfile.TemporaryDirectory(prefix="loadtest-") as tmp:
             try:
                 targets = self._start_targets(Path(tmp), plan, checked)
                 self._start_children(plan, targets, checked)
                 run = self._measure(plan, targets, checked)
+                speed.append(reference_us())
             except SpawnError as exc:
                 raise LoadTestError(str(exc)) from None
             finally:
@@ -123,6 +126,7 @@ class LoadTest:
                 if self.redis is not None:
                     self.redis.stop()
         result = build_result(run)
+        result["machine"]["reference_us"] = speed
         result["failures"] = failures(result, o.max_error_share)
         return result
 
