@@ -16,13 +16,13 @@ connection goes through websockets' own parser, which answers it as before (400,
 
 from __future__ import annotations
 
-import base64
 import binascii
+import hashlib
 import re
 from collections.abc import Sequence
 from typing import Final
 
-from websockets.utils import accept_key
+from websockets.utils import GUID
 
 from .values import immutable
 
@@ -36,6 +36,7 @@ _MAX_HEAD: Final = 8192
 _HEAD_RE: Final = re.compile(
     rb"GET ([!-~]+) HTTP/1\.1\r\n((?:[-!#$%&'*+.^_`|~0-9a-zA-Z]+:[\t -~]*\r\n){1,100})\r\n"
 )
+_GUID: Final = GUID.encode("ascii")
 _CHECKED: Final = frozenset(
     {
         b"upgrade",
@@ -100,14 +101,16 @@ def fast_accept(
             kept.append((name.decode(), value.strip(b" \t").decode()))
     if seen.get(b"upgrade", b"").lower() != b"websocket":
         return None
-    connection = _tokens(seen.get(b"connection", b""))
-    if connection is None or b"upgrade" not in (option.lower() for option in connection):
-        return None
+    connection = seen.get(b"connection", b"")
+    if connection.lower() != b"upgrade":  # nearly always exactly that: no list to parse
+        options = _tokens(connection)
+        if options is None or b"upgrade" not in (option.lower() for option in options):
+            return None
     if seen.get(b"sec-websocket-version") != b"13":
         return None
     key = seen.get(b"sec-websocket-key", b"")
-    try:
-        if len(base64.b64decode(key, validate=True)) != 16:
+    try:  # base64.b64decode(key, validate=True), without its wrapper
+        if len(binascii.a2b_base64(key, strict_mode=True)) != 16:
             return None
     except binascii.Error:
         return None
@@ -122,7 +125,9 @@ def fast_accept(
         if protocols is None or subprotocol.encode() not in protocols:
             return None
         selected = subprotocol
-    accept = accept_key(key.decode("ascii")).encode("ascii")
+    # websockets.utils.accept_key on bytes: RFC 6455 fixes SHA-1 here (no secret in it)
+    digest = hashlib.sha1(key + _GUID, usedforsecurity=False).digest()
+    accept = binascii.b2a_base64(digest, newline=False)
     response = (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: " + accept + b"\r\n"
