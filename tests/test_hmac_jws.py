@@ -256,3 +256,21 @@ def test_numbers_beyond_a_double_are_refused(claim: str, number: str) -> None:
     body = orjson.dumps(others)[:-1] + f',"{claim}":{number}}}'.encode()
     with pytest.raises(TokenInvalid):
         verifier().verify_connection(sign({"alg": "HS256"}, body), NOW)
+
+
+@pytest.mark.parametrize("digest", sorted(set(HMAC_DIGESTS.values())))
+def test_precomputed_hmac_is_hmac(digest: str) -> None:
+    """The verifier's HMAC from the key's precomputed states (``_hmac``) is RFC 2104's,
+    for keys shorter than, as long as and longer than the hash's block, and messages of
+    any length; computed twice with the same states, it does not drift."""
+    from realtime_server.auth.hmac_jws import _hmac
+
+    rng = random.Random(digest)
+    block = hashlib.new(digest).block_size
+    for size in (0, 1, 32, block - 1, block, block + 1, 3 * block):
+        key = rng.randbytes(size)
+        for length in (0, 1, 55, 56, 64, 200, 1000):
+            message = rng.randbytes(length)
+            expected = hmac.digest(key, message, digest)
+            assert _hmac(key, message, digest) == expected
+            assert _hmac(key, message, digest) == expected
