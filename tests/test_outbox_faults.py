@@ -112,14 +112,23 @@ async def test_postgres_restarted_under_load(start_server: StartServer) -> None:
                 try:
                     if conn is None:
                         conn = await asyncpg.connect(dsn, timeout=2)
-                    async with conn.transaction():
+                    # Bounded: a connection PostgreSQL's restart left half-open must not
+                    # stall the producer (it once did past the test's wait, then failed
+                    # with asyncpg's "another operation is in progress").
+                    async with asyncio.timeout(5), conn.transaction():
                         for i in batch:
                             await conn.execute(
                                 "SELECT realtime_publish('document:1', $1::jsonb)",
                                 orjson.dumps({"n": i}).decode(),
                             )
                     acked.extend(batch)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                except (
+                    OSError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    asyncpg.InternalClientError,
+                    TimeoutError,
+                ):
                     unsure.extend(batch)
                     if conn is not None:
                         conn.terminate()
