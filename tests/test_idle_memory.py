@@ -48,11 +48,13 @@ first four modules alone; an encoded ClientInfo cached per subscription cost 4 K
 (orjson keeps its buffer: ``model.kept``)."""
 
 
-WSCONN_BUDGET = 1400
+WSCONN_BUDGET = 1800
 """Bytes per idle connection made in ``wsconn.py`` (the connection object, its handler
-task, the handler's coroutine and future, the request): about 1,200; 3,200 when each
-connection had websockets' protocol object and two more coroutines parked (and 740 more
-in ``server.py``, now 300)."""
+task, the handler's coroutine and future, the request, and the growth of the port's
+set of connections): about 1,200 when the test runs alone, 1,450 once inside the whole
+suite; 3,200 when each connection had websockets' protocol object and two more
+coroutines parked (and 740 more in ``server.py``, now 300). The protocol object itself
+is checked for directly."""
 
 
 def _by_module(snapshot: tracemalloc.Snapshot) -> Counter[str]:
