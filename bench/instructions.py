@@ -139,16 +139,30 @@ def _frames(n: int, documents: bool) -> list[bytes]:
     return frames
 
 
-def _count(kind: str, frames_file: Path, n: int, workdir: Path) -> int:
+def write_frames(path: Path, frames: list[bytes]) -> None:
+    """``frames`` for ``--drive`` (bytes as latin-1 text in JSON)."""
+    path.write_text(json.dumps([f.decode("latin-1") for f in frames]))
+
+
+def driver_env(sqlite_path: Path | None) -> dict[str, str]:
+    """The environment of a ``--drive`` run: the benchmarks' server settings, a free
+    port, the SQLite event log at ``sqlite_path`` (None: the log off)."""
     env = {
         **os.environ,
         **SERVER_ENV,
         "REALTIME_PORT": "0",
-        "REALTIME_EVENTS_ENABLED": "true" if kind.endswith("+sqlite") else "false",
-        "REALTIME_SQLITE_PATH": str(workdir / f"events-{kind}-{n}.db"),
+        "REALTIME_EVENTS_ENABLED": "false" if sqlite_path is None else "true",
         "PYTHONHASHSEED": "0",  # the same dict layouts every run
     }
+    if sqlite_path is not None:
+        env["REALTIME_SQLITE_PATH"] = str(sqlite_path)
     env.pop("REALTIME_API_KEY", None)
+    return env
+
+
+def _count(kind: str, frames_file: Path, n: int, workdir: Path) -> int:
+    sqlite = workdir / f"events-{kind}-{n}.db" if kind.endswith("+sqlite") else None
+    env = driver_env(sqlite)
     command = [
         "valgrind",
         "--tool=cachegrind",
@@ -198,8 +212,7 @@ def main() -> None:
         workdir = Path(tmp)
         for kind in kinds:
             frames_file = workdir / f"{kind}.frames"
-            frames = _frames(args.connects, "docs" in kind)  # bytes as latin-1 text in JSON
-            frames_file.write_text(json.dumps([f.decode("latin-1") for f in frames]))
+            write_frames(frames_file, _frames(args.connects, "docs" in kind))
             counts = []
             for n in (args.base, args.connects):
                 print(f"{kind}: {n} connects under valgrind...", file=sys.stderr, flush=True)

@@ -279,7 +279,6 @@ async def start_websocket_server(
         make_protocol=functools.partial(
             JsonProtocol,
             origins=origins,
-            max_size=settings.max_message_size,
             logger=_WEBSOCKETS_LOGGER,  # not looked up (under logging's lock) per connection
         ),
         routes=routes,

@@ -280,7 +280,7 @@ class WsConnection(asyncio.Protocol):
                 return
             if self._fast_handshake(data):
                 return
-            self.protocol = self.endpoint.make_protocol()
+            self.protocol = self._make_protocol()
         protocol = self.protocol
         protocol.receive_data(data)
         events = protocol.events_received()
@@ -404,13 +404,18 @@ class WsConnection(asyncio.Protocol):
         if protocol.close_expected():
             self._arm_close()
 
+    def _make_protocol(self, **kwargs: Any) -> ServerProtocol:
+        """websockets' protocol with the endpoint's message size limit: the one limit
+        both frame readers obey."""
+        return self.endpoint.make_protocol(max_size=self.endpoint.max_size, **kwargs)
+
     def _own_protocol(self) -> ServerProtocol:
         """The connection's websockets protocol, made now for a connection opened by
         the fast handshake that has not needed it yet (its parser starts at a frame
         boundary; its state is OPEN, or what the connection's writes made it)."""
         if self._direct:
             self._direct = False
-            self.protocol = self.endpoint.make_protocol(state=_OPEN)
+            self.protocol = self._make_protocol(state=_OPEN)
         return self.protocol
 
     def _frame(self, frame: Any) -> None:

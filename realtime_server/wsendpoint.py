@@ -21,8 +21,8 @@ frame and the end of the TCP connection (websockets' default is 10 s). A respons
 client answers within a round trip; one that does not is aborted."""
 
 MakeProtocol = Callable[..., ServerProtocol]
-"""Makes a connection's protocol: no arguments for a handshake to parse, ``state=OPEN``
-for one accepted by :func:`~.handshake.fast_accept`."""
+"""Makes a connection's protocol, called with ``max_size`` (the endpoint's), and
+``state=OPEN`` for a connection accepted by :func:`~.handshake.fast_accept`."""
 
 
 class Endpoint(Generic[C]):
@@ -87,8 +87,8 @@ class Endpoint(Generic[C]):
         proxy's); None keeps none."""
         self.max_queue = max_queue
         self.max_size = max_size
-        """The largest message accepted, in bytes: the same limit as ``make_protocol``'s
-        protocol (frames read without it, :mod:`.clientframes`, obey it too)."""
+        """The largest message accepted, in bytes: given to ``make_protocol``, and obeyed
+        by the frames read without the protocol (:mod:`.clientframes`)."""
         self.close_timeout = close_timeout
         # The fast handshake (handshake.py): on ``ws_path`` only, for the origins and the
         # subprotocol ``make_protocol``'s protocol accepts, when ``admits`` the socket.

@@ -8,8 +8,6 @@ so that a change to those pieces breaks a test rather than the benchmark.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,16 +21,9 @@ def test_the_instruction_counts_driver_connects(tmp_path: Path) -> None:
         import instructions
     finally:
         sys.path.remove(str(BENCH))
-    frames = instructions._frames(3, documents=True)
     frames_file = tmp_path / "frames.json"
-    frames_file.write_text(json.dumps([f.decode("latin-1") for f in frames]))
-    env = {
-        **os.environ,
-        **instructions.SERVER_ENV,
-        "REALTIME_PORT": "0",
-        "REALTIME_SQLITE_PATH": str(tmp_path / "events.db"),
-    }
-    env.pop("REALTIME_API_KEY", None)
+    instructions.write_frames(frames_file, instructions._frames(3, documents=True))
+    env = instructions.driver_env(tmp_path / "events.db")
     done = subprocess.run(
         [sys.executable, str(BENCH / "instructions.py"), "--drive", str(frames_file), "3"],
         env=env,

@@ -12,7 +12,6 @@ valid or hostile, split over reads anywhere.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import os
 import struct
@@ -213,8 +212,7 @@ async def _run(reads: list[bytes], direct: bool) -> tuple[Any, ...]:
         except ConnectionClosed:
             pass
 
-    make = functools.partial(ServerProtocol, max_size=MAX_SIZE)
-    conn, transport = _opened(make, handler, direct)
+    conn, transport = _opened(ServerProtocol, handler, direct)
     assert conn._direct is direct
     handshake = len(transport.written)
     for data in reads:
@@ -267,7 +265,7 @@ async def test_a_plain_connection_makes_no_protocol_object() -> None:
     made: list[ServerProtocol] = []
 
     def make(**kwargs: Any) -> ServerProtocol:
-        made.append(ServerProtocol(max_size=MAX_SIZE, **kwargs))
+        made.append(ServerProtocol(**kwargs))
         return made[-1]
 
     received: list[str | bytes] = []

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import binascii
 import functools
-import hashlib
 import hmac
 import re
 from typing import Any, Final
@@ -37,33 +36,20 @@ _SEGMENT: Final = re.compile(rb"[A-Za-z0-9_-]*")
 _TO_STANDARD: Final = bytes.maketrans(b"-_", b"+/")  # bytes: str.translate was 2 µs
 
 
-_IPAD: Final = bytes(x ^ 0x36 for x in range(256))
-_OPAD: Final = bytes(x ^ 0x5C for x in range(256))
-
-
 @functools.lru_cache(maxsize=16)
-def _keyed(key: bytes, digest: str) -> tuple[Any, Any]:
-    """HMAC's inner and outer hash states for ``key`` (RFC 2104: the key, hashed when
-    longer than a block, padded to one and XORed with 0x36 and 0x5C), made once per key
-    and algorithm: a verification copies them instead of keying HMAC again."""
-    block = hashlib.new(digest).block_size
-    if len(key) > block:
-        key = hashlib.new(digest, key).digest()
-    key = key.ljust(block, b"\0")
-    return hashlib.new(digest, key.translate(_IPAD)), hashlib.new(digest, key.translate(_OPAD))
+def _keyed(key: bytes, digest: str) -> hmac.HMAC:
+    """The standard library's HMAC keyed with ``key``, made once per key and algorithm:
+    a verification copies it instead of keying HMAC again."""
+    return hmac.new(key, digestmod=digest)
 
 
 def _hmac(key: bytes, message: bytes, digest: str) -> bytes:
-    """``hmac.digest(key, message, digest)`` from the key's precomputed states: 13,700
+    """``hmac.digest(key, message, digest)`` from a copy of the keyed HMAC: 19,400
     instructions for an HS256 token instead of 26,200 (valgrind; OpenSSL's one-shot HMAC
     sets the key up on every call). ``tests/test_hmac_jws.py`` checks they agree."""
-    inner, outer = _keyed(key, digest)
-    inner = inner.copy()
-    inner.update(message)
-    outer = outer.copy()
-    outer.update(inner.digest())
-    mac: bytes = outer.digest()
-    return mac
+    mac = _keyed(key, digest).copy()
+    mac.update(message)
+    return mac.digest()
 
 
 class MalformedToken(ValueError):

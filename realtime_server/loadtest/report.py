@@ -161,7 +161,7 @@ def render(r: dict[str, Any]) -> str:
             f"{mach['other_load_cpus']} CPUs during the run; the load test itself "
             f"{_n(mach['loadtest_cpu_us_per_delivery'], 2)} us CPU per delivery"
             + (
-                f"; reference workload {' -> '.join(_n(s, 0) for s in speed)} us "
+                f"; reference workload {' -> '.join(_n(v, 0) for v in speed)} us "
                 "(before -> after the run; CPU figures scale with it)"
                 if speed
                 else ""
