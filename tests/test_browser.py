@@ -203,7 +203,7 @@ async def demo_process(tmp_path: Path, port: int = 0) -> AsyncIterator[tuple[str
         stdout_reader = asyncio.create_task(drain(proc.stdout))
         yield url, log
         proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10000 * MS):
+        async with asyncio.timeout(20000 * MS):  # the shutdown's own bound is 10 s
             code = await proc.wait()
         assert code == 0, "".join(log)
     finally:

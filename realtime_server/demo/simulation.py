@@ -65,6 +65,10 @@ SIGNERS = (
 )
 DECLINE_EVERY = 3
 """Every third round the last signer declines instead of signing."""
+_CLOSE_TIMEOUT = 2.0
+"""Seconds a simulated signer waits for its closing handshake (and its reader) when the
+demo stops: the server is in this process, on loopback; websockets' default, 10 s, let
+a stuck close hold up the server's shutdown for longer than a supervisor waits."""
 
 Mint = Callable[..., str]
 """``mint(user, channel=None, info=None)``: a connection (or subscription) token."""
@@ -93,6 +97,7 @@ class SimulatedSigner:
         ws = await connect(
             self.url,
             open_timeout=wait,
+            close_timeout=_CLOSE_TIMEOUT,
             ping_interval=None,
             max_size=None,
             proxy=None,
@@ -142,7 +147,7 @@ class SimulatedSigner:
             await self._ws.close()
         if self._reader is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self._reader, 5)
+                await asyncio.wait_for(self._reader, _CLOSE_TIMEOUT)
 
 
 class Simulation:
