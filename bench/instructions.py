@@ -146,7 +146,8 @@ def write_frames(path: Path, frames: list[bytes]) -> None:
 
 def driver_env(sqlite_path: Path | None) -> dict[str, str]:
     """The environment of a ``--drive`` run: the benchmarks' server settings, a free
-    port, the SQLite event log at ``sqlite_path`` (None: the log off)."""
+    port, the SQLite event log at ``sqlite_path`` (None: the log off) with its spill
+    file beside it."""
     env = {
         **os.environ,
         **SERVER_ENV,
@@ -156,6 +157,11 @@ def driver_env(sqlite_path: Path | None) -> dict[str, str]:
     }
     if sqlite_path is not None:
         env["REALTIME_SQLITE_PATH"] = str(sqlite_path)
+        # Its own spill file, never the default one in the working directory (a spill
+        # left there by another run would be replayed into this log, and counted), and
+        # a store timeout valgrind's slowness cannot reach (a timed-out batch spills).
+        env["REALTIME_EVENTS_SPILL_PATH"] = str(sqlite_path.with_suffix(".spill.jsonl"))
+        env["REALTIME_EVENTS_TIMEOUT"] = "120"
     env.pop("REALTIME_API_KEY", None)
     return env
 

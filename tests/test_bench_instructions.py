@@ -24,6 +24,9 @@ def test_the_instruction_counts_driver_connects(tmp_path: Path) -> None:
     frames_file = tmp_path / "frames.json"
     instructions.write_frames(frames_file, instructions._frames(3, documents=True))
     env = instructions.driver_env(tmp_path / "events.db")
+    # Never the default spill file in the working directory: one left there by an
+    # earlier run (a write timed out under valgrind) was replayed into this log.
+    assert Path(env["REALTIME_EVENTS_SPILL_PATH"]).parent == tmp_path
     done = subprocess.run(
         [sys.executable, str(BENCH / "instructions.py"), "--drive", str(frames_file), "3"],
         env=env,
