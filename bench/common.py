@@ -22,6 +22,7 @@ from realtime_server.loadtest.procfs import (
     machine_busy_s,
     raise_nofile,
     read_proc,
+    thread_cpu_s,
 )
 from realtime_server.loadtest.procfs import wait_port as _wait_port
 
@@ -42,6 +43,7 @@ __all__ = [
     "read_proc",
     "require_bench_deps",
     "require_peer",
+    "thread_cpu_s",
     "wait_port",
 ]
 

@@ -9,7 +9,7 @@ other threads': the SQLite event log's writer):
 
 - ``bare``: an ``asyncio.Protocol`` that answers the upgrade and the first frame with
   fixed bytes, no validation: what the event loop and the kernel cost;
-- ``bare+docs``: the same, and each reply also writes a fixed 131-byte join push to the
+- ``bare+docs``: the same, and each reply also writes a fixed 130-byte join push to the
   connections that arrived before it in its group of 5 (``server+docs``' writes: the
   floor of the churn scenario's connect, what the kernel and the loop cost for it);
 - ``websockets``: websockets' asyncio server, a handler that reads one message and
@@ -49,7 +49,16 @@ from websockets.utils import accept_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import HOST, JWT_SECRET, SERVER_ENV, WS_PATH, ignore_sigint, raise_nofile, read_proc
+from common import (
+    HOST,
+    JWT_SECRET,
+    SERVER_ENV,
+    WS_PATH,
+    ignore_sigint,
+    raise_nofile,
+    read_proc,
+    thread_cpu_s,
+)
 
 from realtime_server.gcpolicy import tune
 from realtime_server.loadtest.spawn import RedisProcess, ServerProcess
@@ -70,10 +79,12 @@ _JOIN: Final = (
     b'{"push":{"channel":"document:d0000-000","join":{"info":{"user":"u0000-000",'
     b'"client":"' + b"0" * 36 + b'"}}}}'
 )
-"""A join push of the size ``server+docs`` writes (131 bytes framed, as in the churn shape)."""
+"""A join push of about the size ``server+docs`` writes (130 bytes framed; its are 131)."""
+_JOIN_FRAME: Final = b"\x81\x7e" + len(_JOIN).to_bytes(2, "big") + _JOIN
 PARTICIPANTS: Final = 5
 """Users per document in ``server+docs``."""
 _REPLY: Final = b'{"id":1,"connect":{"client":"c","version":"0","ping":25,"pong":true}}'
+_REPLY_FRAME: Final = b"\x81" + bytes([len(_REPLY)]) + _REPLY
 
 
 # --- the servers (run as ``connect.py --serve KIND --port P --api-port A``) -------------
@@ -107,7 +118,7 @@ async def _serve(kind: str, port: int, api_port: int) -> None:
 
         async def own(conn: WsConnection) -> None:
             await conn.recv()
-            conn.transport.write(b"\x81" + bytes([len(_REPLY)]) + _REPLY)
+            conn.transport.write(_REPLY_FRAME)
             while True:
                 await conn.recv()
 
@@ -146,12 +157,11 @@ class _Bare(asyncio.Protocol):
             )
             self.upgraded = True
             return
-        self.transport.write(b"\x81" + bytes([len(_REPLY)]) + _REPLY)
+        self.transport.write(_REPLY_FRAME)
         group = self.group
         if group is not None:
-            join = b"\x81\x7e" + len(_JOIN).to_bytes(2, "big") + _JOIN
             for other in group:
-                other.write(join)
+                other.write(_JOIN_FRAME)
             group.append(self.transport)
             if len(group) == PARTICIPANTS:
                 group.clear()
@@ -230,9 +240,9 @@ async def _clients(
             transports.append(transport)
 
     await asyncio.gather(*(one(f) for f in frames[:warm]))
-    before, started, loop_before = read_proc(pid), time.perf_counter(), _main_thread_s(pid)
+    before, started, loop_before = read_proc(pid), time.perf_counter(), thread_cpu_s(pid, pid)
     await asyncio.gather(*(one(f) for f in frames[warm:]))
-    after, ended, loop_after = read_proc(pid), time.perf_counter(), _main_thread_s(pid)
+    after, ended, loop_after = read_proc(pid), time.perf_counter(), thread_cpu_s(pid, pid)
     for transport in transports:
         transport.abort()
     return {
@@ -241,15 +251,6 @@ async def _clients(
         "loop_us": (loop_after - loop_before) / n * 1e6,
         "rate": n / (ended - started),
     }
-
-
-def _main_thread_s(pid: int) -> float:
-    """CPU seconds of ``pid``'s main thread (the event loop's): the rest of the
-    process's is its other threads' (the SQLite event log's writer)."""
-    with open(f"/proc/{pid}/task/{pid}/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the orchestrator -------------------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 from realtime_server.loadtest import LoadTest, Options, UsageError
 from realtime_server.loadtest.limits import source_addresses
 from realtime_server.loadtest.netstat import ListenCounters, parse_netstat, read_listen_counters
+from realtime_server.loadtest.procfs import read_proc, thread_cpu_s
 from realtime_server.loadtest.report import render
 from realtime_server.loadtest.verdict import failures
 
@@ -364,3 +366,23 @@ def test_the_reference_workload_is_its_best_run(monkeypatch: pytest.MonkeyPatch)
     pauses = iter([0.0, 0.2, 0.0, 0.0])  # the warm-up, one interrupted run, two quick ones
     monkeypatch.setattr(speed, "_workload", lambda: time.sleep(next(pauses)))
     assert speed.reference_us(runs=3) < 100_000
+
+
+def test_thread_cpu_counts_one_thread_only() -> None:
+    """``thread_cpu_s(pid, pid)`` is the main thread's CPU: a busy second thread's
+    shows in the process's figure (``read_proc``) and not in it."""
+    pid = os.getpid()
+
+    def spin() -> None:
+        started = time.thread_time()
+        while time.thread_time() - started < 0.3:
+            sum(range(1000))
+
+    process, main = read_proc(pid).cpu_s, thread_cpu_s(pid, pid)
+    worker = threading.Thread(target=spin)
+    worker.start()
+    worker.join()
+    process_used = read_proc(pid).cpu_s - process
+    main_used = thread_cpu_s(pid, pid) - main
+    assert process_used >= 0.25  # the spinning thread's (10 ms clock ticks)
+    assert main_used < process_used - 0.2

@@ -21,6 +21,7 @@ __all__ = [
     "raise_nofile",
     "read_proc",
     "read_tree",
+    "thread_cpu_s",
     "tree_pids",
     "wait_port",
 ]
@@ -56,17 +57,33 @@ def raise_nofile() -> int:
     return soft
 
 
+def _cpu_ticks(stat_path: str) -> tuple[int, int]:
+    """utime and stime, in clock ticks, from a ``stat`` file of ``/proc`` (a process's
+    or one thread's: the same format)."""
+    with open(stat_path, "rb") as f:
+        stat = f.read()
+    # The command name (field 2) may hold spaces: split after its closing parenthesis.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
+
+
+def thread_cpu_s(pid: int, tid: int) -> float:
+    """CPU seconds (user + system) of thread ``tid`` of process ``pid`` (``tid ==
+    pid``: its main thread, the event loop's in our server).
+
+    Raises:
+        OSError: when the thread is gone.
+    """
+    return sum(_cpu_ticks(f"/proc/{pid}/task/{tid}/stat")) / _CLK_TCK
+
+
 def read_proc(pid: int) -> ProcSample:
     """utime+stime from ``/proc/<pid>/stat`` and VmRSS from ``/proc/<pid>/status``.
 
     Raises:
         OSError: when the process is gone.
     """
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    # The command name (field 2) may hold spaces: split after its closing parenthesis.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
+    utime, stime = _cpu_ticks(f"/proc/{pid}/stat")
     rss_kib = 0
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
