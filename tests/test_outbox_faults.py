@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 
+from realtime_server.outbox.db import APPLICATION_NAME
 from realtime_server.protocol import HistoryRequest
 
 from .conftest import StartServer, connected
@@ -68,6 +69,41 @@ async def collecting(client: RawClient) -> AsyncIterator[Collector]:
         await collector.close()
 
 
+@contextlib.asynccontextmanager
+async def holding_commits(dsn: str) -> AsyncIterator[None]:
+    """Hold a SHARE lock on the outbox table while the body runs: a consumer still
+    reads, locks and runs its rows (ROW SHARE), but its ``DELETE ...; COMMIT`` (ROW
+    EXCLUSIVE) waits. So a node killed inside is killed mid-batch whatever the machine's
+    speed (without this, a fast node once committed its batch before the kill landed).
+
+    On leaving, the outbox's connections to this database are terminated before the
+    lock goes: a node killed after sending its ``DELETE ...; COMMIT`` would otherwise
+    commit once the lock goes, since PostgreSQL notices a vanished client only when it
+    next writes to it. Terminating them stands in for noticing at once."""
+    async with app_connection(dsn) as locker, locker.transaction():
+        await locker.execute("LOCK TABLE realtime_outbox IN SHARE MODE")
+        yield
+        await locker.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = $1",
+            APPLICATION_NAME,
+        )
+        await wait_until_async(
+            lambda: locker.fetchval(
+                "SELECT count(*) = 0 FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = $1",
+                APPLICATION_NAME,
+            )
+        )
+
+
+async def wait_until_async(check: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> None:
+    """Poll an awaitable condition no event signals (another server's state)."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.02)
+
+
 async def test_a_node_killed_mid_batch_and_another_finishing_delivers_exactly_once(
     pg_cluster: PgCluster, redis_url: str, redis_prefix: str
 ) -> None:
@@ -80,7 +116,7 @@ async def test_a_node_killed_mid_batch_and_another_finishing_delivers_exactly_on
         async with collecting(client) as seen, app_connection(dsn) as conn:
             # All rows first: the first node's first transaction takes rows 1-500.
             await publish_rows(conn, "document:k", range(total), per_transaction=50)
-            async with server_process(**shared, OUTBOX_URL=dsn) as first:
+            async with holding_commits(dsn), server_process(**shared, OUTBOX_URL=dsn) as first:
                 await seen.until("document:k", 100)
                 await first.stop(signal.SIGKILL)  # mid-batch: run, not committed
             killed_at = len(seen.of("document:k"))
