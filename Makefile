@@ -54,6 +54,7 @@ test: $(BIN)/.test-installed js-deps bench-deps
 
 lint: $(BIN)/.test-installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(BIN)/.test-installed
 	$(BIN)/mypy

@@ -145,9 +145,7 @@ class NodeDirectory:
     def start(self) -> None:
         """Announce now, then every interval (and at once on hearing a new node)."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="node-announcer"
-            )
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="node-announcer")
 
     async def stop(self) -> None:
         """Stop announcing and tell the others this node leaves (bounded; a failure

@@ -47,7 +47,11 @@ class RedisServer:
         self.proc = await asyncio.create_subprocess_exec(
             *redis_command(
                 require_redis_server(),
-                self.port, self._dir, "--enable-debug-command", "local", *self.extra
+                self.port,
+                self._dir,
+                "--enable-debug-command",
+                "local",
+                *self.extra,
             ),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,

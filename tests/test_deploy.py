@@ -90,4 +90,3 @@ async def test_haproxy_accepts_its_configuration() -> None:
         optional("haproxy not found: deploy/haproxy.cfg not checked (apt-get install haproxy)")
     code, out = await run(haproxy, "-c", "-f", str(HAPROXY), env={**os.environ})
     assert code == 0 and "Configuration file is valid" in out, out
-

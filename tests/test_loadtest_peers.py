@@ -169,9 +169,7 @@ async def test_bursts_keep_the_stream_rate_in_publications_per_second() -> None:
         # Channels in turn within and across bursts, each with its own numbering.
         sent = [c["publish"] for _, body, _ in api.requests for c in body["commands"]]
         assert [p["channel"] for p in sent[:3]] == ["document:a", "document:b", "document:a"]
-        assert [p["data"]["s"] for p in sent if p["channel"] == "document:b"] == list(
-            range(1, 13)
-        )
+        assert [p["data"]["s"] for p in sent if p["channel"] == "document:b"] == list(range(1, 13))
         assert result.published == 25 and result.counts == {"document:a": 13, "document:b": 12}
 
 

@@ -115,8 +115,7 @@ def register(sub: Any) -> None:
     """Add the event-log commands to the main parser's subparsers."""
     migrate = sub.add_parser(
         "migrate",
-        help="apply the event-log schema migrations (and the outbox's, with "
-        "REALTIME_OUTBOX_URL)",
+        help="apply the event-log schema migrations (and the outbox's, with REALTIME_OUTBOX_URL)",
         description="Apply the event log's pending schema migrations, each once, under a "
         "lock: PostgreSQL at REALTIME_DATABASE_URL, else the SQLite file at "
         "REALTIME_SQLITE_PATH. serve does the same at start unless "

@@ -71,6 +71,7 @@ POLL: Final = (
     " ORDER BY partition, id LIMIT 1) AS below"
 )
 
+
 def load_migrations() -> list[Migration]:
     """The outbox migrations shipped with the package, in version order (PostgreSQL
     only; loaded as the event log's are)."""
