@@ -205,6 +205,14 @@ class Settings:
         maximum=3600,
         metavar="SECONDS",
     )
+    outbox_idle_timeout: float = setting(
+        30.0,
+        "seconds an outbox batch's transaction may sit idle before PostgreSQL ends it,"
+        " freeing its partition (a frozen or unreachable node); above REDIS_TIMEOUT",
+        minimum=1,
+        maximum=3600,
+        metavar="SECONDS",
+    )
     allowed_origins: str | None = setting(
         None,
         "comma-separated exact Origin allow-list for browsers (unset: any)",
@@ -339,6 +347,11 @@ class Settings:
             raise ConfigError("REALTIME_WORKERS: workers need fixed ports (not 0)")
         if self.redis_url:
             check_redis_url(self.redis_url)
+        if self.outbox_url and self.redis_url and self.outbox_idle_timeout <= self.redis_timeout:
+            raise ConfigError(
+                "REALTIME_OUTBOX_IDLE_TIMEOUT: must exceed REALTIME_REDIS_TIMEOUT (a batch"
+                " waits that long on Redis before it gives up)"
+            )
         if any(c in self.redis_prefix for c in "{} \n"):
             raise ConfigError("REALTIME_REDIS_PREFIX: no braces, spaces or newlines")
         # Derived once: read on every subscribe and handshake.

@@ -202,6 +202,14 @@ def test_settings_are_frozen() -> None:
         ({"host": None}, "REALTIME_HOST"),
         ({"namespaces_json": "[]"}, "REALTIME_NAMESPACES"),
         ({"workers": 2}, "REALTIME_WORKERS"),
+        (
+            {
+                "outbox_url": "postgresql://127.0.0.1/app",
+                "redis_url": "redis://127.0.0.1:6379/0",
+                "outbox_idle_timeout": 2.0,  # not above REDIS_TIMEOUT's 2 s
+            },
+            "REALTIME_OUTBOX_IDLE_TIMEOUT",
+        ),
     ],
 )
 def test_direct_construction_and_replace_are_validated(
@@ -213,6 +221,13 @@ def test_direct_construction_and_replace_are_validated(
         Settings(**changes)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=f"^{variable}"):
         dataclasses.replace(Settings(), **changes)
+
+
+def test_outbox_idle_timeout_only_checked_against_a_redis_timeout_in_use() -> None:
+    outbox = {"outbox_url": "postgresql://127.0.0.1/app", "outbox_idle_timeout": 2.0}
+    assert Settings(**outbox).outbox_idle_timeout == 2.0  # type: ignore[arg-type]
+    redis = {"redis_url": "redis://127.0.0.1:6379/0", "redis_timeout": 1.5}
+    assert Settings(**outbox, **redis).outbox_idle_timeout == 2.0  # type: ignore[arg-type]
 
 
 def test_namespaces_parsed_once() -> None:

@@ -19,7 +19,14 @@ from realtime_server.protocol import HistoryRequest
 
 from .conftest import StartServer, connected
 from .helpers import MS, RawClient, token
-from .outbox_db import app_connection, drained, migrated_database, publish_rows, wait_until
+from .outbox_db import (
+    app_connection,
+    drained,
+    migrated_database,
+    publish_rows,
+    wait_until,
+    waiting_rows,
+)
 from .pg import PgCluster, pg_cluster
 from .procs import server_process
 from .redis_server import redis_server
@@ -224,3 +231,44 @@ async def test_redis_down_keeps_the_row_first_and_retries(
         found = await server.node.ops.history(HistoryRequest("document:9", limit=-1))
         assert [orjson.loads(p.data) for p in found.publications] == [{"n": i} for i in range(20)]
         assert [p.offset for p in found.publications] == list(range(1, 21))
+
+
+async def test_a_frozen_node_mid_batch_frees_its_partition_after_the_idle_timeout(
+    pg_cluster: PgCluster,
+) -> None:
+    """A node frozen (SIGSTOP: a paused VM, a cut network) while its batch is open keeps
+    its connection, so PostgreSQL never sees it go; REALTIME_OUTBOX_IDLE_TIMEOUT ends the
+    transaction and another node takes the partition."""
+    dsn = await migrated_database(pg_cluster)
+    async with redis_server() as redis_proc, app_connection(dsn) as conn:
+        assert redis_proc.proc is not None
+        env = {
+            "REDIS_URL": redis_proc.url,
+            "REDIS_TIMEOUT": "2.5",  # the window to freeze the node in, below
+            "OUTBOX_URL": dsn,
+            "OUTBOX_IDLE_TIMEOUT": "3",
+            "OUTBOX_POLL_INTERVAL": "0.2",
+        }
+        async with server_process(**env) as frozen:
+            redis_proc.proc.send_signal(signal.SIGSTOP)  # the batch's publish waits
+            try:
+                await publish_rows(conn, "document:f", range(10), per_transaction=10)
+                await wait_until_async(lambda: batch_waiting(conn))  # rows read and locked
+                frozen.proc.send_signal(signal.SIGSTOP)
+            finally:
+                redis_proc.proc.send_signal(signal.SIGCONT)
+            assert await waiting_rows(conn) == 10
+            async with server_process(**env):
+                await drained(conn, WAIT)  # the frozen node's lock is gone
+            assert await conn.fetchval("SELECT count(*) FROM realtime_outbox_failed") == 0
+
+
+async def batch_waiting(conn: Any) -> bool:
+    """An outbox connection sits in an open transaction (a batch running its rows)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = $1 AND state = 'idle in transaction'",
+            APPLICATION_NAME,
+        )
+    )

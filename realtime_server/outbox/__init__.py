@@ -36,6 +36,7 @@ def attach(node: Node, settings: Settings) -> OutboxConsumer:
         _ApiRunner(node.ops),
         partitions=settings.outbox_partitions,
         poll_interval=settings.outbox_poll_interval,
+        idle_timeout=settings.outbox_idle_timeout,
     )
     node.health.watch("outbox", consumer.problem)
     consumer.bind_metrics(node.metrics)

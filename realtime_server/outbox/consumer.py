@@ -17,11 +17,16 @@ the transaction that reads, runs and deletes the rows, so there is no state wher
 node believes it owns a partition whose lock went with a dead connection, nothing to
 release on errors, and a node killed mid-batch loses the lock with its transaction
 (its rows stay and the next holder runs them: publishes carry ``outbox:<id>`` and are
-delivered once). ``FOR UPDATE SKIP LOCKED`` on the rows would let a second node run
-later rows while the first still runs earlier ones (out of order), and a lock row per
-partition would need a table the schema does not have. A node that does not get the
-lock (another is working the partition) waits for the next notification or poll;
-under load the holder keeps draining, so the partition goes on.
+delivered once). A node frozen or cut off mid-batch keeps its connection, which
+PostgreSQL would notice only by TCP keepalive, hours later: the pool's connections set
+``idle_in_transaction_session_timeout`` (``REALTIME_OUTBOX_IDLE_TIMEOUT``), so
+PostgreSQL ends that transaction and frees the partition.
+
+``FOR UPDATE SKIP LOCKED`` on the rows would let a second node run later rows while the
+first still runs earlier ones (out of order), and a lock row per partition would need a
+table the schema does not have. A node that does not get the lock (another is working
+the partition) waits for the next notification or poll; under load the holder keeps
+draining, so the partition goes on.
 
 Waking up
 ---------
@@ -55,7 +60,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from ..metrics import Metrics
-from .db import TIMEOUT, OutboxUnavailable, connect, unavailable
+from .db import APPLICATION_NAME, TIMEOUT, OutboxUnavailable, connect, unavailable
 from .rows import Result, Runner, run_rows
 from .schema import CHANNEL, MOVE_FAILED, POLL, SELECT_ROWS
 
@@ -65,6 +70,10 @@ logger = logging.getLogger("realtime_server.outbox")
 
 BATCH: Final = 500
 """Most rows run in one transaction."""
+
+IDLE_TIMEOUT: Final = 30.0
+"""Default seconds a batch's transaction may sit idle (running its rows) before
+PostgreSQL ends it and frees the partition."""
 
 MAX_CONNECTIONS: Final = 4
 """Most worker connections per node (partitions share them), besides the listener's."""
@@ -123,6 +132,7 @@ class OutboxConsumer:
         poll_interval: float = 1.0,
         batch: int = BATCH,
         timeout: float = TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self._dsn = dsn
         self._runner = runner
@@ -130,6 +140,7 @@ class OutboxConsumer:
         self.poll_interval = poll_interval
         self.batch = batch
         self.timeout = timeout
+        self.idle_timeout = idle_timeout
         self.executed = 0
         """Rows run and deleted by this node."""
         self.failed = 0
@@ -162,7 +173,12 @@ class OutboxConsumer:
             command_timeout=self.timeout,
             max_inactive_connection_lifetime=60.0,
             reset=_no_reset,
-            server_settings={"application_name": "realtime-server outbox"},
+            server_settings={
+                "application_name": APPLICATION_NAME,
+                # A frozen or unreachable node's batch would hold its partition's lock
+                # until PostgreSQL noticed the connection was gone (TCP keepalive: hours).
+                "idle_in_transaction_session_timeout": str(round(self.idle_timeout * 1000)),
+            },
         )
         await self._pool  # min_size 0: connects nothing yet
         loop = asyncio.get_running_loop()

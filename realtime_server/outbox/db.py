@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from ..errors import BackendUnavailable, describe_database_error
 
-__all__ = ["TIMEOUT", "OutboxUnavailable", "connect", "unavailable"]
+__all__ = ["APPLICATION_NAME", "TIMEOUT", "OutboxUnavailable", "connect", "unavailable"]
 
 TIMEOUT: Final = 5.0
 """Seconds one connect or statement of the outbox may take."""
