@@ -184,6 +184,27 @@ class PgCluster:
                 shutil.rmtree(self.root, ignore_errors=True)
                 self.root = None
 
+    def processes(self) -> list[int]:
+        """The postmaster and its children (backends, writers): the cluster's pids."""
+        pid_file = self.data / "postmaster.pid"
+        postmaster = int(pid_file.read_text().split("\n", 1)[0])
+        pids = [postmaster]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == postmaster:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def signal_all(self, sig: int) -> None:
+        """Send ``sig`` to every process of the cluster (SIGSTOP freezes it: a hung
+        host whose sockets stay open; SIGCONT thaws it)."""
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
     def log(self) -> str:
         if self.root is None:
             return ""

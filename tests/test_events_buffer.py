@@ -220,6 +220,29 @@ async def test_hung_store_batch_in_flight_is_spilled_and_stored_once(tmp_path: P
     assert rec.dropped == 0
 
 
+async def test_hung_store_pressure_spills_at_once(tmp_path: Path) -> None:
+    """The writer stuck in a write that hangs (a frozen PostgreSQL) cannot spill; half
+    the buffer waiting is spilled anyway, without waiting for spill_after (a busy node
+    once filled its buffer and dropped events within the guard's second)."""
+    store = FakeStore()
+    store.hang = asyncio.Event()
+    rec = recorder(store, tmp_path, capacity=100, batch_size=10, timeout=30.0, spill_after=30.0)
+    await rec.start()
+    for e in events(10):
+        rec.record(e)
+    await wait_until(lambda: rec.buffered == 0)  # the writer holds them, in a hung write
+    for e in events(rec.spill_at, start=10):
+        rec.record(e)
+    await wait_until(lambda: rec.spill.pending == rec.spill_at, 2000 * MS)
+    assert rec.buffered == 0 and rec.dropped == 0
+    store.hang.set()
+    store.hang = None
+    await store.wait(lambda: len(store.rows) == 10 + rec.spill_at)
+    await wait_until(lambda: rec.spill.pending == 0)
+    await rec.close()
+    assert sorted(e.offset or 0 for e in store.rows.values()) == list(range(10 + rec.spill_at))
+
+
 async def test_healthy_store_spills_nothing(tmp_path: Path) -> None:
     store = FakeStore()
     rec = recorder(store, tmp_path, spill_after=0.1, flush_interval=20 * MS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -59,6 +60,17 @@ async def stored_rows(dsn: str) -> list[Any]:
         )
     finally:
         await conn.close(timeout=5)
+
+
+async def settled_rows(dsn: str, expected: set[uuid.UUID]) -> list[Any]:
+    """The stored rows, once they include ``expected`` (or after 10 s, for the caller
+    to compare exactly). The last batch may still be on its way to PostgreSQL: taken
+    from the buffer (``buffered`` no longer counts it), not committed yet."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10000 * MS):
+            while not expected <= {r["id"] for r in await stored_rows(dsn)}:
+                await asyncio.sleep(50 * MS)
+    return await stored_rows(dsn)
 
 
 async def churn(server: Running, n: int) -> str:
@@ -157,15 +169,8 @@ async def test_postgres_killed_mid_load_loses_nothing(
     metrics = server.node.metrics.render().decode()
     assert f"realtime_event_log_spilled_total {recorder.spilled}\n" in metrics
 
-    # The last batch may still be on its way to PostgreSQL (taken from the buffer, not
-    # committed yet: ``buffered`` no longer counts it): read until every recorded event
-    # is there, for a bounded time, then compare exactly.
     expected = {e.id for e in seen}
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(10000 * MS):
-            while not expected <= {r["id"] for r in await stored_rows(dsn)}:
-                await asyncio.sleep(50 * MS)
-    rows = await stored_rows(dsn)
+    rows = await settled_rows(dsn, expected)
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids))
     assert set(ids) == expected  # every recorded event, once, nothing else
@@ -213,3 +218,44 @@ async def test_server_stopped_during_outage_spills_and_next_start_replays(
     assert sorted(r["client_id"] for r in rows if r["type"] == "connect") == sorted(ids)
     assert not (tmp_path / "spill.jsonl").exists()
     assert uuid.UUID(str(rows[0]["id"]))
+
+
+async def test_postgres_frozen_mid_load_loses_nothing(
+    pg: PgCluster, start_server: StartServer, tmp_path: Path
+) -> None:
+    """A hung PostgreSQL (SIGSTOP: sockets open, nothing answers) is not a refused
+    connection: every write and connect must time out by itself. Serving goes on at
+    full pace, and after the thaw every event is stored exactly once (a batch PostgreSQL
+    committed after the writer gave up on it is written again, and ignored by id)."""
+    dsn = await pg.create_database()
+    server = await start_server(
+        DATABASE_URL=dsn,
+        EVENTS_SPILL_PATH=tmp_path / "spill.jsonl",
+        EVENTS_BUFFER=300,
+        EVENTS_BATCH=50,
+        EVENTS_FLUSH_INTERVAL=0.02,
+        EVENTS_TIMEOUT=1,
+    )
+    recorder, seen = capture(server)
+    client_ids = [await churn(server, n) for n in range(10)]
+    await wait_until(lambda: recorder.written > 0, 5000 * MS)
+    pg.signal_all(signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(20000 * MS):  # 60 clients, not held up by PostgreSQL
+            client_ids += [await churn(server, n) for n in range(10, 70)]
+        await wait_until(lambda: "event_log" in server.node.readiness().degraded, 10000 * MS)
+        assert server.node.readiness().ready
+    finally:
+        pg.signal_all(signal.SIGCONT)
+    client_ids += [await churn(server, n) for n in range(70, 80)]
+    await wait_until(
+        lambda: recorder.buffered == 0 and recorder.spill.pending == 0 and not recorder.degraded,
+        20000 * MS,
+    )
+    assert recorder.dropped == 0
+    expected = {e.id for e in seen}
+    rows = await settled_rows(dsn, expected)
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) and set(ids) == expected
+    connects = sorted(r["client_id"] for r in rows if r["type"] == "connect")
+    assert connects == sorted(client_ids)

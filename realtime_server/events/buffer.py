@@ -12,7 +12,8 @@ seconds (1 s): a guard task spills whatever waits once the store has acknowledge
 nothing for that long, the batch being written included (a copy: the store may still
 take it), so a crash (SIGKILL) while the store is down loses at most about the last
 second of events (issue 11: it lost everything below half the buffer). Independently,
-once ``spill_at`` events (half the capacity) wait, they are spilled at once. When the
+once ``spill_at`` events (half the capacity) wait, they are spilled at once, by the
+guard when the writer is held in a write that hangs (a frozen host). When the
 store answers again, the spill file is written first, then the buffer; the store skips
 ids it already holds, so a batch whose acknowledgement was lost, or an event spilled
 twice, is stored once. ``close`` writes what is buffered, or spills it when the store
@@ -131,6 +132,8 @@ class BufferedRecorder:
                 if not self._inflight:  # the first event waiting: the guard's clock starts
                     self._progress = time.monotonic()
                 self._guard_wake.set()
+            elif n >= self.spill_at:
+                self._guard_wake.set()  # the writer may be stuck in a write: spill now
 
     async def start(self) -> None:
         """Count a spill file left by the previous run (replayed in the background),
@@ -418,17 +421,27 @@ class BufferedRecorder:
     async def _guard(self) -> None:
         """Spill what waits (buffer and batch in flight) once the store has acknowledged
         nothing for ``spill_after`` seconds; again every ``spill_after`` while it stays
-        silent. Sleeps while nothing waits."""
+        silent. Also spill the buffer as soon as ``spill_at`` events wait: the writer
+        does that between writes, but a store that hangs (a frozen host: no refusal,
+        no answer) holds the writer in one write for up to its timeout, long enough
+        for a busy node to fill the buffer. Sleeps while nothing waits."""
+        wake = self._guard_wake
         while True:
-            if not self._buffer and (not self._inflight or self._inflight_spilled):
-                self._guard_wake.clear()
-                await self._guard_wake.wait()
+            wake.clear()
+            if len(self._buffer) >= self.spill_at:
+                spilled = await self._spill_buffer()
+            elif not self._buffer and (not self._inflight or self._inflight_spilled):
+                await wake.wait()
                 continue
-            delay = self._progress + self.spill_after - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-                continue
-            if not await self._spill_buffer(inflight=True):
+            else:
+                delay = self._progress + self.spill_after - time.monotonic()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await wake.wait()
+                    continue
+                spilled = await self._spill_buffer(inflight=True)
+            if not spilled:
                 await asyncio.sleep(_SPILL_RETRY)
 
     async def _stop_guard(self) -> None:
