@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .helpers import MS
+from .pg import PgCluster, require_postgres
 from .procs import cli_env, run_cli, server_process
 from .redis_server import redis_server
 
@@ -171,3 +174,32 @@ async def test_bench_baseline_without_its_packages_is_one_line(tmp_path: Path) -
         _, err = await asyncio.wait_for(proc.communicate(), 30000 * MS)
         line = one_line(err.decode())
         assert proc.returncode != 0 and "make bench-deps" in line and "starlette" in line
+
+
+async def test_commands_give_up_on_a_frozen_postgres_at_the_connect_timeout(
+    tmp_path: Path,
+) -> None:
+    """A hung PostgreSQL (SIGSTOP: its port accepts, nothing answers) fails migrate,
+    audit and outbox status at the connect timeout, naming what, not after migrate's
+    600 s statement budget (it once waited that long)."""
+    require_postgres()
+    async with PgCluster() as pg:
+        dsn = await pg.create_database()
+        sqlite = str(tmp_path / "events.db")
+        events = "event log (REALTIME_DATABASE_URL): "
+        cases = [
+            (("migrate",), {"DATABASE_URL": dsn}, events),
+            (("audit", "document", "7"), {"DATABASE_URL": dsn}, events),
+            (("migrate",), {"OUTBOX_URL": dsn, "SQLITE_PATH": sqlite}, "outbox: "),
+        ]
+        pg.signal_all(signal.SIGSTOP)
+        try:
+            for args, env, names in cases:
+                started = time.monotonic()
+                code, _, err = await run_cli(*args, env=cli_env(EVENTS_TIMEOUT="1", **env))
+                took = time.monotonic() - started
+                assert code == 1 and names in one_line(err), err
+                assert "did not answer in time" in err
+                assert took < 15, (args, took)  # 1 s (the event log), 5 s (the outbox)
+        finally:
+            pg.signal_all(signal.SIGCONT)

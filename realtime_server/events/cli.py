@@ -19,7 +19,7 @@ from ..config import Settings
 from ..errors import ConfigError
 from .audit import format_json, format_table, format_time, parse_time, read_events
 from .factory import build_store
-from .store import EventStore
+from .store import EventStore, StoreUnavailable
 
 __all__ = ["register"]
 
@@ -46,6 +46,9 @@ def _with_store(
         try:
             await store.connect()
             return await use(store)
+        except StoreUnavailable as exc:  # say which database, as ``check`` does
+            where = "REALTIME_DATABASE_URL" if settings.database_url else _where(settings)
+            raise type(exc)(f"event log ({where}): {exc}") from None
         finally:
             await store.close()
 

@@ -34,7 +34,9 @@ def build_store(
             raise ConfigError("REALTIME_DATABASE_URL: expected a postgresql:// URL")
         from .postgres import PostgresStore
 
-        return PostgresStore(settings.database_url, timeout=bound)
+        return PostgresStore(
+            settings.database_url, timeout=bound, connect_timeout=settings.events_timeout
+        )
     from .sqlite import SqliteStore
 
     return SqliteStore(settings.sqlite_path, timeout=bound, readonly=readonly)

@@ -89,9 +89,20 @@ class PostgresStore:
 
     name = "postgres"
 
-    def __init__(self, dsn: str, *, timeout: float = 5.0, pool_size: int = 2) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        timeout: float = 5.0,
+        pool_size: int = 2,
+        connect_timeout: float | None = None,
+    ) -> None:
+        """``timeout`` bounds every call; ``connect_timeout`` (at most ``timeout``)
+        bounds making a connection, so that a long ``timeout`` (``migrate``'s) does not
+        let an unreachable or frozen server hold the command for as long."""
         self._dsn = dsn
         self.timeout = timeout
+        self.connect_timeout = timeout if connect_timeout is None else min(connect_timeout, timeout)
         self.pool_size = pool_size
         self._pool: Any = None
 
@@ -104,12 +115,12 @@ class PostgresStore:
         import asyncpg  # type: ignore[import-untyped]
 
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.connect_timeout):
                 self._pool = await asyncpg.create_pool(
                     self._dsn,
                     min_size=0,
                     max_size=self.pool_size,
-                    timeout=self.timeout,  # connect
+                    timeout=self.connect_timeout,  # connect
                     command_timeout=self.timeout,
                     max_inactive_connection_lifetime=60.0,
                     init=_init_connection,

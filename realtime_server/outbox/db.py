@@ -25,15 +25,18 @@ class OutboxUnavailable(BackendUnavailable):
 
 
 async def connect(dsn: str, budget: float = TIMEOUT) -> Any:
-    """One asyncpg connection whose connect and statements take at most ``budget``
-    seconds each (raises :class:`OutboxUnavailable`)."""
+    """One asyncpg connection whose statements take at most ``budget`` seconds each,
+    made within :data:`TIMEOUT` (a long budget, ``migrate``'s, is for statements: an
+    unreachable or frozen server fails the connect as fast as ever); raises
+    :class:`OutboxUnavailable`."""
     import asyncpg  # type: ignore[import-untyped]
 
+    connect_budget = min(budget, TIMEOUT)
     try:
-        async with asyncio.timeout(budget):
+        async with asyncio.timeout(connect_budget):
             return await asyncpg.connect(
                 dsn,
-                timeout=budget,
+                timeout=connect_budget,
                 command_timeout=budget,
                 server_settings={"application_name": APPLICATION_NAME},
             )
