@@ -8,6 +8,7 @@ query.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Sequence
 
@@ -71,6 +72,10 @@ async def _reach_event_log(settings: Settings, name: str) -> int:
     from .events.factory import build_store
     from .events.store import EventQuery, NotInitialised
 
+    if not settings.database_url:
+        missing = await asyncio.to_thread(_sqlite_to_be_created, settings.sqlite_path, name)
+        if missing is not None:
+            return missing
     store = build_store(settings)
     try:
         await store.connect()
@@ -88,3 +93,22 @@ async def _reach_event_log(settings: Settings, name: str) -> int:
         return 1
     finally:
         await store.close()
+
+
+def _sqlite_to_be_created(path: str, name: str) -> int | None:
+    """No SQLite file yet: say that ``serve`` creates it, if it can, without creating
+    it here (a check leaves nothing behind); None when the file exists."""
+    if os.path.exists(path):
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder):  # serve creates the missing folders too
+        parent = os.path.dirname(folder)
+        if parent == folder or os.path.exists(folder):
+            print(f"event log, {name}: cannot be created ({folder} is not a folder)")
+            return 1
+        folder = parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        print(f"event log, {name}: cannot be created ({folder} is not writable)")
+        return 1
+    print(f"event log, {name}: not created yet; serve creates it")
+    return 0

@@ -203,3 +203,14 @@ async def test_commands_give_up_on_a_frozen_postgres_at_the_connect_timeout(
                 assert took < 15, (args, took)  # 1 s (the event log), 5 s (the outbox)
         finally:
             pg.signal_all(signal.SIGCONT)
+
+
+async def test_check_leaves_no_event_log_behind(tmp_path: Path) -> None:
+    """check reports a SQLite log serve would create, without creating it; a path it
+    could never create is an error naming why."""
+    code, out, _ = await run_cli("check", env=cli_env(), cwd=str(tmp_path))
+    assert code == 0 and "not created yet; serve creates it" in out, out
+    assert await asyncio.to_thread(os.listdir, tmp_path) == []
+    await asyncio.to_thread((tmp_path / "file").write_text, "")
+    code, out, _ = await run_cli("check", env=cli_env(SQLITE_PATH=str(tmp_path / "file" / "e.db")))
+    assert code == 1 and f"cannot be created ({tmp_path / 'file'} is not a folder)" in out, out
