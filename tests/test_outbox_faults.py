@@ -272,3 +272,27 @@ async def batch_waiting(conn: Any) -> bool:
             APPLICATION_NAME,
         )
     )
+
+
+async def test_a_frozen_postgres_degrades_the_outbox_and_it_resumes_on_thaw(
+    start_server: StartServer,
+) -> None:
+    """PostgreSQL hung (SIGSTOP: connections open, nothing answers): the outbox shows
+    degraded once its statements time out; after the thaw, new rows are delivered at
+    once (the listener and the pool are not left waiting on dead reads)."""
+    async with PgCluster() as pg:
+        dsn = await migrated_database(pg)
+        server = await start_server(OUTBOX_URL=dsn, OUTBOX_POLL_INTERVAL=0.2)
+        client = await connected(server, "42", channels=["document:1"])
+        async with collecting(client) as seen, app_connection(dsn) as conn:
+            await publish_rows(conn, "document:1", range(10))
+            await seen.until("document:1", 10)
+            pg.signal_all(signal.SIGSTOP)
+            try:
+                await wait_until(lambda: "outbox" in server.node.readiness().degraded, WAIT)
+                assert server.node.readiness().ready  # clients are still served
+            finally:
+                pg.signal_all(signal.SIGCONT)
+            await publish_rows(conn, "document:1", range(10, 20))
+            assert [d["n"] for d in await seen.until("document:1", 20)] == list(range(20))
+        await wait_until(lambda: "outbox" not in server.node.readiness().degraded, WAIT)
