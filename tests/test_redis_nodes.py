@@ -14,7 +14,7 @@ from realtime_server.config import Settings
 from realtime_server.publisher import Publisher
 
 from .conftest import StartServer, connected, ws_url
-from .helpers import MS, RawClient, make_settings, sub_token, token
+from .helpers import MS, RawClient, claims, make_settings, sub_token, token
 from .procs import cli_env, run_cli, server_process
 
 
@@ -303,3 +303,27 @@ async def test_revoked_token_checked_with_the_reads_leaves_nothing_behind(
         assert (await fine.push("pub"))["pub"]["data"] == 1
     finally:
         await redis.aclose()
+
+
+async def test_a_node_frozen_through_a_revocation_and_an_expiry_closes_both_on_thaw(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A node frozen (SIGSTOP: a paused VM) while one of its tokens is revoked elsewhere
+    and another expires acts on both the moment it runs again: 4501 and 3005."""
+    shared = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
+    async with server_process(**shared) as node:
+        revoked = await RawClient.open(node.ws_url)
+        assert "connect" in await revoked.connect(token("1", jti="frozen-jti"))
+        expiring = await RawClient.open(node.ws_url)
+        expiring_token = token("2", ttl=2)
+        assert "connect" in await expiring.connect(expiring_token)
+        node.proc.send_signal(signal.SIGSTOP)
+        try:
+            code, _, err = await run_cli("revoke", "--jti", "frozen-jti", env=cli_env(**shared))
+            assert code == 0, err
+            expires_at = claims(expiring_token)["exp"]
+            await asyncio.sleep(max(0.0, expires_at + 0.2 - time.time()))  # time passing
+        finally:
+            node.proc.send_signal(signal.SIGCONT)
+        assert await revoked.closed(timeout=2000 * MS) == (4501, "token revoked")
+        assert (await expiring.closed(timeout=2000 * MS))[0] == 3005
