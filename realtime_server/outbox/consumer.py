@@ -18,9 +18,9 @@ node believes it owns a partition whose lock went with a dead connection, nothin
 release on errors, and a node killed mid-batch loses the lock with its transaction
 (its rows stay and the next holder runs them: publishes carry ``outbox:<id>`` and are
 delivered once). A node frozen or cut off mid-batch keeps its connection, which
-PostgreSQL would notice only by TCP keepalive, hours later: the pool's connections set
-``idle_in_transaction_session_timeout`` (``REALTIME_OUTBOX_IDLE_TIMEOUT``), so
-PostgreSQL ends that transaction and frees the partition.
+PostgreSQL would notice only by TCP keepalive, hours later: each batch sets
+``idle_in_transaction_session_timeout`` (``REALTIME_OUTBOX_IDLE_TIMEOUT``) for its
+transaction, so PostgreSQL ends it and frees the partition.
 
 ``FOR UPDATE SKIP LOCKED`` on the rows would let a second node run later rows while the
 first still runs earlier ones (out of order), and a lock row per partition would need a
@@ -141,6 +141,14 @@ class OutboxConsumer:
         self.batch = batch
         self.timeout = timeout
         self.idle_timeout = idle_timeout
+        # A frozen or cut-off node's batch would hold its partition's lock until
+        # PostgreSQL noticed the connection was gone (TCP keepalive: hours). Set per
+        # transaction, in BEGIN's round trip: a startup parameter would be refused by
+        # poolers such as PgBouncer, and SET LOCAL leaves nothing on the connection.
+        self._begin = (
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout ="
+            f" {max(1, round(idle_timeout * 1000))}"
+        )
         self.executed = 0
         """Rows run and deleted by this node."""
         self.failed = 0
@@ -173,12 +181,7 @@ class OutboxConsumer:
             command_timeout=self.timeout,
             max_inactive_connection_lifetime=60.0,
             reset=_no_reset,
-            server_settings={
-                "application_name": APPLICATION_NAME,
-                # A frozen or unreachable node's batch would hold its partition's lock
-                # until PostgreSQL noticed the connection was gone (TCP keepalive: hours).
-                "idle_in_transaction_session_timeout": str(round(self.idle_timeout * 1000)),
-            },
+            server_settings={"application_name": APPLICATION_NAME},
         )
         await self._pool  # min_size 0: connects nothing yet
         loop = asyncio.get_running_loop()
@@ -386,7 +389,7 @@ class OutboxConsumer:
         partition). Raises _RetryRow after committing what ran before that row."""
         retry: _RetryRow | None = None
         async with self._connection() as conn:
-            await conn.execute("BEGIN", timeout=self.timeout)
+            await conn.execute(self._begin, timeout=self.timeout)
             rows = await conn.fetch(SELECT_ROWS, partition, self.batch, timeout=self.timeout)
             done: list[int] = []
             failed: list[int] = []
