@@ -303,6 +303,30 @@ async def test_close_spills_when_down_and_next_start_replays(tmp_path: Path) -> 
     assert not (tmp_path / "spill.jsonl").exists()
 
 
+async def test_close_while_a_write_hangs_spills_everything(tmp_path: Path) -> None:
+    """SIGTERM while the store hangs (a frozen PostgreSQL): the close is bounded, and
+    the batch held by the hung write is spilled with the rest; the next start stores
+    every event once."""
+    store = FakeStore()
+    store.hang = asyncio.Event()
+    rec = recorder(store, tmp_path, batch_size=10, timeout=200 * MS, spill_after=30.0)
+    await rec.start()
+    batch = events(15)
+    for e in batch:
+        rec.record(e)
+    await wait_until(lambda: rec.buffered == 5)  # ten in the hung write
+    async with asyncio.timeout(3000 * MS):
+        await rec.close()
+    assert rec.spill.pending == 15 and rec.dropped == 0
+    store.hang.set()
+    store.hang = None
+    again = recorder(store, tmp_path)
+    await again.start()
+    await store.wait(lambda: len(store.rows) == 15)
+    await again.close()
+    assert {e.id for e in store.rows.values()} == {e.id for e in batch}
+
+
 async def test_interrupted_replay_and_torn_line_are_handled(tmp_path: Path) -> None:
     store = FakeStore()
     store.down = True
