@@ -9,12 +9,14 @@ before scheduling it), so that publishing "while the client is away" is determin
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from centrifuge import (
     Client,
     ClientEventHandler,
@@ -45,8 +47,9 @@ from centrifuge.exceptions import ReplyError
 from realtime_server.app import Running
 
 from .conftest import StartServer, ws_url
-from .helpers import MS, QUIET, api, claims, quiet_period, sub_token, token
+from .helpers import API_KEY, MS, QUIET, api, claims, quiet_period, sub_token, token
 from .jsproc import Gate
+from .redis_server import redis_server
 
 FORGED_SECRET = "not-the-server-secret-0123456789abcdef"
 WAIT = 3000 * MS
@@ -630,3 +633,59 @@ async def test_ping_pong_keeps_idle_connection(start_server: StartServer) -> Non
         await server.node.ops.publish("user:alice", b'{"idle":false}')
         pub = await c.rec.expect("publication", "user:alice")
         assert pub.pub.data == {"idle": False}
+
+
+# --- 7. a hung Redis --------------------------------------------------------------------------
+
+
+async def test_frozen_redis_connects_are_retried_and_subscribers_stay(
+    start_server: StartServer,
+) -> None:
+    """Redis frozen (SIGSTOP): a connecting client is refused with 100 (temporary) and
+    the SDK keeps retrying; a connected one stays connected. After the thaw the first
+    connects, and a publication reaches both."""
+    async with redis_server() as redis_proc:
+        assert redis_proc.proc is not None
+        server = await start_server(REDIS_URL=redis_proc.url, REDIS_TIMEOUT=0.5)
+        doc = "document:hung"
+        async with sdk_client(server, token("alice", channels=[doc])) as alice:
+            await alice.client.connect()
+            await alice.rec.expect("connected")
+            await alice.rec.expect("subscribed", doc)
+            redis_proc.proc.send_signal(signal.SIGSTOP)
+            frozen_at = time.monotonic()
+            try:
+                async with sdk_client(server, token("bob", channels=[doc])) as bob:
+                    await bob.client.connect()
+                    # Refused, retried, refused again..., past REDIS_TIMEOUT (the links
+                    # are rebuilt): the SDK never gives up on a temporary error.
+                    while time.monotonic() - frozen_at < 1.0:
+                        error = await bob.rec.expect("error", timeout=5000 * MS)
+                        assert isinstance(error.error, ReplyError) and error.error.code == 100
+                        assert error.error.temporary
+                    redis_proc.proc.send_signal(signal.SIGCONT)
+                    await bob.rec.expect("connected", timeout=10000 * MS)
+                    await bob.rec.expect("subscribed", doc)
+                    async with asyncio.timeout(10000 * MS):  # the links come back
+                        while (reply := await api_reply(server, doc))["error"] is not None:
+                            await asyncio.sleep(0.05)
+                    for client in (alice, bob):
+                        pub = await client.rec.expect("publication", doc)
+                        assert pub.pub.data == {"v": 1} and pub.pub.offset == reply["offset"]
+                    assert not alice.rec.all("disconnected")
+            finally:
+                redis_proc.proc.send_signal(signal.SIGCONT)
+
+
+async def api_reply(server: Running, channel: str) -> dict[str, Any]:
+    """A publish through the HTTP API: its result, or its error (not raised)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"http://127.0.0.1:{server.api_port}/api/publish",
+            json={"channel": channel, "data": {"v": 1}, "idempotency_key": "hung-1"},
+            headers={"X-API-Key": API_KEY},
+        ) as response,
+    ):
+        body = await response.json()
+    return {"error": body.get("error"), **body.get("result", {})}
