@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -9,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from .conftest import StartServer, connected
-from .helpers import sub_token
+from .helpers import MS, sub_token
 from .redis_server import RedisCluster, redis_cluster
 
 
@@ -63,3 +64,32 @@ async def test_cluster_delivery_revocation_presence_recovery(
     await a.node.revocations.revoke_token("cluster-jti", time.time() + 60)
     assert (await on_b.closed())[0] == 4501
     assert await a.node.revocations.is_revoked("cluster-jti", "2", None)
+
+
+async def test_a_node_started_before_its_cluster_opens_sharded_links_once_it_answers(
+    start_server: StartServer,
+) -> None:
+    """``docker compose up``: the server first, Redis Cluster later. It serves as not
+    ready until the cluster answers, then subscribes the sharded way. (It once assumed
+    a single Redis: ready, publishing with SPUBLISH, subscribed with SUBSCRIBE, and
+    delivering nothing.)"""
+    cluster = RedisCluster()
+    try:
+        server = await start_server(REDIS_URL=cluster.url)
+        assert not server.node.readiness().ready
+        await cluster.start()
+        async with asyncio.timeout(10000 * MS):
+            while not server.node.readiness().ready:
+                await asyncio.sleep(0.02)  # the background detection: no event to await
+        assert server.node.engine.commands.cluster  # type: ignore[attr-defined]
+        channels = [f"document:{i}" for i in range(9)]  # spread over the three shards
+        client = await connected(server, "1", channels=channels)
+        for i, channel in enumerate(channels):
+            await server.node.ops.publish(channel, b"%d" % i)
+        got = {}
+        for _ in channels:
+            push = await client.push("pub")
+            got[push["channel"]] = push["pub"]["data"]
+        assert got == {c: i for i, c in enumerate(channels)}
+    finally:
+        await cluster.close()

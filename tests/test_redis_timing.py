@@ -20,7 +20,7 @@ from realtime_server.app import Running
 
 from .conftest import StartServer, connected, ws_url
 from .helpers import API_KEY, SCALE, RawClient, sub_token, token
-from .redis_server import redis_server
+from .redis_server import RedisServer, redis_server
 
 _MARGIN = 0.15 * SCALE  # a shared 2-core machine's scheduling noise
 
@@ -176,3 +176,26 @@ async def test_publish_timed_out_on_a_frozen_redis_is_retried_once_by_its_key(
         assert first["pub"]["data"] == {"n": 1} and first["pub"]["offset"] == 1
         await server.node.ops.publish("document:late", b'"next"')
         assert (await client.push("pub"))["pub"]["data"] == "next"  # no second copy between
+
+
+async def test_a_node_started_before_redis_is_ready_soon_after_redis_starts(
+    start_server: StartServer,
+) -> None:
+    """``docker compose up``: the server before Redis. It serves as not ready, asks
+    again every quarter second at most, and delivers once Redis is up."""
+    redis_proc = RedisServer()
+    try:
+        server = await start_server(REDIS_URL=redis_proc.url)
+        assert not server.node.readiness().ready
+        await redis_proc.start()
+        started = time.monotonic()
+        async with asyncio.timeout(10 * SCALE):
+            while not server.node.readiness().ready:
+                await asyncio.sleep(0.01)  # the background retry: no event to await
+        took = time.monotonic() - started
+        assert took <= 0.5 + _MARGIN, took
+        client = await connected(server, "1", channels=["document:late-redis"])
+        await server.node.ops.publish("document:late-redis", b'"up"')
+        assert (await client.push("pub"))["pub"]["data"] == "up"
+    finally:
+        await redis_proc.close()

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -31,7 +32,7 @@ from ..model import Publication, StreamPosition
 from ..redis.client import RedisCommands, ScriptCall
 from ..redis.envelope import decode_message
 from ..redis.names import RedisNames
-from ..redis.pubsub import PubSubShard, PubSubShards
+from ..redis.pubsub import BACKOFF_CAP, PubSubShard, PubSubShards
 from ..redis.url import redis_address
 from .engine import (
     BrokerEventHandler,
@@ -76,7 +77,8 @@ class RedisBroker(RedisPublishing):
         self._history_options: dict[str, HistoryOptions] = {}
         self._node_id = uuid.uuid4().hex[:12]
         self._shard_count = max(1, shards)
-        self._shards = PubSubShards([])
+        self._shards = PubSubShards([])  # none until Redis has said whether it is a cluster
+        self._detector: asyncio.Task[None] | None = None
         self._started = False
 
     def _build_shards(self) -> PubSubShards:
@@ -103,22 +105,65 @@ class RedisBroker(RedisPublishing):
         self._handler = handler
 
     async def start(self) -> None:
-        if not self._started:
-            self._started = True
+        """Learn whether the URL is a Redis Cluster, then open the pub/sub links (one
+        per shard or per primary). Redis unreachable: serve as not ready and keep
+        asking in the background; the links are opened once it answers. (Assuming a
+        single Redis instead left a node started before its cluster subscribed with
+        SUBSCRIBE while publishing with SPUBLISH: ready, and delivering nothing.)"""
+        if self._started:
+            return
+        self._started = True
+        try:
+            await self.commands.run(self.commands.detect)
+        except BackendUnavailable as exc:  # the message names the address and cause
+            logger.warning("%s; serving as not ready (/readyz 503) until it answers", exc)
+            self._detector = asyncio.get_running_loop().create_task(
+                self._detect_later(), name="redis-detect"
+            )
+            return
+        self._open_links()
+        if not await self._shards.wait_ready(self.commands.timeout * 2):
+            logger.warning(
+                "redis at %s not reachable yet; serving as not ready (/readyz 503) and retrying",
+                redis_address(self.commands.url),
+            )
+
+    def _open_links(self) -> None:
+        self._shards = self._build_shards()
+        self._shards.start()
+
+    async def _detect_later(self) -> None:
+        """Ask until Redis answers (as often as a lost pub/sub link is redialed), then
+        open the links."""
+        delay = 0.02
+        logged = False
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(BACKOFF_CAP, delay * 2)
             try:
                 await self.commands.run(self.commands.detect)
-            except BackendUnavailable as exc:  # the message names the address and cause
-                logger.warning("%s; assuming a single Redis (not a cluster)", exc)
-            self._shards = self._build_shards()
-            self._shards.start()
-            if not await self._shards.wait_ready(self.commands.timeout * 2):
-                logger.warning(
-                    "redis at %s not reachable yet; serving as not ready (/readyz 503) "
-                    "and retrying",
-                    redis_address(self.commands.url),
-                )
+            except BackendUnavailable:
+                continue
+            except Exception:  # a bug: keep asking, loudly (once)
+                if not logged:
+                    logged = True
+                    logger.exception("redis: detecting a cluster failed")
+                continue
+            kind = "a Redis Cluster" if self.commands.cluster else "a single Redis"
+            logger.info(
+                "redis at %s answers (%s); opening the pub/sub links",
+                redis_address(self.commands.url),
+                kind,
+            )
+            self._open_links()
+            return
 
     async def close(self) -> None:
+        detector, self._detector = self._detector, None
+        if detector is not None:
+            detector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await detector
         if self._started:
             await self._shards.close()
         await self.commands.close()
@@ -137,6 +182,8 @@ class RedisBroker(RedisPublishing):
 
     async def subscribe(self, channel: str) -> None:
         name = self.names.channel(channel)
+        if not self._shards.shards:
+            raise BackendUnavailable("redis pub/sub links not open yet (redis unreachable)")
         shard = self._shards.for_channel(name)
         if name in shard.channels and shard.ready:
             return
@@ -187,7 +234,8 @@ class RedisBroker(RedisPublishing):
         if claim is not None and not claim.done():
             claim.set_result(None)
         self._history_options.pop(channel, None)
-        await self._shards.for_channel(name).unsubscribe(name)
+        if self._shards.shards:
+            await self._shards.for_channel(name).unsubscribe(name)
 
     # --- history ----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ of our own (:mod:`.command_link`); on a Redis Cluster, and for the rest, redis-p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from ..errors import BackendUnavailable, describe_cause
 from .command_link import CommandLink
@@ -172,13 +179,23 @@ class RedisCommands:
             if int(info.get("cluster_enabled", 0)) == 1:
                 from redis.asyncio.cluster import RedisCluster
 
-                await self.client.aclose()
-                self.client = RedisCluster.from_url(
+                cluster = RedisCluster.from_url(
                     self.url,
                     socket_timeout=self.timeout,
                     socket_connect_timeout=self.timeout,
                 )
-                await self.client.initialize()
+                try:
+                    await cluster.initialize()
+                except BaseException as exc:
+                    with contextlib.suppress(Exception):
+                        await cluster.aclose()
+                    if isinstance(exc, RedisClusterException):  # not a RedisError
+                        # A cluster still forming ("All slots are not covered"): the
+                        # caller retries, with the single-node client kept meanwhile.
+                        raise RedisError(f"cluster not ready: {exc}") from None
+                    raise
+                single, self.client = self.client, cluster
+                await single.aclose()
                 self.cluster = True
             self._detected = True
 
