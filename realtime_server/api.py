@@ -27,6 +27,7 @@ from .channels.engine import PublishItem
 from .codes import ErrorCode
 from .config import Settings
 from .errors import BackendUnavailable, CommandError
+from .lograte import RateLimitedLog
 from .model import StreamPosition
 from .operations import Operations
 from .protocol import history_json, parse_history, presence_json
@@ -289,6 +290,7 @@ def _error(error: ErrorCode, status: int = 200, message: str | None = None) -> w
 
 def build_api(ops: Operations, api_key: str) -> web.Application:
     expected = api_key.encode()
+    unavailable = RateLimitedLog(logger, "HTTP API calls")
 
     def authorized(request: web.Request) -> bool:
         given = request.headers.get("X-API-Key")
@@ -314,7 +316,8 @@ def build_api(ops: Operations, api_key: str) -> web.Application:
             return _json({"result": await execute(ops, method, params)})
         except CommandError as exc:
             return _error(exc.error, message=str(exc) or None)
-        except BackendUnavailable:
+        except BackendUnavailable as exc:
+            unavailable.failed(method, exc)
             return _error(codes.INTERNAL)
         except Exception:
             logger.exception("API method %s failed", method)

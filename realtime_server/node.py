@@ -39,6 +39,7 @@ from .health import Health, Readiness
 from .hub import Hub
 from .journal import Journal
 from .keepalive import Keepalive
+from .lograte import RateLimitedLog
 from .metrics import Metrics
 from .model import ClientInfo, Publication
 from .operations import Operations
@@ -85,6 +86,9 @@ class Node:
         self.events = self._journal.recorder
         self._expiry = ExpiryWheel(EXPIRY_TICK)  # token deadlines of sessions, subscriptions
         self._writer = Writer()
+        self._unavailable_log = RateLimitedLog(
+            logging.getLogger("realtime_server.session"), "client commands"
+        )
         self.hub = Hub(self._metrics)
         self.registry = Registry(self._metrics)
         self.keepalive = Keepalive(settings.ping_interval, settings.pong_timeout)
@@ -189,6 +193,10 @@ class Node:
     @property
     def writer(self) -> Writer:
         return self._writer
+
+    @property
+    def unavailable_log(self) -> RateLimitedLog:
+        return self._unavailable_log
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, keeping a reference and logging failures."""

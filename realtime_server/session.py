@@ -32,6 +32,7 @@ from .events import EventType
 from .expiry import ExpiryWheel
 from .frames import text_frame
 from .journal import Journal
+from .lograte import RateLimitedLog
 from .metrics import Metrics
 from .model import ClientInfo
 from .protocol import Command, encode_error, encode_reply, parse_frame
@@ -79,6 +80,11 @@ class SessionHost(Protocol):
 
     @property
     def writer(self) -> Writer: ...
+
+    @property
+    def unavailable_log(self) -> RateLimitedLog:
+        """Where commands failing with 100 (a backend unavailable) are reported."""
+        ...
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background (kept referenced, failures logged)."""
@@ -414,7 +420,8 @@ class Session:
                 raise ProtocolViolation(codes.CLOSE_INVALID_TOKEN) from None
             except TokenExpired:
                 raise CommandError(codes.TOKEN_EXPIRED) from None
-            except BackendUnavailable:
+            except BackendUnavailable as exc:
+                self.host.unavailable_log.failed(f"{method} of client {self.client_id}", exc)
                 raise CommandError(codes.INTERNAL) from None
         except CommandError as exc:
             self._refused(cmd, exc.error.code, exc.error.message)
