@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from .helpers import MS
-from .pg import PgCluster, require_postgres
+from .pg import PgCluster, pg_cluster, require_postgres
 from .procs import cli_env, run_cli, server_process
 from .redis_server import redis_server
+
+__all__ = ["pg_cluster"]  # the fixture, imported for this module
 
 PASSWORD = "hunter2-do-not-print"
 
@@ -214,3 +216,15 @@ async def test_check_leaves_no_event_log_behind(tmp_path: Path) -> None:
     await asyncio.to_thread((tmp_path / "file").write_text, "")
     code, out, _ = await run_cli("check", env=cli_env(SQLITE_PATH=str(tmp_path / "file" / "e.db")))
     assert code == 1 and f"cannot be created ({tmp_path / 'file'} is not a folder)" in out, out
+
+
+async def test_a_database_that_answers_no_is_refused_not_unreachable(
+    pg_cluster: PgCluster,
+) -> None:
+    """PostgreSQL answered (a missing database, a wrong password, no privilege): the line
+    says it refused, with its reason, rather than sending the user to check the network."""
+    env = cli_env(DATABASE_URL=pg_cluster.dsn("no_such_database"), EVENTS_TIMEOUT="2")
+    code, _, err = await run_cli("migrate", env=env)
+    line = one_line(err)
+    assert code == 1 and "event log (REALTIME_DATABASE_URL): PostgreSQL refused" in line
+    assert 'database "no_such_database" does not exist' in line and "unreachable" not in line

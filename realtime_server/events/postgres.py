@@ -274,4 +274,6 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable("PostgreSQL did not answer in time")
     if getattr(exc, "sqlstate", None) == "42P01":  # undefined table
         return NotInitialised("event log not initialised (run realtime-server migrate)")
+    if getattr(exc, "sqlstate", None):  # it answered: a refusal, not a network trouble
+        return StoreUnavailable(f"PostgreSQL refused ({describe_database_error(exc)})")
     return StoreUnavailable(f"PostgreSQL unreachable ({describe_database_error(exc)})")

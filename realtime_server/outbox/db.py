@@ -51,4 +51,6 @@ def unavailable(exc: BaseException) -> OutboxUnavailable:
         return OutboxUnavailable("outbox: PostgreSQL did not answer in time")
     if getattr(exc, "sqlstate", None) in ("42P01", "42883"):  # undefined table / function
         return OutboxUnavailable("outbox: tables missing (run realtime-server migrate)")
+    if getattr(exc, "sqlstate", None):  # it answered: a refusal, not a network trouble
+        return OutboxUnavailable(f"outbox: PostgreSQL refused ({describe_database_error(exc)})")
     return OutboxUnavailable(f"outbox: PostgreSQL unreachable ({describe_database_error(exc)})")
