@@ -187,8 +187,8 @@ class BufferedRecorder:
         if not self._degraded:
             return None
         return (
-            f"degraded: {self.store.name} store unreachable, {len(self._buffer)} events"
-            f" buffered, {self.spill.pending} spilled"
+            f"degraded: {self.store.name} store failing ({self._error}),"
+            f" {len(self._buffer)} events buffered, {self.spill.pending} spilled"
         )
 
     # --- metrics ---------------------------------------------------------------------------
