@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "ProtocolViolation",
     "RealtimeError",
+    "database_failure",
     "describe_cause",
     "describe_database_error",
     "missing_dependency",
@@ -121,3 +122,14 @@ def describe_database_error(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if trusted and str(exc) else ""
     name = type(exc).__name__
     return f"{name} {sqlstate}: {text}" if sqlstate else f"{name}: {text}" if text else name
+
+
+def database_failure(exc: BaseException) -> str:
+    """Why a PostgreSQL call failed, for a log line or ``/readyz``: no answer in time,
+    a refusal (it answered with an error: a missing database, a wrong password, no
+    privilege) or a connection that could not be made (the network, a closed port)."""
+    if isinstance(exc, TimeoutError):
+        return "PostgreSQL did not answer in time"
+    if getattr(exc, "sqlstate", None):
+        return f"PostgreSQL refused ({describe_database_error(exc)})"
+    return f"PostgreSQL unreachable ({describe_database_error(exc)})"

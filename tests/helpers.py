@@ -183,8 +183,9 @@ async def quiet_period() -> None:
     await asyncio.sleep(QUIET)
 
 
-async def api(server: Running, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Call the server's HTTP API (which must answer 200 without error); its ``result``."""
+async def api_answer(server: Running, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Call the server's HTTP API (which must answer 200); its whole answer,
+    ``{"result": ...}`` or ``{"error": ...}``."""
     async with (
         aiohttp.ClientSession() as session,
         session.post(
@@ -194,7 +195,13 @@ async def api(server: Running, method: str, params: dict[str, Any]) -> dict[str,
         ) as response,
     ):
         assert response.status == 200, await response.text()
-        body = await response.json()
+        body: dict[str, Any] = await response.json()
+    return body
+
+
+async def api(server: Running, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Call the server's HTTP API (which must answer without error); its ``result``."""
+    body = await api_answer(server, method, params)
     assert "error" not in body, body
     result: dict[str, Any] = body["result"]
     return result

@@ -4,7 +4,7 @@ asyncpg connections playing the application's part."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -52,11 +52,16 @@ async def publish_rows(
             )
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10000 * MS) -> None:
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10000 * MS
+) -> None:
     """Poll a condition that no event signals (a row count, a counter in another
-    component), every 20 ms."""
+    component, a query), every 20 ms; ``predicate`` may be a coroutine function."""
     async with asyncio.timeout(timeout):
-        while not predicate():
+        while True:
+            met = predicate()
+            if met if isinstance(met, bool) else await met:
+                return
             await asyncio.sleep(0.02)
 
 

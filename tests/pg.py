@@ -31,6 +31,8 @@ from types import TracebackType
 
 import pytest
 
+from realtime_server.loadtest.procfs import tree_pids
+
 __all__ = ["PgCluster", "find_bindir", "pg_cluster", "require_postgres"]
 
 _COMMAND_TIMEOUT = 60.0
@@ -187,16 +189,7 @@ class PgCluster:
     def processes(self) -> list[int]:
         """The postmaster and its children (backends, writers): the cluster's pids."""
         pid_file = self.data / "postmaster.pid"
-        postmaster = int(pid_file.read_text().split("\n", 1)[0])
-        pids = [postmaster]
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # gone meanwhile
-            if int(fields[1]) == postmaster:
-                pids.append(int(stat.parent.name))
-        return pids
+        return tree_pids(int(pid_file.read_text().split("\n", 1)[0]))
 
     def signal_all(self, sig: int) -> None:
         """Send ``sig`` to every process of the cluster (SIGSTOP freezes it: a hung

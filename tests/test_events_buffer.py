@@ -93,6 +93,17 @@ def recorder(store: FakeStore | SqliteStore, tmp_path: Path, **kw: object) -> Bu
     return BufferedRecorder(store, tmp_path / "spill.jsonl", **options)  # type: ignore[arg-type]
 
 
+async def next_start(store: FakeStore, tmp_path: Path, *, stored: int) -> BufferedRecorder:
+    """A recorder started on ``tmp_path`` after an earlier one spilled there: returned
+    closed, once the store holds ``stored`` events and the spill file is replayed."""
+    again = recorder(store, tmp_path)
+    await again.start()
+    await store.wait(lambda: len(store.rows) == stored)
+    await wait_until(lambda: again.spill.pending == 0)
+    await again.close()
+    return again
+
+
 async def wait_until(check: Callable[[], bool], timeout: float = 3000 * MS) -> None:
     """For conditions no store write signals (a spill): re-check every few ms."""
     async with asyncio.timeout(timeout):
@@ -293,10 +304,7 @@ async def test_close_spills_when_down_and_next_start_replays(tmp_path: Path) -> 
     assert len(lines) == 7 and rec.spilled == 7 and rec.dropped == 0
 
     store.down = False
-    again = recorder(store, tmp_path)
-    await again.start()
-    await store.wait(lambda: len(store.rows) == 7)
-    await again.close()
+    await next_start(store, tmp_path, stored=7)
     assert {e.id for e in store.rows.values()} == {e.id for e in batch}
     stored = store.rows[batch[3].id]
     assert (stored.offset, stored.channel, stored.time) == (3, "document:1", batch[3].time)
@@ -320,10 +328,7 @@ async def test_close_while_a_write_hangs_spills_everything(tmp_path: Path) -> No
     assert rec.spill.pending == 15 and rec.dropped == 0
     store.hang.set()
     store.hang = None
-    again = recorder(store, tmp_path)
-    await again.start()
-    await store.wait(lambda: len(store.rows) == 15)
-    await again.close()
+    await next_start(store, tmp_path, stored=15)
     assert {e.id for e in store.rows.values()} == {e.id for e in batch}
 
 
@@ -348,11 +353,7 @@ async def test_interrupted_replay_and_torn_line_are_handled(tmp_path: Path) -> N
     with spill.open("ab") as f:
         f.write(b'{"id": "torn')
     store.down = False
-    again = recorder(store, tmp_path)
-    await again.start()
-    await store.wait(lambda: len(store.rows) == 35)
-    await wait_until(lambda: again.spill.pending == 0)
-    await again.close()
+    again = await next_start(store, tmp_path, stored=35)
     assert again.dropped == 1  # the torn line
     assert {e.id for e in store.rows.values()} == {e.id for e in [*batch, *later]}
     assert not spill.exists() and not (tmp_path / "spill.jsonl.replaying").exists()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -95,20 +95,14 @@ async def holding_commits(dsn: str) -> AsyncIterator[None]:
             " WHERE datname = current_database() AND application_name = $1",
             APPLICATION_NAME,
         )
-        await wait_until_async(
+        await wait_until(
             lambda: locker.fetchval(
                 "SELECT count(*) = 0 FROM pg_stat_activity"
                 " WHERE datname = current_database() AND application_name = $1",
                 APPLICATION_NAME,
-            )
+            ),
+            WAIT,
         )
-
-
-async def wait_until_async(check: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> None:
-    """Poll an awaitable condition no event signals (another server's state)."""
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.02)
 
 
 async def test_a_node_killed_mid_batch_and_another_finishing_delivers_exactly_once(
@@ -253,7 +247,7 @@ async def test_a_frozen_node_mid_batch_frees_its_partition_after_the_idle_timeou
             redis_proc.proc.send_signal(signal.SIGSTOP)  # the batch's publish waits
             try:
                 await publish_rows(conn, "document:f", range(10), per_transaction=10)
-                await wait_until_async(lambda: batch_waiting(conn))  # rows read and locked
+                await wait_until(lambda: batch_waiting(conn), WAIT)  # rows read and locked
                 frozen.proc.send_signal(signal.SIGSTOP)
             finally:
                 redis_proc.proc.send_signal(signal.SIGCONT)

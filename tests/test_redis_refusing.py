@@ -4,17 +4,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
 
-from realtime_server.app import Running
-
 from .conftest import StartServer, ws_url
-from .helpers import API_KEY, RawClient, token
+from .helpers import RawClient, api_answer, token
 from .redis_server import redis_server
 
 
@@ -42,7 +38,9 @@ async def test_out_of_memory_redis_fails_connects_with_100_and_says_why(
             caplog.clear()
             with caplog.at_level(logging.WARNING, logger="realtime_server.api"):
                 for _ in range(3):
-                    answer = await publish(server, "document:oom")
+                    answer = await api_answer(
+                        server, "publish", {"channel": "document:oom", "data": {}}
+                    )
                     assert answer == {"error": {"code": 100, "message": "internal server error"}}
             warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
             assert len(warnings) == 1 and "HTTP API calls" in warnings[0], warnings
@@ -52,15 +50,3 @@ async def test_out_of_memory_redis_fails_connects_with_100_and_says_why(
             assert "connect" in await client.connect(token("1", channels=["document:oom"]))
         finally:
             await filler.aclose()
-
-
-async def publish(server: Running, channel: str) -> Any:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"http://127.0.0.1:{server.api_port}/api/publish",
-            json={"channel": channel, "data": {}},
-            headers={"X-API-Key": API_KEY},
-        ) as response,
-    ):
-        return await response.json()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -19,7 +18,7 @@ import redis.asyncio as aioredis
 from realtime_server.app import Running
 
 from .conftest import StartServer, connected, ws_url
-from .helpers import API_KEY, SCALE, RawClient, sub_token, token
+from .helpers import SCALE, RawClient, api_answer, sub_token, token
 from .redis_server import RedisServer, redis_server
 
 _MARGIN = 0.15 * SCALE  # a shared 2-core machine's scheduling noise
@@ -139,16 +138,6 @@ async def test_restart_readiness_and_resubscription_within_half_a_second(
         assert (await client.push("pub"))["pub"]["data"] == "back"
 
 
-async def _publish(http: aiohttp.ClientSession, server: Running, params: dict[str, Any]) -> Any:
-    async with http.post(
-        f"http://127.0.0.1:{server.api_port}/api/publish",
-        json=params,
-        headers={"X-API-Key": API_KEY},
-    ) as response:
-        assert response.status == 200
-        return await response.json()
-
-
 async def test_publish_timed_out_on_a_frozen_redis_is_retried_once_by_its_key(
     start_server: StartServer,
 ) -> None:
@@ -156,19 +145,19 @@ async def test_publish_timed_out_on_a_frozen_redis_is_retried_once_by_its_key(
     command when it thaws, or not (it depends on what reached it before the link was
     dropped). Retried with its idempotency key, during the freeze and after, the
     publication reaches the subscriber exactly once either way (docs/PROTOCOL.md)."""
-    async with redis_server() as redis_proc, aiohttp.ClientSession() as http:
+    async with redis_server() as redis_proc:
         server = await start_server(REDIS_URL=redis_proc.url, REDIS_TIMEOUT=0.5)
         client = await connected(server, "1", channels=["document:late"])
         params = {"channel": "document:late", "data": {"n": 1}, "idempotency_key": "sig-1"}
         assert redis_proc.proc is not None
         redis_proc.proc.send_signal(signal.SIGSTOP)
         try:
-            assert (await _publish(http, server, params))["error"]["code"] == 100
-            assert (await _publish(http, server, params))["error"]["code"] == 100
+            assert (await api_answer(server, "publish", params))["error"]["code"] == 100
+            assert (await api_answer(server, "publish", params))["error"]["code"] == 100
         finally:
             redis_proc.proc.send_signal(signal.SIGCONT)
         async with asyncio.timeout(10 * SCALE):
-            while "result" not in (answer := await _publish(http, server, params)):
+            while "result" not in (answer := await api_answer(server, "publish", params)):
                 assert answer["error"]["code"] == 100  # links still being rebuilt
                 await asyncio.sleep(0.05)
         assert answer["result"]["offset"] == 1  # one publication, whichever call made it

@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from centrifuge import (
     Client,
     ClientEventHandler,
@@ -47,7 +46,7 @@ from centrifuge.exceptions import ReplyError
 from realtime_server.app import Running
 
 from .conftest import StartServer, ws_url
-from .helpers import API_KEY, MS, QUIET, api, claims, quiet_period, sub_token, token
+from .helpers import MS, QUIET, api, api_answer, claims, quiet_period, sub_token, token
 from .jsproc import Gate
 from .redis_server import redis_server
 
@@ -666,26 +665,14 @@ async def test_frozen_redis_connects_are_retried_and_subscribers_stay(
                     redis_proc.proc.send_signal(signal.SIGCONT)
                     await bob.rec.expect("connected", timeout=10000 * MS)
                     await bob.rec.expect("subscribed", doc)
+                    params = {"channel": doc, "data": {"v": 1}, "idempotency_key": "hung-1"}
                     async with asyncio.timeout(10000 * MS):  # the links come back
-                        while (reply := await api_reply(server, doc))["error"] is not None:
+                        while "error" in (reply := await api_answer(server, "publish", params)):
                             await asyncio.sleep(0.05)
                     for client in (alice, bob):
                         pub = await client.rec.expect("publication", doc)
-                        assert pub.pub.data == {"v": 1} and pub.pub.offset == reply["offset"]
+                        assert pub.pub.data == {"v": 1}
+                        assert pub.pub.offset == reply["result"]["offset"]
                     assert not alice.rec.all("disconnected")
             finally:
                 redis_proc.proc.send_signal(signal.SIGCONT)
-
-
-async def api_reply(server: Running, channel: str) -> dict[str, Any]:
-    """A publish through the HTTP API: its result, or its error (not raised)."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"http://127.0.0.1:{server.api_port}/api/publish",
-            json={"channel": channel, "data": {"v": 1}, "idempotency_key": "hung-1"},
-            headers={"X-API-Key": API_KEY},
-        ) as response,
-    ):
-        body = await response.json()
-    return {"error": body.get("error"), **body.get("result", {})}

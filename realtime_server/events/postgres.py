@@ -20,7 +20,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
-from ..errors import describe_database_error
+from ..errors import database_failure, describe_database_error
 from .migrate import load_migrations
 from .model import Event, document_id
 from .store import (
@@ -270,10 +270,6 @@ def _is_data_error(exc: BaseException) -> bool:
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:
-    if isinstance(exc, TimeoutError):
-        return StoreUnavailable("PostgreSQL did not answer in time")
     if getattr(exc, "sqlstate", None) == "42P01":  # undefined table
         return NotInitialised("event log not initialised (run realtime-server migrate)")
-    if getattr(exc, "sqlstate", None):  # it answered: a refusal, not a network trouble
-        return StoreUnavailable(f"PostgreSQL refused ({describe_database_error(exc)})")
-    return StoreUnavailable(f"PostgreSQL unreachable ({describe_database_error(exc)})")
+    return StoreUnavailable(database_failure(exc))

@@ -140,7 +140,6 @@ class OutboxConsumer:
         self.poll_interval = poll_interval
         self.batch = batch
         self.timeout = timeout
-        self.idle_timeout = idle_timeout
         # A frozen or cut-off node's batch would hold its partition's lock until
         # PostgreSQL noticed the connection was gone (TCP keepalive: hours). Set per
         # transaction, in BEGIN's round trip: a startup parameter would be refused by

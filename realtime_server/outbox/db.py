@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
-from ..errors import BackendUnavailable, describe_database_error
+from ..errors import BackendUnavailable, database_failure
 
 __all__ = ["APPLICATION_NAME", "TIMEOUT", "OutboxUnavailable", "connect", "unavailable"]
 
@@ -47,10 +47,6 @@ async def connect(dsn: str, budget: float = TIMEOUT) -> Any:
 def unavailable(exc: BaseException) -> OutboxUnavailable:
     if isinstance(exc, OutboxUnavailable):
         return exc
-    if isinstance(exc, TimeoutError):
-        return OutboxUnavailable("outbox: PostgreSQL did not answer in time")
     if getattr(exc, "sqlstate", None) in ("42P01", "42883"):  # undefined table / function
         return OutboxUnavailable("outbox: tables missing (run realtime-server migrate)")
-    if getattr(exc, "sqlstate", None):  # it answered: a refusal, not a network trouble
-        return OutboxUnavailable(f"outbox: PostgreSQL refused ({describe_database_error(exc)})")
-    return OutboxUnavailable(f"outbox: PostgreSQL unreachable ({describe_database_error(exc)})")
+    return OutboxUnavailable(f"outbox: {database_failure(exc)}")
