@@ -95,14 +95,29 @@ async def holding_commits(dsn: str) -> AsyncIterator[None]:
             " WHERE datname = current_database() AND application_name = $1",
             APPLICATION_NAME,
         )
-        await wait_until(
-            lambda: locker.fetchval(
+
+        async def outbox_gone() -> bool:
+            # pg_stat_activity is read once per transaction, and this one holds the
+            # lock: without clearing, the poll sees the terminated backends forever.
+            await locker.execute("SELECT pg_stat_clear_snapshot()")
+            gone: bool = await locker.fetchval(
                 "SELECT count(*) = 0 FROM pg_stat_activity"
                 " WHERE datname = current_database() AND application_name = $1",
                 APPLICATION_NAME,
-            ),
-            WAIT,
-        )
+            )
+            return gone
+
+        await wait_until(outbox_gone, WAIT)
+
+
+async def commit_waiting(conn: asyncpg.Connection) -> bool:
+    """Whether an outbox consumer waits on a lock (its DELETE, under holding_commits)."""
+    waiting: bool = await conn.fetchval(
+        "SELECT count(*) > 0 FROM pg_locks JOIN pg_stat_activity USING (pid)"
+        " WHERE NOT granted AND application_name = $1",
+        APPLICATION_NAME,
+    )
+    return waiting
 
 
 async def test_a_node_killed_mid_batch_and_another_finishing_delivers_exactly_once(
@@ -119,7 +134,8 @@ async def test_a_node_killed_mid_batch_and_another_finishing_delivers_exactly_on
             await publish_rows(conn, "document:k", range(total), per_transaction=50)
             async with holding_commits(dsn), server_process(**shared, OUTBOX_URL=dsn) as first:
                 await seen.until("document:k", 100)
-                await first.stop(signal.SIGKILL)  # mid-batch: run, not committed
+                await wait_until(lambda: commit_waiting(conn), WAIT)
+                await first.stop(signal.SIGKILL)  # mid-batch: run, its commit waiting
             killed_at = len(seen.of("document:k"))
             assert await conn.fetchval("SELECT min(id) FROM realtime_outbox") == 1
             async with server_process(**shared, OUTBOX_URL=dsn):  # reruns rows 1-500...
