@@ -299,7 +299,11 @@ class Settings:
         metavar="N",
     )
     outbox_bytes: int = setting(
-        1048576, "bytes queued towards one client before close 3008", minimum=4096, metavar="BYTES"
+        1048576,
+        "bytes queued towards one client before close 3008; half of it bounds what one"
+        " reply recovers (more: recovered false)",
+        minimum=4096,
+        metavar="BYTES",
     )
     rate_limit: float = setting(
         50.0, "commands per second per connection", minimum=0.1, metavar="PER_SECOND"

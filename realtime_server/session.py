@@ -293,6 +293,13 @@ class Session:
         """Write what is queued for this session now (before a close frame)."""
         self._writer.flush_one(self)
 
+    def recovery_room(self) -> int:
+        """Bytes of missed publications a reply may still carry to this client: half
+        of ``REALTIME_OUTBOX_BYTES``, less what already waits to be sent. A bigger
+        recovery would make the client a slow reader as it reconnects (closed with
+        3008, to reconnect and ask for even more); it is told ``recovered: false``."""
+        return self._outbox_limit // 2 - self._transport.get_write_buffer_size()
+
     def close_slow(self) -> None:
         """The client does not read what we send: close with 3008 (logged, counted)."""
         if self.state is _CLOSED:

@@ -38,6 +38,7 @@ from .errors import BackendUnavailable
 from .events import EventType
 from .hub import Hub
 from .journal import Journal
+from .model import Publication
 from .protocol import (
     SubscribeRequest,
     SubscribeResult,
@@ -79,7 +80,17 @@ class Outcome:
     delivered: int
 
 
-def _outcome(req: SubscribeRequest, found: HistoryResult | None) -> Outcome:
+_PUBLICATION_OVERHEAD = 48
+"""Bytes a recovered publication adds to a reply beside its data (keys, offset)."""
+
+
+def recovered_size(pubs: Sequence[Publication]) -> int:
+    """What recovering ``pubs`` adds to a reply, about (see Session.recovery_room)."""
+    return sum(len(p.data) for p in pubs) + _PUBLICATION_OVERHEAD * len(pubs)
+
+
+def _outcome(req: SubscribeRequest, found: HistoryResult | None, room: int) -> Outcome:
+    """The result for one channel; ``room``: bytes of publications it may recover."""
     if found is None:  # a channel without history
         return Outcome(SubscribeResult(), 0)
     top = found.top
@@ -90,6 +101,7 @@ def _outcome(req: SubscribeRequest, found: HistoryResult | None) -> Outcome:
         (not req.epoch or req.epoch == top.epoch)
         and req.offset <= top.offset
         and len(pubs) == top.offset - req.offset
+        and (not pubs or recovered_size(pubs) <= room)
     )
     if not recovered:
         return Outcome(SubscribeResult(top, recovering=True), top.offset)
@@ -254,9 +266,16 @@ class Subscriptions:
                 limit = -1 if r.request.recover else 0
                 queries.append(HistoryQuery(r.channel, r.request.since, limit, options=hopts))
         found = iter(await self._read(queries, check))
-        return tuple(
-            _outcome(r.request, next(found) if r.options.history else None) for r in requests
-        )
+        # One reply carries every channel's recovery: they share the session's room,
+        # in the order asked; a channel that does not fit is told recovered: false.
+        room = s.recovery_room()
+        outcomes = []
+        for r in requests:
+            outcome = _outcome(r.request, next(found) if r.options.history else None, room)
+            if outcome.result.publications:
+                room -= recovered_size(outcome.result.publications)
+            outcomes.append(outcome)
+        return tuple(outcomes)
 
     async def _read(
         self, queries: list[HistoryQuery], check: Callable[[], Awaitable[None]] | None

@@ -238,6 +238,48 @@ async def test_server_side_subscription_recovers_on_reconnect(server: Running) -
     assert [p["data"] for p in sub["publications"]] == [2, 3]
 
 
+async def test_recovery_too_big_for_the_outbound_buffer_is_refused(
+    start_server: StartServer,
+) -> None:
+    """What a reply recovers is bounded by half of REALTIME_OUTBOX_BYTES: a client
+    away long enough on busy channels is told recovered: false (it reloads) instead of
+    getting a reply that makes it a slow reader on a slow link (3008 at once, to come
+    back and ask for even more)."""
+    server = await start_server(OUTBOX_BYTES=65536)  # room: 32 KiB per reply
+    filler = b'"' + b"x" * 1000 + b'"'
+    for channel in ("document:a", "document:b"):
+        for _ in range(20):  # about 21 KiB each: one fits, not both
+            await server.node.ops.publish(channel, filler)
+    epochs = {c: (await server.node.broker.history(f"document:{c}")).top.epoch for c in "ab"}
+    client = await RawClient.open(ws_url(server))
+    reply = await client.connect(
+        token("42", channels=["document:a", "document:b"]),
+        subs={f"document:{c}": {"recover": True, "offset": 0, "epoch": epochs[c]} for c in "ab"},
+    )
+    subs = reply["connect"]["subs"]
+    assert subs["document:a"]["recovered"] is True
+    assert len(subs["document:a"]["publications"]) == 20
+    assert subs["document:b"]["recovered"] is False and subs["document:b"]["offset"] == 20
+    assert "publications" not in subs["document:b"]
+    await server.node.ops.publish("document:b", b'"live"')
+    pub = (await client.push("pub"))["pub"]
+    assert (pub["data"], pub["offset"]) == ("live", 21)
+    # A subscribe's reply has the same room: 40 publications of 1 KiB do not fit.
+    for _ in range(20):
+        await server.node.ops.publish("document:c", filler)
+    epoch = (await server.node.broker.history("document:c")).top.epoch
+    small = {"channel": "document:c", "token": sub_token("42", "document:c"), "recover": True}
+    fits = await client.call("subscribe", {**small, "offset": 0, "epoch": epoch})
+    assert fits["subscribe"]["recovered"] is True
+    await client.call("unsubscribe", {"channel": "document:c"})
+    for _ in range(20):
+        await server.node.ops.publish("document:c", filler)
+    too_big = await client.call("subscribe", {**small, "offset": 0, "epoch": epoch})
+    assert too_big["subscribe"]["recovered"] is False
+    assert too_big["subscribe"]["offset"] == 40
+    assert server.node.metrics.slow_disconnects_total == 0
+
+
 async def test_presence_join_leave_history(server: Running) -> None:
     alice = await connected(server, "alice", info={"name": "Alice"})
     bob = await connected(server, "bob")
