@@ -4,8 +4,8 @@
 apikey <KEY>``) and a JSON object body. Answers ``{"result": {...}}`` or ``{"error":
 {"code": N, "message": "..."}}`` with status 200, in the shape of Centrifugo's server
 API so that its client libraries (``cent``) work unchanged. A missing or wrong key gets
-401 (compared in constant time); a body that is not a JSON object gets 400; an unknown
-method 404.
+401 (compared in constant time); a body that is not a JSON object gets 400, one over
+1 MiB 413 (both with error 107); an unknown method 404.
 
 :func:`execute` runs one method on its parsed body; the HTTP handler and the outbox
 consumer (:mod:`realtime_server.outbox`) both call it, so a row of the outbox behaves
@@ -34,6 +34,7 @@ from .protocol import history_json, parse_history, presence_json
 
 __all__ = [
     "IDEMPOTENCY_KEY_MAX",
+    "MAX_BODY",
     "METHODS",
     "bound_port",
     "build_api",
@@ -46,6 +47,9 @@ __all__ = [
 logger = logging.getLogger("realtime_server.api")
 
 Method = Callable[[Operations, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+MAX_BODY = 1024 * 1024
+"""Largest request body, in bytes (more: 413 with error 107)."""
 
 IDEMPOTENCY_KEY_MAX = 256
 """Longest accepted ``idempotency_key``, in characters (it is kept in the engine for
@@ -308,6 +312,8 @@ def build_api(ops: Operations, api_key: str) -> web.Application:
             return _error(codes.METHOD_NOT_FOUND, 404)
         try:
             params = orjson.loads(await request.read())
+        except web.HTTPRequestEntityTooLarge:
+            return _error(codes.BAD_REQUEST, 413, f"body over {MAX_BODY} bytes")
         except orjson.JSONDecodeError:
             return _error(codes.BAD_REQUEST, 400, "body must be a JSON object")
         if not isinstance(params, dict):
@@ -323,7 +329,7 @@ def build_api(ops: Operations, api_key: str) -> web.Application:
             logger.exception("API method %s failed", method)
             return _error(codes.INTERNAL)
 
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=MAX_BODY)
     app.router.add_post("/api/{method}", handle)
     return app
 

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from realtime_server.api import MAX_BODY
 from realtime_server.app import Running
 
 from .conftest import StartServer, api_url, ws_url
@@ -103,6 +104,14 @@ async def test_api_bad_requests(server: Running) -> None:
     assert body["error"]["code"] == 102
     status, body = await api(server, "publish", {"channel": "document:1"})
     assert body["error"]["code"] == 107
+    huge = {"channel": "document:1", "data": "x" * MAX_BODY}
+    assert await api(server, "publish", huge) == (
+        413,
+        {"error": {"code": 107, "message": f"body over {MAX_BODY} bytes"}},
+    )
+    fits = {"channel": "document:1", "data": "x" * (MAX_BODY - 100)}
+    status, body = await api(server, "publish", fits)
+    assert status == 200 and body["result"]["offset"] == 1
 
 
 async def test_api_publish_broadcast_history(server: Running) -> None:
