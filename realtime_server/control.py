@@ -83,14 +83,16 @@ class Control:
             kind = params.get("type")
             if kind in ("jti", "user"):
                 before = params.get("issued_before")
-                self.handle_revocation(
-                    Revocation(
-                        "jti" if kind == "jti" else "user",
-                        jti=str(params["jti"]) if params.get("jti") is not None else None,
-                        user=str(params["user"]) if params.get("user") is not None else None,
-                        issued_before=float(before) if before is not None else None,
-                    )
+                keep_until = params.get("keep_until")
+                revocation = Revocation(
+                    "jti" if kind == "jti" else "user",
+                    jti=str(params["jti"]) if params.get("jti") is not None else None,
+                    user=str(params["user"]) if params.get("user") is not None else None,
+                    issued_before=float(before) if before is not None else None,
+                    keep_until=float(keep_until) if keep_until is not None else None,
                 )
+                self._revocations.heard(revocation)  # written back should Redis lose it
+                self.handle_revocation(revocation)
         elif message.kind == "disconnect":
             code = CloseCode(
                 int(params.get("code") or codes.CLOSE_SHUTDOWN.code),

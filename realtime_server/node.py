@@ -245,6 +245,7 @@ class Node:
     async def start(self) -> None:
         await self.events.start()
         await self.broker.start()
+        self.revocations.start()  # a shared list is read into memory (background)
         self.directory.start()  # announces this node to the others
         self.keepalive.start()
         self.spawn(self._refresh_presence())

@@ -36,12 +36,14 @@ KEEP_MARGIN = 60.0
 @dataclass(frozen=True, slots=True)
 class Revocation:
     """One revocation: ``kind`` "jti" (with ``jti``) or "user" (with ``user`` and
-    ``issued_before``, seconds since the epoch)."""
+    ``issued_before``, seconds since the epoch). ``keep_until``: when it stops mattering
+    (seconds since the epoch), where the announcement said."""
 
     kind: Literal["jti", "user"]
     jti: str | None = None
     user: str | None = None
     issued_before: float | None = None
+    keep_until: float | None = None
 
     def matches(self, jti: str | None, user: str, iat: float | None) -> bool:
         """Whether a token with these claims is revoked by this revocation."""
@@ -71,6 +73,15 @@ class RevocationStore(Protocol):
     def remote(self) -> bool: ...
 
     def set_listener(self, listener: RevocationListener) -> None: ...
+
+    def start(self) -> None:
+        """Begin what the store does in the background (a shared store reads the list
+        into this node's memory, to write it back should the store lose it)."""
+        ...
+
+    def heard(self, revocation: Revocation) -> None:
+        """A revocation announced by any node (or by another process)."""
+        ...
 
     async def is_revoked(self, jti: str | None, user: str, iat: float | None) -> bool: ...
 
@@ -116,6 +127,12 @@ class MemoryRevocationStore:
 
     def set_listener(self, listener: RevocationListener) -> None:
         self._listener = listener
+
+    def start(self) -> None:
+        return None
+
+    def heard(self, revocation: Revocation) -> None:
+        return None  # this process made it: it is here already
 
     def _purge(self, now: float) -> None:
         for jti in [j for j, exp in self._jtis.items() if exp < now]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
@@ -260,6 +260,32 @@ class RedisCommands:
             return list(await self.run(lambda: self.client.mget_nonatomic(keys)))
         return list(await self.call("MGET", *keys))
 
+    async def scan_keys(self, pattern: str) -> AsyncIterator[list[bytes]]:
+        """Every key matching ``pattern``, a ``SCAN`` page at a time (on every primary
+        of a cluster); each page bounded by the timeout."""
+        if not self._detected:
+            await self.run(self.detect)
+        if not self.cluster:
+            cursor: Any = 0
+            while True:
+                cursor, keys = await self.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                yield list(keys)
+                if int(cursor) == 0:
+                    return
+        for node in self.client.get_primaries():
+            cursor = 0
+            while True:
+
+                async def page(at: int = cursor, primary: Any = node) -> Any:
+                    client = self.client
+                    return await client.scan(at, pattern, 1000, target_nodes=primary)
+
+                cursors, keys = await self.run(page)
+                yield list(keys)
+                cursor = cursors[node.name]
+                if int(cursor) == 0:
+                    break
+
     def mget_soon(self, keys: Sequence[str]) -> asyncio.Future[list[bytes | None]] | None:
         """MGET queued now on the shared command link, so that it leaves in one write
         with the commands queued after it in this iteration; None when that cannot be
@@ -372,7 +398,8 @@ class RedisCommands:
                 if not self._detected:
                     await self.detect()
                 return await call()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            # RedisClusterException (no RedisError): a cluster none of whose nodes answer
             raise BackendUnavailable(describe_redis_error(self.url, exc, self.timeout)) from None
 
     async def ping(self) -> bool:

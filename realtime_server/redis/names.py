@@ -13,6 +13,7 @@ channel live on one shard:
 ``Pcontrol``                node-to-node control channel (JSON)
 ``Prevoked:jti:<jti>``      a revoked token, expiring with the token
 ``Prevoked:user:<user>``    a user's "issued before" cutoff (unix seconds)
+``Prevocations``            the revocation list's marker: set while the list is whole
 =========================  ====================================================
 
 The pub/sub messages on ``P{C}`` are :mod:`.envelope`'s.
@@ -57,6 +58,17 @@ class RedisNames:
 
     def revoked_user(self, user: str) -> str:
         return f"{self.prefix}revoked:user:{user}"
+
+    @property
+    def revoked_pattern(self) -> str:
+        """A ``SCAN`` pattern matching every revocation key (the prefix escaped)."""
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
+        return f"{escaped}revoked:*"
+
+    @property
+    def revocations(self) -> str:
+        """The revocation list's marker (see :mod:`..auth.redis_revocation`)."""
+        return f"{self.prefix}revocations"
 
     def realtime_channel(self, redis_channel: bytes | str) -> str | None:
         """The realtime channel of a pub/sub channel name, or None if not ours."""
