@@ -355,7 +355,9 @@ async def test_the_connect_cost_names_its_sample_and_a_small_one_is_noted(
     result = json.loads(out)
     measured = result["server"]["connects_measured"]
     assert 0 < measured <= 20  # the warm-up connects are not in it
-    assert result["server"]["cpu_us_per_connect"] > 0
+    # /proc counts CPU in 10 ms clock ticks: 20 connects (about 10 ms of work) may fall
+    # within one tick and read 0, which is why the small sample is noted.
+    assert result["server"]["cpu_us_per_connect"] >= 0
     assert any(f"over {measured:,} connects only" in note for note in result["notes"])
 
 
