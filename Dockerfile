@@ -33,6 +33,7 @@ ENV PATH=/opt/realtime/bin:$PATH \
     REALTIME_API_PORT=8001 \
     REALTIME_SQLITE_PATH=/app/data/realtime-events.db \
     REALTIME_EVENTS_SPILL_PATH=/app/data/realtime-events.spill.jsonl \
+    REALTIME_REVOCATIONS_PATH=/app/data/realtime-revocations.jsonl \
     PYTHONUNBUFFERED=1
 # The embedded event log and the spill file (kept across container replacements).
 VOLUME ["/app/data"]

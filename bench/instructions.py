@@ -154,6 +154,7 @@ def driver_env(sqlite_path: Path | None) -> dict[str, str]:
         "REALTIME_PORT": "0",
         "REALTIME_EVENTS_ENABLED": "false" if sqlite_path is None else "true",
         "PYTHONHASHSEED": "0",  # the same dict layouts every run
+        "REALTIME_REVOCATIONS_PATH": "",  # memory only: nothing left in the working folder
     }
     if sqlite_path is not None:
         env["REALTIME_SQLITE_PATH"] = str(sqlite_path)

@@ -170,6 +170,7 @@ def server_process(jwks_url: str, workdir: Path) -> Iterator[tuple[int, int, int
             "REALTIME_MAX_CONNECTIONS_PER_USER": "0",
             "REALTIME_SQLITE_PATH": str(workdir / "events.db"),
             "REALTIME_EVENTS_SPILL_PATH": str(workdir / "events.spill.jsonl"),
+            "REALTIME_REVOCATIONS_PATH": str(workdir / "revocations.jsonl"),
             "REALTIME_LOG_LEVEL": "WARNING",
         }
     )

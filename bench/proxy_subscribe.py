@@ -85,6 +85,7 @@ def server(proxy_url: str, workdir: str) -> Any:
             "REALTIME_RATE_BURST": "100000",
             "REALTIME_SQLITE_PATH": os.path.join(workdir, "events.db"),
             "REALTIME_EVENTS_SPILL_PATH": os.path.join(workdir, "events.spill.jsonl"),
+            "REALTIME_REVOCATIONS_PATH": os.path.join(workdir, "revocations.jsonl"),
             "REALTIME_LOG_LEVEL": "WARNING",
         }
     )

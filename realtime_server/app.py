@@ -24,6 +24,7 @@ from .auth.tokens import TokenVerifier
 from .channels.engine import Engine
 from .channels.memory import MemoryEngine
 from .config import Settings
+from .errors import ConfigError
 from .limits import raise_open_file_limit
 from .listen import effective_backlog
 from .node import Node
@@ -77,7 +78,27 @@ def build_engine(settings: Settings) -> tuple[Engine, RevocationStore]:
             settings.redis_shards,
         )
         return engine, RedisRevocationStore(engine.commands, settings.jwt_max_lifetime)
-    return MemoryEngine(), MemoryRevocationStore(settings.jwt_max_lifetime)
+    return MemoryEngine(), embedded_revocations(settings)
+
+
+def embedded_revocations(settings: Settings) -> MemoryRevocationStore:
+    """The embedded engine's revocations, with those ``REALTIME_REVOCATIONS_PATH``
+    kept from earlier runs. Raises ConfigError when that file cannot be used."""
+    path = settings.revocations_path
+    if not path:
+        return MemoryRevocationStore(settings.jwt_max_lifetime)
+    from .auth.revocation_file import RevocationFile
+
+    store = MemoryRevocationStore(settings.jwt_max_lifetime, file=RevocationFile(path))
+    try:
+        kept = store.load()
+    except OSError as exc:
+        raise ConfigError(
+            f"REALTIME_REVOCATIONS_PATH: cannot keep revocations in {path}: {exc.strerror or exc}"
+        ) from None
+    if kept:
+        logger.info("%d revocations kept from earlier runs (%s)", kept, path)
+    return store
 
 
 def build_node(settings: Settings) -> Node:

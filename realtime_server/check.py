@@ -42,6 +42,8 @@ async def reach_backends(
         failures += await _reach_redis(settings, settings.redis_url)
     if settings.events_enabled:
         failures += await _reach_event_log(settings, store)
+    if not settings.redis_url and settings.revocations_path:
+        failures += _revocation_file(settings.revocations_path)
     if settings.outbox_url:
         from .outbox.status import check_outbox
 
@@ -95,20 +97,42 @@ async def _reach_event_log(settings: Settings, name: str) -> int:
         await store.close()
 
 
+def _revocation_file(path: str) -> int:
+    """Where the embedded engine keeps revocations, and whether it can (read only)."""
+    name = f"revocations, {os.path.abspath(path)} (REALTIME_REVOCATIONS_PATH)"
+    if os.path.exists(path):
+        usable = os.path.isfile(path) and os.access(path, os.R_OK | os.W_OK)
+        print(f"{name}: {'ok' if usable else 'not a readable and writable file'}")
+        return 0 if usable else 1
+    problem = _cannot_create(path)
+    if problem is not None:
+        print(f"{name}: cannot be created ({problem})")
+        return 1
+    print(f"{name}: none yet; the first revocation creates it")
+    return 0
+
+
+def _cannot_create(path: str) -> str | None:
+    """Why ``serve`` could not create ``path`` (it makes missing folders), or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder or os.path.exists(folder):
+            return f"{folder} is not a folder"
+        folder = parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable"
+    return None
+
+
 def _sqlite_to_be_created(path: str, name: str) -> int | None:
     """No SQLite file yet: say that ``serve`` creates it, if it can, without creating
     it here (a check leaves nothing behind); None when the file exists."""
     if os.path.exists(path):
         return None
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.isdir(folder):  # serve creates the missing folders too
-        parent = os.path.dirname(folder)
-        if parent == folder or os.path.exists(folder):
-            print(f"event log, {name}: cannot be created ({folder} is not a folder)")
-            return 1
-        folder = parent
-    if not os.access(folder, os.W_OK | os.X_OK):
-        print(f"event log, {name}: cannot be created ({folder} is not writable)")
+    problem = _cannot_create(path)
+    if problem is not None:
+        print(f"event log, {name}: cannot be created ({problem})")
         return 1
     print(f"event log, {name}: not created yet; serve creates it")
     return 0

@@ -179,6 +179,12 @@ class Settings:
         "append-only file for events the store could not take (replayed when it is back)",
         metavar="PATH",
     )
+    revocations_path: str = setting(
+        "./realtime-revocations.jsonl",
+        "embedded engine: file keeping revocations across restarts (empty: memory only;"
+        " with Redis they are in Redis)",
+        metavar="PATH",
+    )
     idempotency_ttl: float = setting(
         300.0,
         "seconds a publish's idempotency_key is remembered (a repeat delivers nothing)",

@@ -41,11 +41,13 @@ _EVENTS_DIR = tempfile.mkdtemp(prefix="rt-test-events-")
 
 
 def event_log_env() -> dict[str, str]:
-    """A fresh SQLite event log and spill file, never in the working directory."""
+    """A fresh SQLite event log, spill file and revocation file, never in the working
+    directory."""
     name = uuid.uuid4().hex[:12]
     return {
         "REALTIME_SQLITE_PATH": os.path.join(_EVENTS_DIR, f"{name}.db"),
         "REALTIME_EVENTS_SPILL_PATH": os.path.join(_EVENTS_DIR, f"{name}.spill.jsonl"),
+        "REALTIME_REVOCATIONS_PATH": os.path.join(_EVENTS_DIR, f"{name}.revocations.jsonl"),
     }
 
 

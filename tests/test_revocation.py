@@ -131,10 +131,13 @@ async def test_listener_hears_every_revocation(
     await store.revoke_token("j1", T0 + 100)
     await store.revoke_user("42", T0)
     await store.revoke_user("42", T0 - 50)
+    # Each says until when it matters: the token's exp, or the cutoff plus the longest
+    # token lifetime (from now, as the cutoff is not in the future), plus the margin.
     assert announced == [
-        Revocation("jti", jti="j1"),
-        Revocation("user", user="42", issued_before=T0),
-        Revocation("user", user="42", issued_before=T0),  # the effective (later) cutoff
+        Revocation("jti", jti="j1", keep_until=T0 + 100 + 60),
+        Revocation("user", user="42", issued_before=T0, keep_until=T0 + MAX_LIFETIME + 60),
+        # the effective (later) cutoff
+        Revocation("user", user="42", issued_before=T0, keep_until=T0 + MAX_LIFETIME + 60),
     ]
 
 

@@ -1,15 +1,20 @@
-"""Revocations outlive Redis losing its data (a restart without persistence, a flush).
+"""Revocations outlive a restart: of Redis without its data (a restart without
+persistence, a flush), and of the embedded engine's process.
 
 Revocations are keys in Redis; a Redis that comes back empty forgets them. Every node
 keeps the live revocations in memory too (read from Redis at start, then from the
 announcements) and a marker key tells a complete list from a lost one: while the marker
-is missing, revocation checks fail as temporary (error 100, never an unchecked token)
-and the node writes what it remembers back. Private redis-server processes."""
+is missing, revocation checks wait for the node to write what it remembers back, and
+fail as temporary (error 100, never an unchecked token) if that cannot be done. The
+embedded engine keeps them in a file (REALTIME_REVOCATIONS_PATH). Private redis-server
+and server processes."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from websockets.exceptions import ConnectionClosed
@@ -21,6 +26,7 @@ from realtime_server.redis.names import RedisNames
 
 from .conftest import StartServer, connected, ws_url
 from .helpers import MS, RawClient, make_settings, token
+from .procs import cli_env, run_cli, server_process
 from .redis_server import redis_server
 
 
@@ -113,3 +119,44 @@ async def test_a_node_started_later_remembers_earlier_revocations(
         assert await refused_as_revoked(second, "42", jti="stolen-1")
         assert await refused_as_revoked(second, "43", iat=int(time.time() - 10))
         assert not await refused_as_revoked(second, "45")
+
+
+async def test_the_embedded_engine_keeps_revocations_across_a_crash(tmp_path: Path) -> None:
+    """Acknowledged is on disk: SIGKILL right after the CLI's revoke returns."""
+    kept = {"REVOCATIONS_PATH": str(tmp_path / "revocations.jsonl")}
+    async with server_process(**kept) as first:
+        victim = await RawClient.open(first.ws_url)
+        assert "connect" in await victim.connect(token("42", jti="stolen-1"))
+        env = cli_env(**first.api_env)
+        assert (await run_cli("revoke", "--jti", "stolen-1", env=env))[0] == 0
+        assert (await victim.closed())[0] == 4501
+        assert (await run_cli("revoke", "--user", "43", env=env))[0] == 0
+        await first.stop(signal.SIGKILL)
+    async with server_process(**kept) as second:
+        assert await second.wait_log("2 revocations kept from earlier runs")
+        for user, claims, revoked in (
+            ("42", {"jti": "stolen-1"}, True),
+            ("43", {"iat": int(time.time() - 10)}, True),
+            ("42", {}, False),
+        ):
+            client = await RawClient.open(second.ws_url)
+            try:
+                reply = await client.connect(token(user, **claims))
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == 4501
+                assert revoked
+            else:
+                assert "connect" in reply and not revoked, reply
+                await client.close()
+
+
+async def test_an_unusable_revocation_file_stops_the_server_at_start(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    env = cli_env(REVOCATIONS_PATH=str(tmp_path / "a-file" / "revocations.jsonl"))
+    code, _, err = await run_cli("serve", env=env)
+    assert code == 2
+    assert "REALTIME_REVOCATIONS_PATH: cannot keep revocations in" in err
+    assert "a-file" in err
+    code, out, _ = await run_cli("check", env=env)
+    assert code == 1
+    assert "(REALTIME_REVOCATIONS_PATH): cannot be created" in out and "is not a folder" in out

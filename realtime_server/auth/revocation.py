@@ -18,7 +18,12 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+from ..errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from .revocation_file import RevocationFile
 
 __all__ = [
     "KEEP_MARGIN",
@@ -102,7 +107,8 @@ class RevocationStore(Protocol):
 
 
 class MemoryRevocationStore:
-    """Revocations in process memory (the embedded engine).
+    """Revocations in process memory (the embedded engine), and in ``file`` when given
+    (:class:`~.revocation_file.RevocationFile`: a restart keeps them).
 
     Entries are dropped once they cannot matter any more: a ``jti`` after its token's
     expiry, a user cutoff after ``max_lifetime`` seconds.
@@ -113,6 +119,7 @@ class MemoryRevocationStore:
         max_lifetime: float = 86400.0,
         clock: Callable[[], float] = time.time,
         margin: float = KEEP_MARGIN,
+        file: RevocationFile | None = None,
     ) -> None:
         self._jtis: dict[str, float] = {}
         self._users: dict[str, tuple[float, float]] = {}  # user -> (cutoff, forget_at)
@@ -120,6 +127,39 @@ class MemoryRevocationStore:
         self._margin = margin
         self._clock = clock
         self._listener: RevocationListener | None = None
+        self._file = file
+
+    def load(self) -> int:
+        """Read the revocations the file keeps (at start); how many still matter.
+        Raises OSError."""
+        if self._file is None:
+            return 0
+        kept = self._file.load(self._clock())
+        for revocation in kept:
+            self._keep(revocation)
+        return len(kept)
+
+    def _keep(self, revocation: Revocation) -> None:
+        until = revocation.keep_until or 0.0
+        if revocation.kind == "jti" and revocation.jti is not None:
+            self._jtis[revocation.jti] = max(until, self._jtis.get(revocation.jti, 0.0))
+        elif revocation.user is not None and revocation.issued_before is not None:
+            cutoff, forget_at = self._users.get(revocation.user, (0.0, 0.0))
+            self._users[revocation.user] = (
+                max(cutoff, revocation.issued_before),
+                max(forget_at, until),
+            )
+
+    async def _persist(self, revocation: Revocation) -> None:
+        """On disk before the caller hears it is done; in force in memory whatever."""
+        if self._file is None:
+            return
+        try:
+            await self._file.append(revocation)
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"revocation in force, but not kept across a restart: {self._file.path}: {exc}"
+            ) from None
 
     @property
     def remote(self) -> bool:
@@ -160,8 +200,10 @@ class MemoryRevocationStore:
     async def revoke_token(self, jti: str, expires_at: float) -> None:
         now = self._clock()
         self._purge(now)
-        self._jtis[jti] = max(expires_at + self._margin, self._jtis.get(jti, 0.0))
-        self._announce(Revocation("jti", jti=jti))
+        revocation = Revocation("jti", jti=jti, keep_until=expires_at + self._margin)
+        self._keep(revocation)
+        self._announce(revocation)
+        await self._persist(revocation)
 
     async def revoke_user(self, user: str, issued_before: float) -> None:
         now = self._clock()
@@ -170,8 +212,10 @@ class MemoryRevocationStore:
         cutoff = max(issued_before, previous)
         # A token issued just before the cutoff lives until cutoff + max lifetime.
         forget_at = max(now, cutoff) + self._max_lifetime + self._margin
-        self._users[user] = (cutoff, forget_at)
-        self._announce(Revocation("user", user=user, issued_before=cutoff))
+        revocation = Revocation("user", user=user, issued_before=cutoff, keep_until=forget_at)
+        self._keep(revocation)
+        self._announce(revocation)
+        await self._persist(revocation)
 
     def _announce(self, revocation: Revocation) -> None:
         if self._listener is not None:

@@ -171,6 +171,7 @@ class ServerProcess:
                     "REALTIME_SHUTDOWN_TIMEOUT": "3",
                     "REALTIME_SQLITE_PATH": str(workdir / f"events-{self.port}.db"),
                     "REALTIME_EVENTS_SPILL_PATH": str(workdir / f"events-{self.port}.spill.jsonl"),
+                    "REALTIME_REVOCATIONS_PATH": str(workdir / f"revocations-{self.port}.jsonl"),
                     "REALTIME_WORKERS": str(workers),
                 }
             )
