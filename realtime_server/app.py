@@ -87,9 +87,9 @@ def embedded_revocations(settings: Settings) -> MemoryRevocationStore:
     path = settings.revocations_path
     if not path:
         return MemoryRevocationStore(settings.jwt_max_lifetime)
-    from .auth.revocation_file import RevocationFile
+    from .auth.revocation_file import JsonLinesRevocationFile
 
-    store = MemoryRevocationStore(settings.jwt_max_lifetime, file=RevocationFile(path))
+    store = MemoryRevocationStore(settings.jwt_max_lifetime, file=JsonLinesRevocationFile(path))
     try:
         kept = store.load()
     except OSError as exc:

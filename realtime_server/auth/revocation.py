@@ -18,17 +18,15 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from ..errors import BackendUnavailable
-
-if TYPE_CHECKING:
-    from .revocation_file import RevocationFile
 
 __all__ = [
     "KEEP_MARGIN",
     "MemoryRevocationStore",
     "Revocation",
+    "RevocationFile",
     "RevocationListener",
     "RevocationStore",
 ]
@@ -60,6 +58,21 @@ class Revocation:
 
 
 RevocationListener = Callable[[Revocation], None]
+
+
+class RevocationFile(Protocol):
+    """Where the embedded store keeps its revocations across restarts
+    (:class:`~.revocation_file.JsonLinesRevocationFile`)."""
+
+    path: str
+
+    def load(self, now: float) -> list[Revocation]:
+        """The revocations that still matter at ``now``. Raises OSError."""
+        ...
+
+    async def append(self, revocation: Revocation) -> None:
+        """Keep one more; on disk when this returns. Raises OSError."""
+        ...
 
 
 @runtime_checkable

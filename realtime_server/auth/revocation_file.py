@@ -18,7 +18,7 @@ import orjson
 
 from .revocation import Revocation
 
-__all__ = ["RevocationFile"]
+__all__ = ["JsonLinesRevocationFile"]
 
 logger = logging.getLogger("realtime_server.revocation")
 
@@ -51,8 +51,9 @@ def _parse(raw: bytes) -> Revocation | None:
     return None
 
 
-class RevocationFile:
-    """One process's revocation file (see the module docstring)."""
+class JsonLinesRevocationFile:
+    """One process's revocation file (see the module docstring); implements
+    :class:`.revocation.RevocationFile`."""
 
     def __init__(self, path: str) -> None:
         self.path = path
