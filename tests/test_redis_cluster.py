@@ -65,6 +65,21 @@ async def test_cluster_delivery_revocation_presence_recovery(
     assert (await on_b.closed())[0] == 4501
     assert await a.node.revocations.is_revoked("cluster-jti", "2", None)
 
+    # a node started later reads the list from every primary; with the cluster's data
+    # flushed, it notices (the marker is gone) and writes the list back first
+    await a.node.revocations.revoke_user("9", time.time() - 5)
+    c = await start_server(REDIS_URL=cluster.url)
+    await asyncio.wait_for(c.node.revocations.started(), 10)  # type: ignore[attr-defined]
+    for server in cluster.servers:
+        flusher = aioredis.Redis.from_url(server.url)
+        try:
+            await flusher.flushall()
+        finally:
+            await flusher.aclose()
+    assert await c.node.revocations.is_revoked("cluster-jti", "2", None)
+    assert await c.node.revocations.is_revoked(None, "9", time.time() - 10)
+    assert not await c.node.revocations.is_revoked("other-jti", "2", time.time())
+
 
 async def test_a_node_started_before_its_cluster_opens_sharded_links_once_it_answers(
     start_server: StartServer,
