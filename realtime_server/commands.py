@@ -9,6 +9,7 @@ answered 104 (method not found).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
 
 __all__ = ["REFRESH_AHEAD", "Commands"]
 
+logger = logging.getLogger("realtime_server.commands")
+
 Handler = Callable[[Session, Command], Awaitable[None]]
 
 REFRESH_AHEAD: Final = 5.0
@@ -94,6 +97,7 @@ class Commands:
         self._journal = journal
         self._proxy = subscribe_proxy
         self._ready = ready
+        self._unnamed_logged = False  # a user without a personal channel, logged once
         self._handlers: dict[str, Handler] = {
             "connect": self.connect,
             "subscribe": self.subscribe,
@@ -112,6 +116,20 @@ class Commands:
         if handler is None:
             raise CommandError(codes.METHOD_NOT_FOUND)
         await handler(s, cmd)
+
+    def _no_personal_channel(self, user: str, why: CommandError) -> None:
+        """A user whose id cannot name ``user:<id>`` connects without it: say so once
+        per process (each such connect would flood the log)."""
+        if self._unnamed_logged:
+            return
+        self._unnamed_logged = True
+        logger.warning(
+            "user %r connected without a personal channel: %s (%s); the id must be 1 to 200"
+            " of A-Z a-z 0-9 _ . @ = | + - (logged once)",
+            user[:64],
+            user_channel(user)[:80],
+            str(why) or why.error.message,
+        )
 
     async def _check_revoked(self, jti: str | None, user: str, iat: float | None) -> None:
         await self._refuse_revoked(self._revocations.is_revoked(jti, user, iat))
@@ -152,11 +170,14 @@ class Commands:
         if not remote and not await self._unrevoked(s, claims):
             return
         requests: list[Request] = []
-        for name in dict.fromkeys((user_channel(claims.sub), *claims.channels)):
+        personal = user_channel(claims.sub)
+        for name in dict.fromkeys((personal, *claims.channels)):
             try:
                 channel, options = self._namespaces.resolve(name)
                 check_subscribe(channel, options, claims.sub, granted_at_connect=True)
-            except CommandError:
+            except CommandError as exc:
+                if name == personal:
+                    self._no_personal_channel(claims.sub, exc)
                 continue  # a channel the token may not have is skipped, never subscribed
             requests.append(Request(name, options, req.subs.get(name) or SubscribeRequest(name)))
         limit = settings.max_connections_per_user

@@ -27,7 +27,7 @@ from realtime_server.config import Settings
 from realtime_server.errors import CommandError, ConfigError
 
 PROPERTY = settings(max_examples=80, derandomize=True, database=None, deadline=None)
-GRAMMAR = re.compile(r"[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9_.@=-]{1,200}")
+GRAMMAR = re.compile(r"[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9_.@=|+-]{1,200}")
 """The grammar of docs/PROTOCOL.md, written out independently of the implementation."""
 
 
@@ -51,6 +51,9 @@ VALID = [
     "document:a.b.c",
     "document:-",
     "document:==",
+    "user:auth0|5f7c8ec7c33c6c004bbafe82",  # Auth0's subjects
+    "user:samlp|acme|jane",
+    "user:jane+signing@example.com",  # plus-addressed emails
 ]
 
 
@@ -121,7 +124,7 @@ def test_non_string_names_are_bad_requests(value: Any) -> None:
 @PROPERTY
 @given(
     st.text(
-        alphabet=st.sampled_from("az09_-.@=:AZ *\x00\u00e9/ \n"),
+        alphabet=st.sampled_from("az09_-.@=|+:AZ *\x00\u00e9/ \n"),
         max_size=40,
     )
 )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+import pytest
 from websockets.asyncio.client import connect
 
 from realtime_server.app import Running
@@ -278,6 +280,24 @@ async def test_recovery_too_big_for_the_outbound_buffer_is_refused(
     assert too_big["subscribe"]["recovered"] is False
     assert too_big["subscribe"]["offset"] == 40
     assert server.node.metrics.slow_disconnects_total == 0
+
+
+async def test_identity_provider_subjects_get_their_personal_channel(
+    server: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Auth0's subjects (``auth0|...``) and plus-addressed emails name personal channels
+    (they once connected without one, silently); a subject that cannot is logged once."""
+    for user in ("auth0|5f7c8ec7c33c6c004bbafe82", "jane+signing@example.com"):
+        client = await connected(server, user)
+        await server.node.ops.publish(f"user:{user}", b'{"for":"you"}')
+        pub = await client.push("pub")
+        assert (pub["channel"], pub["pub"]["data"]) == (f"user:{user}", {"for": "you"})
+    with caplog.at_level(logging.WARNING, logger="realtime_server.commands"):
+        for user in ("j\u00e4ne", "a b"):
+            reply = await (await RawClient.open(ws_url(server))).connect(token(user))
+            assert reply["connect"]["subs"] == {}
+    warnings = [r.getMessage() for r in caplog.records if r.name == "realtime_server.commands"]
+    assert len(warnings) == 1 and "connected without a personal channel" in warnings[0]
 
 
 async def test_presence_join_leave_history(server: Running) -> None:

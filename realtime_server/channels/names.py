@@ -1,8 +1,10 @@
 """Channel grammar (pure).
 
 A channel name is ``namespace:id``. Namespace: ``[a-z][a-z0-9_-]{0,31}``. Id: 1 to 200
-characters of ``[A-Za-z0-9_.@=-]``, never containing ``..``. Anything else is a bad
-request (107); a well-formed name in an unknown namespace is 102 (decided by the rules).
+characters of ``[A-Za-z0-9_.@=|+-]``, never containing ``..`` (``|`` and ``+``: identity
+providers' subjects such as Auth0's ``auth0|5f7c...`` and plus-addressed emails name
+personal channels). Anything else is a bad request (107); a well-formed name in an
+unknown namespace is 102 (decided by the rules).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ..values import immutable
 
 __all__ = ["ChannelName", "parse_channel"]
 
-_CHANNEL_RE: Final = re.compile(r"([a-z][a-z0-9_-]{0,31}):([A-Za-z0-9_.@=-]{1,200})")
+_CHANNEL_RE: Final = re.compile(r"([a-z][a-z0-9_-]{0,31}):([A-Za-z0-9_.@=|+-]{1,200})")
 
 
 @immutable
