@@ -307,6 +307,7 @@ class Node:
         """Revocations announced while the link was down were missed: re-check every
         live token against the store."""
         logger.info("broker link restored; re-checking %d connections", len(self.registry))
+        self.revocations.reassert()  # Redis may be back from an older snapshot
         self.spawn(self.control.recheck_revocations())
 
     def handle_insufficient_state(self, channel: str) -> None:

@@ -104,6 +104,31 @@ async def test_a_flushed_redis_is_refilled_before_any_token_is_let_in(
             await admin.aclose()
 
 
+async def test_revocations_after_the_snapshot_redis_restarted_from_are_written_back(
+    start_server: StartServer,
+) -> None:
+    """A Redis crash with RDB persistence: it comes back from its last snapshot, marker
+    included, without the revocations made since. The node writes back what it
+    remembers once its link returns."""
+    async with redis_server() as redis_proc:
+        server = await start_server(REDIS_URL=redis_proc.url, REDIS_TIMEOUT=0.5)
+        await server.node.revocations.started()
+        await server.node.revocations.revoke_token("before", time.time() + 600)
+        admin = aioredis.Redis.from_url(redis_proc.url)
+        try:
+            await admin.save()  # the snapshot: the marker and "before"
+        finally:
+            await admin.aclose()
+        await server.node.revocations.revoke_token("after", time.time() + 600)
+        await server.node.revocations.revoke_user("43", time.time() - 5)
+        await redis_proc.restart()  # SIGKILL, then the snapshot is loaded
+        await wait_ready(server)
+        assert await refused_as_revoked(server, "42", jti="before")
+        assert await refused_as_revoked(server, "42", jti="after")
+        assert await refused_as_revoked(server, "43", iat=int(time.time() - 10))
+        assert not await refused_as_revoked(server, "42", jti="fresh")
+
+
 async def test_a_node_started_later_remembers_earlier_revocations(
     start_server: StartServer,
 ) -> None:

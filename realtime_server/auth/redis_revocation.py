@@ -20,7 +20,10 @@ every announcement) and checks the marker with every read:
   retry; never an unchecked token) and the node writes what it remembers back, then the
   marker;
 - marker changed: another node found the list lost and wrote its own memory back; this
-  node adds what it remembers (in the background: the checks go on).
+  node adds what it remembers (in the background: the checks go on);
+- the link came back (:meth:`RedisRevocationStore.reassert`): Redis may be back from an
+  older snapshot, marker included, without the latest revocations; the node writes back
+  what it remembers.
 
 On a Redis Cluster the marker lives on one shard: a shard that loses its data without
 that one is not noticed.
@@ -177,14 +180,29 @@ class RedisRevocationStore:
         except TimeoutError:
             raise BackendUnavailable(_LOST) from None
 
-    def _restore_soon(self) -> None:
-        if self._restoring is None or self._restoring.done():
-            self._restoring = self._spawn(self._restore())
+    def reassert(self) -> None:
+        """After a lost link: Redis may be back from an older snapshot (an RDB file
+        after a crash), the marker in it and the latest revocations not. Every entry
+        this node remembers is written back (idempotent: ``SET NX``, the latest cutoff),
+        in the background."""
+        if self._loaded.is_set():
+            self._restore_soon(reassert=True)
 
-    async def _restore(self) -> None:
+    def _restore_soon(self, reassert: bool = False) -> None:
+        if self._restoring is None or self._restoring.done():
+            self._restoring = self._spawn(self._restore(reassert))
+
+    async def _restore(self, reassert: bool = False) -> None:
         jtis = self._mirror.jtis()
         users = self._mirror.users()
-        if not self._reported:
+        if reassert:
+            logger.info(
+                "Redis link restored: writing back the %d revoked tokens and %d user cutoffs"
+                " this node remembers (Redis may have lost its latest writes)",
+                len(jtis),
+                len(users),
+            )
+        elif not self._reported:
             self._reported = True
             seen = self._marker
             logger.log(

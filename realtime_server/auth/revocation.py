@@ -101,6 +101,11 @@ class RevocationStore(Protocol):
         """A revocation announced by any node (or by another process)."""
         ...
 
+    def reassert(self) -> None:
+        """The link to a shared store came back: it may have lost recent writes (a
+        restart from an older snapshot). Write back what this node remembers."""
+        ...
+
     async def is_revoked(self, jti: str | None, user: str, iat: float | None) -> bool: ...
 
     def checking(self, jti: str | None, user: str, iat: float | None) -> Awaitable[bool]:
@@ -186,6 +191,9 @@ class MemoryRevocationStore:
 
     def heard(self, revocation: Revocation) -> None:
         return None  # this process made it: it is here already
+
+    def reassert(self) -> None:
+        return None  # nothing shared to lose
 
     def _purge(self, now: float) -> None:
         for jti in [j for j, exp in self._jtis.items() if exp < now]:
