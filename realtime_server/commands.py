@@ -125,7 +125,7 @@ class Commands:
         self._unnamed_logged = True
         logger.warning(
             "user %r connected without a personal channel: %s (%s); the id must be 1 to 200"
-            " of A-Z a-z 0-9 _ . @ = | + - (logged once)",
+            " of A-Z a-z 0-9 _ . @ = | + : - (logged once)",
             user[:64],
             user_channel(user)[:80],
             str(why) or why.error.message,

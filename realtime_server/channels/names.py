@@ -1,10 +1,11 @@
 """Channel grammar (pure).
 
 A channel name is ``namespace:id``. Namespace: ``[a-z][a-z0-9_-]{0,31}``. Id: 1 to 200
-characters of ``[A-Za-z0-9_.@=|+-]``, never containing ``..`` (``|`` and ``+``: identity
-providers' subjects such as Auth0's ``auth0|5f7c...`` and plus-addressed emails name
-personal channels). Anything else is a bad request (107); a well-formed name in an
-unknown namespace is 102 (decided by the rules).
+characters of ``[A-Za-z0-9_.@=|+:-]``, not starting with ``:`` and never containing
+``..`` (``|``, ``+`` and ``:``: identity providers' subjects such as Auth0's
+``auth0|5f7c...``, Keycloak's federated ``f:<uuid>:jane`` and plus-addressed emails name
+personal channels; the first colon of a name ends its namespace). Anything else is a bad
+request (107); a well-formed name in an unknown namespace is 102 (decided by the rules).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from ..values import immutable
 
 __all__ = ["ChannelName", "parse_channel"]
 
-_CHANNEL_RE: Final = re.compile(r"([a-z][a-z0-9_-]{0,31}):([A-Za-z0-9_.@=|+-]{1,200})")
+_CHANNEL_RE: Final = re.compile(
+    r"([a-z][a-z0-9_-]{0,31}):([A-Za-z0-9_.@=|+-][A-Za-z0-9_.@=|+:-]{0,199})"
+)
 
 
 @immutable
