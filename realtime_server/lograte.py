@@ -17,12 +17,20 @@ __all__ = ["RateLimitedLog"]
 
 
 class RateLimitedLog:
-    """At most one warning per ``interval`` seconds from one place in the code."""
+    """At most one line per ``interval`` seconds from one place in the code (a warning,
+    unless ``level`` says otherwise)."""
 
-    __slots__ = ("_last", "_logger", "_suppressed", "interval", "what")
+    __slots__ = ("_last", "_level", "_logger", "_suppressed", "interval", "what")
 
-    def __init__(self, logger: logging.Logger, what: str, interval: float = 10.0) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        interval: float = 10.0,
+        level: int = logging.WARNING,
+    ) -> None:
         self._logger = logger
+        self._level = level
         self.what = what
         self.interval = interval
         self._last = -interval  # the first failure is reported at once
@@ -30,15 +38,20 @@ class RateLimitedLog:
 
     def failed(self, detail: str, reason: BaseException) -> None:
         """Report one failure (``detail``: the command, ``reason``: why)."""
+        self.note(f"failing with error 100 (temporary): {detail}: {reason}")
+
+    def note(self, text: str) -> None:
+        """Report one occurrence: ``<what> <text>``, unless one was reported within
+        the interval (then it is counted in the next report)."""
         now = time.monotonic()
         if now - self._last < self.interval:
             self._suppressed += 1
             return
         more, self._suppressed, self._last = self._suppressed, 0, now
-        self._logger.warning(
-            "%s failing with error 100 (temporary): %s: %s%s",
+        self._logger.log(
+            self._level,
+            "%s %s%s",
             self.what,
-            detail,
-            reason,
+            text,
             f" ({more} more since the last report)" if more else "",
         )

@@ -89,6 +89,9 @@ class Node:
         self._unavailable_log = RateLimitedLog(
             logging.getLogger("realtime_server.session"), "client commands"
         )
+        self._refusal_log = RateLimitedLog(
+            logging.getLogger("realtime_server.session"), "connect refused:", level=logging.INFO
+        )
         self.hub = Hub(self._metrics)
         self.registry = Registry(self._metrics)
         self.keepalive = Keepalive(settings.ping_interval, settings.pong_timeout)
@@ -197,6 +200,10 @@ class Node:
     @property
     def unavailable_log(self) -> RateLimitedLog:
         return self._unavailable_log
+
+    @property
+    def refusal_log(self) -> RateLimitedLog:
+        return self._refusal_log
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, keeping a reference and logging failures."""

@@ -86,6 +86,11 @@ class SessionHost(Protocol):
         """Where commands failing with 100 (a backend unavailable) are reported."""
         ...
 
+    @property
+    def refusal_log(self) -> RateLimitedLog:
+        """Where refused connects are reported (why: a token from the wrong issuer)."""
+        ...
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background (kept referenced, failures logged)."""
         ...
@@ -361,9 +366,11 @@ class Session:
             return
         self.rejection_logged = True
         self.host.metrics.connect_rejected[code] += 1
+        remote = self.remote
         self.host.journal.record(
-            EventType.CONNECT_REJECTED, self, code=code, reason=reason, remote=self.remote
+            EventType.CONNECT_REJECTED, self, code=code, reason=reason, remote=remote
         )
+        self.host.refusal_log.note(f"{code} {reason}, client {remote}")
 
     # --- input -----------------------------------------------------------------------
 
@@ -423,18 +430,18 @@ class Session:
         try:
             try:
                 await self.host.dispatch(self, cmd)
-            except TokenInvalid:
-                raise ProtocolViolation(codes.CLOSE_INVALID_TOKEN) from None
+            except TokenInvalid as exc:  # why goes to the log and the audit, not the client
+                raise ProtocolViolation(codes.CLOSE_INVALID_TOKEN, str(exc)) from None
             except TokenExpired:
                 raise CommandError(codes.TOKEN_EXPIRED) from None
             except BackendUnavailable as exc:
                 self.host.unavailable_log.failed(f"{method} of client {self.client_id}", exc)
                 raise CommandError(codes.INTERNAL) from None
         except CommandError as exc:
-            self._refused(cmd, exc.error.code, exc.error.message)
+            self._refused(cmd, exc.error.code, _why(exc.error.message, exc))
             self._reply_error_once(cmd, exc.error)
         except ProtocolViolation as exc:
-            self._refused(cmd, exc.close.code, exc.close.reason)
+            self._refused(cmd, exc.close.code, _why(exc.close.reason, exc))
             raise
         except asyncio.CancelledError:
             raise
@@ -521,3 +528,10 @@ class Session:
             self.close(codes.CLOSE_SUBSCRIPTION_EXPIRED)
             return
         self.host.end_subscription(self, sub.channel, Ended.EXPIRED)
+
+
+def _why(meaning: str, exc: Exception) -> str:
+    """A refusal's reason for the audit and the log: the code's meaning, and the
+    detail when there is one ("invalid token: wrong issuer (...)")."""
+    detail = str(exc)
+    return meaning if detail == meaning else f"{meaning}: {detail}"

@@ -4,10 +4,12 @@ storms bounded, 3010 closes spread out, and the user named in revocation rows.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 import orjson
+import pytest
 
 from realtime_server.app import Running
 from realtime_server.channels.engine import Membership
@@ -142,3 +144,25 @@ async def test_revocation_rows_name_the_user(server: Running) -> None:
     assert reply["error"]["code"] == 109
     rejected = [e for e in seen if e.type is EventType.CONNECT_REJECTED]
     assert (rejected[-1].user, rejected[-1].code) == ("43", 109)
+
+
+async def test_a_refused_token_says_why_in_the_log_and_the_audit_not_to_the_client(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Setting up an identity provider: a token from the wrong issuer is closed with a
+    bare 3500, while the log (at most a line per 10 s) and the audit row say which
+    setting it failed."""
+    server = await start_server(JWT_ISSUER="https://idp.example/")
+    seen = recorded(server)
+    why = "wrong issuer (REALTIME_JWT_ISSUER is 'https://idp.example/')"
+    with caplog.at_level(logging.INFO, logger="realtime_server.session"):
+        for _ in range(3):
+            client = await RawClient.open(f"ws://127.0.0.1:{server.port}/connection/websocket")
+            await client.send({"connect": {"token": token("42", iss="https://idp.example")}})
+            assert await client.closed() == (3500, "invalid token")
+    lines = [r.getMessage() for r in caplog.records if r.name == "realtime_server.session"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"connect refused: 3500 invalid token: {why}, client 127.0.0.1:")
+    rejected = [e for e in seen if e.type is EventType.CONNECT_REJECTED]
+    assert len(rejected) == 3
+    assert all(e.details and e.details["reason"] == f"invalid token: {why}" for e in rejected)

@@ -253,9 +253,9 @@ class TokenVerifier:
         except jwt.InvalidAlgorithmError:
             raise TokenInvalid("algorithm not allowed") from None
         except jwt.InvalidAudienceError:
-            raise TokenInvalid("wrong audience") from None
+            raise self._wrong("audience") from None
         except jwt.InvalidIssuerError:
-            raise TokenInvalid("wrong issuer") from None
+            raise self._wrong("issuer") from None
         except jwt.MissingRequiredClaimError as exc:
             raise TokenInvalid(f"missing {exc.claim} claim") from None
         except jwt.PyJWTError:
@@ -279,14 +279,20 @@ class TokenVerifier:
             if isinstance(claimed, str):
                 claimed = [claimed]
             if not isinstance(claimed, list) or not all(isinstance(a, str) for a in claimed):
-                raise TokenInvalid("wrong audience")
+                raise self._wrong("audience")
             if audience not in claimed:
-                raise TokenInvalid("wrong audience")
+                raise self._wrong("audience")
         if self._issuer is not None:
             if "iss" not in payload:
                 raise TokenInvalid("missing iss claim")
             if payload["iss"] != self._issuer:
-                raise TokenInvalid("wrong issuer")
+                raise self._wrong("issuer")
+
+    def _wrong(self, claim: str) -> TokenInvalid:
+        """A refusal naming what was expected (configuration, never the token's value:
+        an operator setting up an identity provider sees the mismatch in the log)."""
+        expected = self._audience if claim == "audience" else self._issuer
+        return TokenInvalid(f"wrong {claim} (REALTIME_JWT_{claim.upper()} is {expected!r})")
 
     def _check_time(
         self, exp: float | None, iat: float | None, nbf: float | None, now: float
