@@ -173,12 +173,15 @@ def test_revocation_matches() -> None:
 
 
 async def test_expired_entries_are_purged(store: MemoryRevocationStore, clock: FakeClock) -> None:
-    """Entries that cannot matter any more do not pile up (checked on the next write)."""
-    for i in range(100):
+    """Entries that cannot matter any more do not pile up: they are purged once the
+    entries have doubled since the last purge (at least 1,024), on a write."""
+    for i in range(1000):
         await store.revoke_token(f"old-{i}", T0 + 10)
     await store.revoke_user("42", T0)
     clock.advance(3 * MAX_LIFETIME)
-    await store.revoke_token("fresh", clock.now + 10)
-    assert set(store._jtis) == {"fresh"}  # internal state: memory is what purging saves
+    fresh = {f"fresh-{i}" for i in range(1100)}
+    for jti in fresh:
+        await store.revoke_token(jti, clock.now + 10)
+    assert set(store._jtis) == fresh  # internal state: memory is what purging saves
     assert store._users == {}
-    assert await store.is_revoked("fresh", "1", None)
+    assert await store.is_revoked("fresh-7", "1", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -71,3 +72,22 @@ async def test_a_revocation_that_cannot_be_kept_is_in_force_and_says_so(tmp_path
     with pytest.raises(BackendUnavailable, match="not kept across a restart"):
         await store.revoke_token("j1", 2e9)
     assert await store.is_revoked("j1", "42", None)
+
+
+async def test_the_file_is_compacted_as_it_runs_and_loses_nothing(tmp_path: Path) -> None:
+    """Rewritten with what still matters once the appended lines outnumber it (1,024 at
+    least): a long run does not grow the file without bound, and revocations made
+    while it is rewritten are all kept."""
+    path = str(tmp_path / "revocations.jsonl")
+    clock = [NOW]
+    store = MemoryRevocationStore(3600, clock=lambda: clock[0], file=JsonLinesRevocationFile(path))
+    store.load()
+    for i in range(1000):
+        await store.revoke_token(f"old-{i}", NOW + 10)
+    clock[0] = NOW + 100  # those no longer matter
+    await asyncio.gather(*(store.revoke_token(f"new-{i}", NOW + 600) for i in range(1100)))
+    lines = (await asyncio.to_thread(Path(path).read_bytes)).count(b"\n")
+    assert lines < 2100  # compacted at least once
+    later = MemoryRevocationStore(3600, clock=lambda: NOW + 100, file=JsonLinesRevocationFile(path))
+    assert later.load() == 1100
+    assert all([await later.is_revoked(f"new-{i}", "42", None) for i in range(1100)])

@@ -15,6 +15,7 @@ live connections with 4501.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ __all__ = [
     "RevocationListener",
     "RevocationStore",
 ]
+
+logger = logging.getLogger("realtime_server.revocation")
 
 KEEP_MARGIN = 60.0
 """Seconds revocations are kept past the last moment their tokens could be accepted
@@ -70,8 +73,16 @@ class RevocationFile(Protocol):
         """The revocations that still matter at ``now``. Raises OSError."""
         ...
 
+    appended: int
+    """Revocations appended since the file was last written whole."""
+
     async def append(self, revocation: Revocation) -> None:
         """Keep one more; on disk when this returns. Raises OSError."""
+        ...
+
+    async def rewrite(self, live: Callable[[], list[Revocation]]) -> None:
+        """Write the file whole with ``live()`` (read once no append is under way).
+        Raises OSError."""
         ...
 
 
@@ -146,6 +157,8 @@ class MemoryRevocationStore:
         self._clock = clock
         self._listener: RevocationListener | None = None
         self._file = file
+        self._written = 0  # revocations in the file when it was last written whole
+        self._purge_at = 1024
 
     def load(self) -> int:
         """Read the revocations the file keeps (at start); how many still matter.
@@ -155,6 +168,7 @@ class MemoryRevocationStore:
         kept = self._file.load(self._clock())
         for revocation in kept:
             self._keep(revocation)
+        self._written = len(kept)
         return len(kept)
 
     def _keep(self, revocation: Revocation) -> None:
@@ -172,12 +186,30 @@ class MemoryRevocationStore:
         """On disk before the caller hears it is done; in force in memory whatever."""
         if self._file is None:
             return
+        file = self._file
         try:
-            await self._file.append(revocation)
+            await file.append(revocation)
         except OSError as exc:
             raise BackendUnavailable(
-                f"revocation in force, but not kept across a restart: {self._file.path}: {exc}"
+                f"revocation in force, but not kept across a restart: {file.path}: {exc}"
             ) from None
+        if file.appended > max(1024, self._written):
+            try:  # only what still matters: the file stays about one token lifetime's
+                await file.rewrite(self._live)
+            except OSError as exc:  # the appended lines are still there: nothing lost
+                logger.warning("could not compact %s: %s", file.path, exc)
+
+    def _live(self) -> list[Revocation]:
+        """What memory holds that still matters, as revocations (for the file)."""
+        now = self._clock()
+        self._purge(now)
+        kept = [Revocation("jti", jti=j, keep_until=u) for j, u in self._jtis.items()]
+        kept += [
+            Revocation("user", user=user, issued_before=cutoff, keep_until=forget_at)
+            for user, (cutoff, forget_at) in self._users.items()
+        ]
+        self._written = len(kept)
+        return kept
 
     @property
     def remote(self) -> bool:
@@ -194,6 +226,13 @@ class MemoryRevocationStore:
 
     def reassert(self) -> None:
         return None  # nothing shared to lose
+
+    def _purge_when_grown(self, now: float) -> None:
+        """Purge once the entries have doubled since the last purge (each revocation
+        scanning them all was quadratic in a busy hour)."""
+        if len(self._jtis) + len(self._users) >= self._purge_at:
+            self._purge(now)
+            self._purge_at = max(1024, 2 * (len(self._jtis) + len(self._users)))
 
     def _purge(self, now: float) -> None:
         for jti in [j for j, exp in self._jtis.items() if exp < now]:
@@ -220,7 +259,7 @@ class MemoryRevocationStore:
 
     async def revoke_token(self, jti: str, expires_at: float) -> None:
         now = self._clock()
-        self._purge(now)
+        self._purge_when_grown(now)
         revocation = Revocation("jti", jti=jti, keep_until=expires_at + self._margin)
         self._keep(revocation)
         self._announce(revocation)
@@ -228,7 +267,7 @@ class MemoryRevocationStore:
 
     async def revoke_user(self, user: str, issued_before: float) -> None:
         now = self._clock()
-        self._purge(now)
+        self._purge_when_grown(now)
         previous = self._users.get(user, (0.0, 0.0))[0]
         cutoff = max(issued_before, previous)
         # A token issued just before the cutoff lives until cutoff + max lifetime.

@@ -2,9 +2,12 @@
 (``REALTIME_REVOCATIONS_PATH``).
 
 JSON lines, one revocation each, appended and fsync'd before the revocation is
-acknowledged. Read once at start; the file is then rewritten (atomically) with only
-the revocations that still matter, so it never grows past one token lifetime's worth.
-A line torn by a crash mid-append, or otherwise unreadable, is skipped and counted.
+acknowledged. Read once at start, and rewritten (atomically) with only the revocations
+that still matter then and whenever the lines appended since outnumber them (the store
+decides, :meth:`JsonLinesRevocationFile.rewrite`): it never grows far past one token
+lifetime's worth. Appends and rewrites take turns (a lock), and a rewrite reads what
+to keep once it has its turn, so no acknowledged revocation is left out. A line torn
+by a crash mid-append, or otherwise unreadable, is skipped and counted.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -57,6 +61,9 @@ class JsonLinesRevocationFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.appended = 0
+        """Lines appended since the file was last written whole."""
+        self._turn = asyncio.Lock()
 
     def load(self, now: float) -> list[Revocation]:
         """The revocations that still matter at ``now``; rewrites the file with only
@@ -85,6 +92,7 @@ class JsonLinesRevocationFile:
         return kept
 
     def _rewrite(self, revocations: list[Revocation]) -> None:
+        self.appended = 0
         folder = os.path.dirname(os.path.abspath(self.path))
         temporary = f"{self.path}.tmp"
         with open(temporary, "wb") as f:
@@ -100,7 +108,15 @@ class JsonLinesRevocationFile:
 
     async def append(self, revocation: Revocation) -> None:
         """Append one revocation, on disk when this returns. Raises OSError."""
-        await asyncio.to_thread(self._append, _line(revocation))
+        async with self._turn:
+            await asyncio.to_thread(self._append, _line(revocation))
+            self.appended += 1
+
+    async def rewrite(self, live: Callable[[], list[Revocation]]) -> None:
+        """Write the file whole with ``live()``, read once no append is under way.
+        Raises OSError (the file is left as it was)."""
+        async with self._turn:
+            await asyncio.to_thread(self._rewrite, live())
 
     def _append(self, line: bytes) -> None:
         with open(self.path, "ab") as f:
