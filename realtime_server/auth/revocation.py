@@ -68,13 +68,12 @@ class RevocationFile(Protocol):
     (:class:`~.revocation_file.JsonLinesRevocationFile`)."""
 
     path: str
+    appended: int
+    """Revocations appended since the file was last written whole."""
 
     def load(self, now: float) -> list[Revocation]:
         """The revocations that still matter at ``now``. Raises OSError."""
         ...
-
-    appended: int
-    """Revocations appended since the file was last written whole."""
 
     async def append(self, revocation: Revocation) -> None:
         """Keep one more; on disk when this returns. Raises OSError."""
@@ -137,7 +136,7 @@ class RevocationStore(Protocol):
 
 class MemoryRevocationStore:
     """Revocations in process memory (the embedded engine), and in ``file`` when given
-    (:class:`~.revocation_file.RevocationFile`: a restart keeps them).
+    (a :class:`RevocationFile`: a restart keeps them; compacted as it grows).
 
     Entries are dropped once they cannot matter any more: a ``jti`` after its token's
     expiry, a user cutoff after ``max_lifetime`` seconds.
