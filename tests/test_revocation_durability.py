@@ -12,10 +12,12 @@ and server processes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 from websockets.exceptions import ConnectionClosed
 
@@ -185,3 +187,27 @@ async def test_an_unusable_revocation_file_stops_the_server_at_start(tmp_path: P
     code, out, _ = await run_cli("check", env=env)
     assert code == 1
     assert "(REALTIME_REVOCATIONS_PATH): cannot be created" in out and "is not a folder" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "warned"),
+    [
+        (["--maxmemory", "100mb", "--maxmemory-policy", "volatile-lru"], True),
+        (["--maxmemory", "100mb", "--maxmemory-policy", "noeviction"], False),
+        (["--maxmemory-policy", "allkeys-lru"], False),  # no maxmemory: nothing is evicted
+    ],
+)
+async def test_a_redis_that_may_evict_revocations_is_named_at_start(
+    start_server: StartServer,
+    caplog: pytest.LogCaptureFixture,
+    extra: list[str],
+    warned: bool,
+) -> None:
+    async with redis_server(extra) as redis_proc:
+        with caplog.at_level(logging.WARNING, logger="realtime_server.revocation"):
+            server = await start_server(REDIS_URL=redis_proc.url)
+            await server.node.revocations.started()  # the policy is read before
+        lines = [r.getMessage() for r in caplog.records if "may evict" in r.getMessage()]
+        assert len(lines) == int(warned), lines
+        if warned:
+            assert "maxmemory-policy volatile-lru" in lines[0]

@@ -131,6 +131,14 @@ class RedisRevocationStore:
                 logger.warning("reading the revocation list failed (retrying): %r", exc)
                 await asyncio.sleep(delay)
                 delay = min(_LOAD_BACKOFF_CAP, delay * 2)
+        policy = await self.commands.eviction()
+        if policy is not None:
+            logger.warning(
+                "Redis may evict keys (maxmemory-policy %s with a maxmemory set): revoked"
+                " tokens (keys with a TTL) and history can vanish unseen; set"
+                " maxmemory-policy noeviction",
+                policy,
+            )
         self._loaded.set()
 
     async def _read_list(self) -> None:

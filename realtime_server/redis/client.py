@@ -286,6 +286,24 @@ class RedisCommands:
                 if int(cursor) == 0:
                     break
 
+    async def eviction(self) -> str | None:
+        """The policy by which Redis may evict keys (``maxmemory-policy``, when a
+        ``maxmemory`` is set and the policy is not ``noeviction``), else None; None too
+        when Redis does not say (``CONFIG`` is disabled on many managed services)."""
+        try:
+            found = await self.call("CONFIG", "GET", "maxmemory*")
+            if isinstance(found, dict):  # redis-py's parsed form
+                pairs = {_text(k): _text(v) for k, v in found.items()}
+            else:
+                items = [_text(x) for x in found]
+                pairs = dict(zip(items[::2], items[1::2], strict=True))
+        except (BackendUnavailable, TypeError, ValueError):
+            return None
+        policy = pairs.get("maxmemory-policy", "noeviction")
+        if policy == "noeviction" or pairs.get("maxmemory", "0") in ("", "0"):
+            return None
+        return policy
+
     def mget_soon(self, keys: Sequence[str]) -> asyncio.Future[list[bytes | None]] | None:
         """MGET queued now on the shared command link, so that it leaves in one write
         with the commands queued after it in this iteration; None when that cannot be
@@ -413,3 +431,7 @@ class RedisCommands:
         if self._link is not None:
             await self._link.close()
         await self.client.aclose()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
