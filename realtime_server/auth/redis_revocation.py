@@ -123,12 +123,11 @@ class RedisRevocationStore:
                 await self._read_list()
                 await self._mark_complete()
                 break
-            except BackendUnavailable as exc:  # Redis not up yet: the broker says so
-                logger.debug("revocation list not read yet: %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(_LOAD_BACKOFF_CAP, delay * 2)
             except Exception as exc:  # never a dead background task: tried again
-                logger.warning("reading the revocation list failed (retrying): %r", exc)
+                if isinstance(exc, BackendUnavailable):  # Redis not up: the broker says so
+                    logger.debug("revocation list not read yet: %s", exc)
+                else:
+                    logger.warning("reading the revocation list failed (retrying): %r", exc)
                 await asyncio.sleep(delay)
                 delay = min(_LOAD_BACKOFF_CAP, delay * 2)
         policy = await self.commands.eviction()
@@ -258,32 +257,35 @@ class RedisRevocationStore:
 
     # --- checks --------------------------------------------------------------------------
 
-    def _keys(self, jti: str | None, user: str) -> list[str]:
-        keys = [self.names.revoked_user(user), self.names.revocations]
-        if jti is not None:
-            keys.append(self.names.revoked_jti(jti))
-        return keys
+    def _token_keys(self, jti: str | None, user: str) -> list[str]:
+        """A token's two keys: its user's cutoff, and its ``jti`` (none: a key never set)."""
+        return [
+            self.names.revoked_user(user),
+            self.names.revoked_jti(jti) if jti is not None else "",
+        ]
 
     async def _read(self, keys: list[str]) -> list[bytes | None]:
-        """MGET ``keys``, whose second is the marker; if the list is lost, once more
-        after it was written back. Raises BackendUnavailable while it stays lost."""
-        values = await self.commands.mget(keys)
-        if self._lost(values[1]):
+        """The values of ``keys``, read in one MGET with the marker; if the list is
+        lost, once more after it was written back. Raises BackendUnavailable while it
+        stays lost."""
+        with_marker = [self.names.revocations, *keys]
+        values = await self.commands.mget(with_marker)
+        if self._lost(values[0]):
             await self._written_back()
-            values = await self.commands.mget(keys)
-            if values[1] is None:
+            values = await self.commands.mget(with_marker)
+            if values[0] is None:
                 raise BackendUnavailable(_LOST)
-        return values
+        return values[1:]
 
     async def is_revoked(self, jti: str | None, user: str, iat: float | None) -> bool:
-        values = await self._read(self._keys(jti, user))
-        return _revoked(values[0], values[2] if jti is not None else None, iat)
+        cutoff, entry = await self._read(self._token_keys(jti, user))
+        return _revoked(cutoff, entry, iat)
 
     def checking(self, jti: str | None, user: str, iat: float | None) -> Awaitable[bool]:
         """:meth:`is_revoked` with its MGET queued now on the shared command link (it
         leaves with what the caller queues next in this iteration: a connect's history
         read); asked when awaited when the link is not up (or on a cluster)."""
-        sent = self.commands.mget_soon(self._keys(jti, user))
+        sent = self.commands.mget_soon([self.names.revocations, *self._token_keys(jti, user)])
         if sent is None:
             return self.is_revoked(jti, user, iat)
         verdict: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -298,12 +300,11 @@ class RedisRevocationStore:
             elif failure is not None:
                 verdict.set_exception(unavailable(failure))
             else:
-                values = reply.result()
-                if self._lost(values[1]):  # asked again once the list is written back
+                marker, cutoff, entry = reply.result()
+                if self._lost(marker):  # asked again once the list is written back
                     self._spawn(_settle(verdict, self.is_revoked(jti, user, iat)))
                 else:
-                    entry = values[2] if jti is not None else None
-                    verdict.set_result(_revoked(values[0], entry, iat))
+                    verdict.set_result(_revoked(cutoff, entry, iat))
 
         sent.add_done_callback(answered)
         return verdict
@@ -312,14 +313,9 @@ class RedisRevocationStore:
         """``is_revoked`` for many tokens, in one MGET (one per shard on a cluster)."""
         if not tokens:
             return []
-        keys: list[str] = ["", self.names.revocations]
-        for jti, user, _ in tokens:
-            keys.append(self.names.revoked_user(user))
-            keys.append(self.names.revoked_jti(jti) if jti is not None else "")
+        keys = [key for jti, user, _ in tokens for key in self._token_keys(jti, user)]
         flat = await self._read(keys)
-        return [
-            _revoked(flat[2 * i + 2], flat[2 * i + 3], iat) for i, (_, _, iat) in enumerate(tokens)
-        ]
+        return [_revoked(flat[2 * i], flat[2 * i + 1], iat) for i, (_, _, iat) in enumerate(tokens)]
 
     # --- revoking ------------------------------------------------------------------------
 
