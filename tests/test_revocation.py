@@ -182,6 +182,6 @@ async def test_expired_entries_are_purged(store: MemoryRevocationStore, clock: F
     fresh = {f"fresh-{i}" for i in range(1100)}
     for jti in fresh:
         await store.revoke_token(jti, clock.now + 10)
-    assert set(store._jtis) == fresh  # internal state: memory is what purging saves
-    assert store._users == {}
+    assert set(store._mirror._jtis) == fresh  # internal state: memory is what purging saves
+    assert store._mirror._users == {}
     assert await store.is_revoked("fresh-7", "1", None)

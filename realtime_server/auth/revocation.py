@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from ..errors import BackendUnavailable
+from .revocation_mirror import RevocationMirror
 
 __all__ = [
     "KEEP_MARGIN",
@@ -149,15 +150,13 @@ class MemoryRevocationStore:
         margin: float = KEEP_MARGIN,
         file: RevocationFile | None = None,
     ) -> None:
-        self._jtis: dict[str, float] = {}
-        self._users: dict[str, tuple[float, float]] = {}  # user -> (cutoff, forget_at)
+        self._mirror = RevocationMirror(clock)  # purged as it grows
         self._max_lifetime = max_lifetime
         self._margin = margin
         self._clock = clock
         self._listener: RevocationListener | None = None
         self._file = file
         self._written = 0  # revocations in the file when it was last written whole
-        self._purge_at = 1024
 
     def load(self) -> int:
         """Read the revocations the file keeps (at start); how many still matter.
@@ -173,13 +172,9 @@ class MemoryRevocationStore:
     def _keep(self, revocation: Revocation) -> None:
         until = revocation.keep_until or 0.0
         if revocation.kind == "jti" and revocation.jti is not None:
-            self._jtis[revocation.jti] = max(until, self._jtis.get(revocation.jti, 0.0))
+            self._mirror.add_jti(revocation.jti, until)
         elif revocation.user is not None and revocation.issued_before is not None:
-            cutoff, forget_at = self._users.get(revocation.user, (0.0, 0.0))
-            self._users[revocation.user] = (
-                max(cutoff, revocation.issued_before),
-                max(forget_at, until),
-            )
+            self._mirror.add_user(revocation.user, revocation.issued_before, until)
 
     async def _persist(self, revocation: Revocation) -> None:
         """On disk before the caller hears it is done; in force in memory whatever."""
@@ -200,12 +195,10 @@ class MemoryRevocationStore:
 
     def _live(self) -> list[Revocation]:
         """What memory holds that still matters, as revocations (for the file)."""
-        now = self._clock()
-        self._purge(now)
-        kept = [Revocation("jti", jti=j, keep_until=u) for j, u in self._jtis.items()]
+        kept = [Revocation("jti", jti=j, keep_until=u) for j, u in self._mirror.jtis().items()]
         kept += [
-            Revocation("user", user=user, issued_before=cutoff, keep_until=forget_at)
-            for user, (cutoff, forget_at) in self._users.items()
+            Revocation("user", user=user, issued_before=e.cutoff, keep_until=e.keep_until)
+            for user, e in self._mirror.users().items()
         ]
         self._written = len(kept)
         return kept
@@ -226,28 +219,15 @@ class MemoryRevocationStore:
     def reassert(self) -> None:
         return None  # nothing shared to lose
 
-    def _purge_when_grown(self, now: float) -> None:
-        """Purge once the entries have doubled since the last purge (each revocation
-        scanning them all was quadratic in a busy hour)."""
-        if len(self._jtis) + len(self._users) >= self._purge_at:
-            self._purge(now)
-            self._purge_at = max(1024, 2 * (len(self._jtis) + len(self._users)))
-
-    def _purge(self, now: float) -> None:
-        for jti in [j for j, exp in self._jtis.items() if exp < now]:
-            del self._jtis[jti]
-        for user in [u for u, (_, forget) in self._users.items() if forget < now]:
-            del self._users[user]
-
     async def is_revoked(self, jti: str | None, user: str, iat: float | None) -> bool:
         now = self._clock()
         if jti is not None:
-            exp = self._jtis.get(jti)
-            if exp is not None and exp >= now:
+            until = self._mirror.jti_until(jti)
+            if until is not None and until >= now:
                 return True
-        entry = self._users.get(user)
-        if entry is not None and entry[1] >= now:
-            return iat is None or iat < entry[0]
+        entry = self._mirror.user(user)
+        if entry is not None and entry.keep_until >= now:
+            return iat is None or iat < entry.cutoff
         return False
 
     def checking(self, jti: str | None, user: str, iat: float | None) -> Awaitable[bool]:
@@ -257,8 +237,6 @@ class MemoryRevocationStore:
         return [await self.is_revoked(jti, user, iat) for jti, user, iat in tokens]
 
     async def revoke_token(self, jti: str, expires_at: float) -> None:
-        now = self._clock()
-        self._purge_when_grown(now)
         revocation = Revocation("jti", jti=jti, keep_until=expires_at + self._margin)
         self._keep(revocation)
         self._announce(revocation)
@@ -266,9 +244,8 @@ class MemoryRevocationStore:
 
     async def revoke_user(self, user: str, issued_before: float) -> None:
         now = self._clock()
-        self._purge_when_grown(now)
-        previous = self._users.get(user, (0.0, 0.0))[0]
-        cutoff = max(issued_before, previous)
+        known = self._mirror.user(user)
+        cutoff = max(issued_before, known.cutoff) if known is not None else issued_before
         # A token issued just before the cutoff lives until cutoff + max lifetime.
         forget_at = max(now, cutoff) + self._max_lifetime + self._margin
         revocation = Revocation("user", user=user, issued_before=cutoff, keep_until=forget_at)

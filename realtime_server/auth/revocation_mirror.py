@@ -1,5 +1,5 @@
-"""What a node remembers of the shared revocation list, to write it back when the store
-lost it (a Redis restarted without persistence, or flushed).
+"""Live revocations in memory: what a node remembers of the shared revocation list, to
+write it back when Redis lost it, and the embedded store's own list.
 
 Pure bookkeeping: revoked ``jti``s and users' "issued before" cutoffs, each with the
 time after which it cannot matter any more (``keep_until``, seconds since the epoch);
@@ -48,6 +48,14 @@ class RevocationMirror:
             keep_until = max(keep_until, known.keep_until)
         self._users[user] = MirroredUser(cutoff, keep_until)
         self._maybe_purge()
+
+    def jti_until(self, jti: str) -> float | None:
+        """Until when ``jti`` is revoked, if it was (perhaps in the past)."""
+        return self._jtis.get(jti)
+
+    def user(self, user: str) -> MirroredUser | None:
+        """The user's cutoff, if one was set (perhaps no longer mattering)."""
+        return self._users.get(user)
 
     def jtis(self) -> dict[str, float]:
         """Revoked ``jti`` -> ``keep_until``, those that still matter."""
