@@ -43,7 +43,7 @@ async def reach_backends(
     if settings.events_enabled:
         failures += await _reach_event_log(settings, store)
     if not settings.redis_url and settings.revocations_path:
-        failures += _revocation_file(settings.revocations_path)
+        failures += await asyncio.to_thread(_revocation_file, settings.revocations_path)
     if settings.outbox_url:
         from .outbox.status import check_outbox
 
@@ -104,25 +104,24 @@ def _revocation_file(path: str) -> int:
         usable = os.path.isfile(path) and os.access(path, os.R_OK | os.W_OK)
         print(f"{name}: {'ok' if usable else 'not a readable and writable file'}")
         return 0 if usable else 1
-    problem = _cannot_create(path)
-    if problem is not None:
-        print(f"{name}: cannot be created ({problem})")
-        return 1
-    print(f"{name}: none yet; the first revocation creates it")
-    return 0
+    return _to_be_created(path, name, "none yet; the first revocation creates it")
 
 
-def _cannot_create(path: str) -> str | None:
-    """Why ``serve`` could not create ``path`` (it makes missing folders), or None."""
+def _to_be_created(path: str, name: str, later: str) -> int:
+    """A file not there yet: ``<name>: <later>`` when ``serve`` can create it (it makes
+    missing folders), else why not; how many failures that is (0 or 1)."""
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.isdir(folder):
         parent = os.path.dirname(folder)
         if parent == folder or os.path.exists(folder):
-            return f"{folder} is not a folder"
+            print(f"{name}: cannot be created ({folder} is not a folder)")
+            return 1
         folder = parent
     if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{folder} is not writable"
-    return None
+        print(f"{name}: cannot be created ({folder} is not writable)")
+        return 1
+    print(f"{name}: {later}")
+    return 0
 
 
 def _sqlite_to_be_created(path: str, name: str) -> int | None:
@@ -130,9 +129,4 @@ def _sqlite_to_be_created(path: str, name: str) -> int | None:
     it here (a check leaves nothing behind); None when the file exists."""
     if os.path.exists(path):
         return None
-    problem = _cannot_create(path)
-    if problem is not None:
-        print(f"event log, {name}: cannot be created ({problem})")
-        return 1
-    print(f"event log, {name}: not created yet; serve creates it")
-    return 0
+    return _to_be_created(path, f"event log, {name}", "not created yet; serve creates it")
